@@ -1,1 +1,334 @@
-//! placeholder
+//! Warren's configuration: `rabbitmq.conf` and environment variables into a typed [`Config`].
+//!
+//! ```text
+//!  environment (WARREN_* / RABBITMQ_*) ──> defaults ──┐
+//!  WARREN_CONFIG_FILE / RABBITMQ_CONFIG_FILE ──> parse ──> schema ──> Config
+//! ```
+//!
+//! The file format and key names are RabbitMQ's, so an existing `rabbitmq.conf` works unchanged.
+//! As in RabbitMQ, a setting in the file wins over the environment variable for the same thing.
+//! Every key is checked against the schema in [`schema`]: a misspelt key, a key RabbitMQ knows
+//! but Warren does not implement, and a bad value each stop the node with an error that names
+//! the file, the line and the key.
+
+mod parse;
+mod schema;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use parse::{Origin, Setting};
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A line is not `key = value`.
+    #[error("{origin}: {message}")]
+    Syntax {
+        /// Where.
+        origin: Origin,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key that neither Warren nor RabbitMQ knows.
+    #[error("{origin}: unknown configuration key '{key}'{hint}")]
+    UnknownKey {
+        /// Where.
+        origin: Origin,
+        /// The key.
+        key: String,
+        /// A "did you mean" suggestion, or empty.
+        hint: String,
+    },
+    /// A RabbitMQ key that Warren does not implement.
+    #[error(
+        "{origin}: configuration key '{key}' is a RabbitMQ setting that Warren does not support"
+    )]
+    UnsupportedKey {
+        /// Where.
+        origin: Origin,
+        /// The key.
+        key: String,
+    },
+    /// A known key with a value that does not fit it.
+    #[error("{origin}: invalid value '{value}' for '{key}': {message}")]
+    InvalidValue {
+        /// Where.
+        origin: Origin,
+        /// The key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What the key accepts.
+        message: String,
+    },
+    /// An environment variable with a value that does not fit.
+    #[error("environment variable {variable}: invalid value '{value}': {message}")]
+    InvalidEnvironment {
+        /// The variable.
+        variable: String,
+        /// Its value.
+        value: String,
+        /// What it accepts.
+        message: String,
+    },
+    /// A file could not be read.
+    #[error("cannot read configuration file {file}: {message}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The operating system's error.
+        message: String,
+    },
+}
+
+/// Where a listener binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// A bare port: every interface, IPv6 and IPv4 where available.
+    AnyInterface(u16),
+    /// An address and port.
+    Socket(SocketAddr),
+}
+
+impl ListenAddress {
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            ListenAddress::AnyInterface(port) => *port,
+            ListenAddress::Socket(address) => address.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::AnyInterface(port) => write!(f, "[::]:{port}"),
+            ListenAddress::Socket(address) => write!(f, "{address}"),
+        }
+    }
+}
+
+/// Log levels, with RabbitMQ's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Everything.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Worth a look.
+    Warning,
+    /// Failures.
+    Error,
+    /// Only the worst (reported as errors).
+    Critical,
+    /// Nothing.
+    None,
+}
+
+impl LogLevel {
+    /// Parses RabbitMQ's level names.
+    pub fn parse(value: &str) -> Option<LogLevel> {
+        Some(match value {
+            "debug" => LogLevel::Debug,
+            "info" | "notice" => LogLevel::Info,
+            "warning" | "warn" => LogLevel::Warning,
+            "error" => LogLevel::Error,
+            "critical" | "alert" | "emergency" => LogLevel::Critical,
+            "none" => LogLevel::None,
+            _ => return None,
+        })
+    }
+
+    /// The name `tracing` filters use.
+    pub fn as_filter(&self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warn",
+            LogLevel::Error | LogLevel::Critical => "error",
+            LogLevel::None => "off",
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Whether to log to standard output.
+    pub console: bool,
+    /// Level of console output.
+    pub console_level: LogLevel,
+    /// Log file, if any.
+    pub file: Option<PathBuf>,
+    /// Level of file output.
+    pub file_level: LogLevel,
+}
+
+/// The permissions the default user gets on the default virtual host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Regular expression of resources the user may configure.
+    pub configure: String,
+    /// Regular expression of resources the user may write to.
+    pub write: String,
+    /// Regular expression of resources the user may read from.
+    pub read: String,
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// AMQP listeners (`listeners.tcp.*`); empty means none.
+    pub listeners: Vec<ListenAddress>,
+    /// User created on first start (`default_user`).
+    pub default_user: String,
+    /// Its password (`default_pass`).
+    pub default_pass: String,
+    /// Virtual host created on first start (`default_vhost`).
+    pub default_vhost: String,
+    /// Tags of the default user (`default_user_tags.*`).
+    pub default_user_tags: Vec<String>,
+    /// Permissions of the default user on the default vhost (`default_permissions.*`).
+    pub default_permissions: Permissions,
+    /// Users that may only connect from loopback addresses (`loopback_users`).
+    pub loopback_users: Vec<String>,
+    /// Heartbeat timeout the server proposes, in seconds (`heartbeat`).
+    pub heartbeat: u16,
+    /// Largest frame the server accepts, in bytes (`frame_max`).
+    pub frame_max: u32,
+    /// Most channels per connection (`channel_max`).
+    pub channel_max: u16,
+    /// Largest message body accepted, in bytes (`max_message_size`).
+    pub max_message_size: u32,
+    /// Logging (`log.*`).
+    pub log: LogConfig,
+    /// The configuration file read, if any.
+    pub source: Option<PathBuf>,
+}
+
+/// RabbitMQ 4's default and ceiling for `max_message_size`.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 16 * 1024 * 1024;
+/// The largest `max_message_size` RabbitMQ accepts.
+pub const MAX_MESSAGE_SIZE_LIMIT: u32 = 512 * 1024 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![ListenAddress::AnyInterface(5672)],
+            default_user: "guest".into(),
+            default_pass: "guest".into(),
+            default_vhost: "/".into(),
+            default_user_tags: vec!["administrator".into()],
+            default_permissions: Permissions {
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            },
+            loopback_users: vec!["guest".into()],
+            heartbeat: 60,
+            frame_max: 131_072,
+            channel_max: 2047,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            log: LogConfig {
+                console: true,
+                console_level: LogLevel::Info,
+                file: None,
+                file_level: LogLevel::Info,
+            },
+            source: None,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from the process environment and the file it names.
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::load_with(|name| std::env::var(name).ok())
+    }
+
+    /// Loads the configuration with `env` standing in for the process environment.
+    pub fn load_with(env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let var = |names: &[&'static str]| -> Option<(&'static str, String)> {
+            names
+                .iter()
+                .find_map(|name| env(name).map(|value| (*name, value)))
+        };
+        let mut config = Config::default();
+        if let Some((variable, value)) = var(&["WARREN_NODE_PORT", "RABBITMQ_NODE_PORT"]) {
+            let port = value
+                .parse::<u16>()
+                .map_err(|_| ConfigError::InvalidEnvironment {
+                    variable: variable.into(),
+                    value: value.clone(),
+                    message: "expected a port number".into(),
+                })?;
+            let address = match var(&["WARREN_NODE_IP_ADDRESS", "RABBITMQ_NODE_IP_ADDRESS"]) {
+                Some((variable, ip)) => {
+                    let ip = ip.parse().map_err(|_| ConfigError::InvalidEnvironment {
+                        variable: variable.into(),
+                        value: ip.clone(),
+                        message: "expected an IP address".into(),
+                    })?;
+                    ListenAddress::Socket(SocketAddr::new(ip, port))
+                }
+                None => ListenAddress::AnyInterface(port),
+            };
+            config.listeners = vec![address];
+        }
+        if let Some((_, user)) = var(&["WARREN_DEFAULT_USER", "RABBITMQ_DEFAULT_USER"]) {
+            config.default_user = user;
+        }
+        if let Some((_, pass)) = var(&["WARREN_DEFAULT_PASS", "RABBITMQ_DEFAULT_PASS"]) {
+            config.default_pass = pass;
+        }
+        if let Some((_, vhost)) = var(&["WARREN_DEFAULT_VHOST", "RABBITMQ_DEFAULT_VHOST"]) {
+            config.default_vhost = vhost;
+        }
+        if let Some((_, file)) = var(&["WARREN_CONFIG_FILE", "RABBITMQ_CONFIG_FILE"]) {
+            let path = resolve_config_path(Path::new(&file));
+            let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
+                file: path.clone(),
+                message: error.to_string(),
+            })?;
+            config.apply(parse::parse(&text, &path, 0)?)?;
+            config.source = Some(path);
+        }
+        Ok(config)
+    }
+
+    /// The configuration from `text` on top of the defaults, as if read from `file`.
+    pub fn from_text(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        config.apply(parse::parse(text, file, 0)?)?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, settings: Vec<Setting>) -> Result<(), ConfigError> {
+        let mut listeners_set = false;
+        for setting in &settings {
+            if setting.key.first().map(String::as_str) == Some("listeners")
+                && setting.key.get(1).map(String::as_str) == Some("tcp")
+                && !listeners_set
+            {
+                // Any listener in the file replaces the default listener.
+                self.listeners.clear();
+                listeners_set = true;
+            }
+            schema::apply(self, setting)?;
+        }
+        Ok(())
+    }
+}
+
+/// RabbitMQ accepts `RABBITMQ_CONFIG_FILE` without its `.conf` extension.
+fn resolve_config_path(path: &Path) -> PathBuf {
+    if path.extension().is_none() && !path.exists() {
+        let with_extension = path.with_extension("conf");
+        if with_extension.exists() {
+            return with_extension;
+        }
+    }
+    path.to_path_buf()
+}

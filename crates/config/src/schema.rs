@@ -1,0 +1,441 @@
+//! The keys Warren understands, what values they take, and the RabbitMQ keys it knows of but
+//! does not implement.
+//!
+//! A key pattern is a dotted key in which `*` stands for one segment of the operator's choosing
+//! (`listeners.tcp.*` matches `listeners.tcp.default` and `listeners.tcp.other`). Each pattern
+//! has one function that checks the value and stores it; its error text says what the key
+//! accepts, and [`apply`] wraps it with the file, line and key.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::{Config, ConfigError, ListenAddress, LogLevel, MAX_MESSAGE_SIZE_LIMIT, Setting};
+
+type Apply = fn(&mut Config, &Setting, &[&str]) -> Result<(), String>;
+
+/// Every key Warren implements.
+const KEYS: &[(&str, Apply)] = &[
+    ("listeners.tcp", |config, setting, _| {
+        match setting.value.as_str() {
+            "none" => {
+                config.listeners.clear();
+                Ok(())
+            }
+            _ => Err("expected 'none', or a listener under 'listeners.tcp.<name>'".into()),
+        }
+    }),
+    ("listeners.tcp.*", |config, setting, _| {
+        config.listeners.push(listen_address(&setting.value)?);
+        Ok(())
+    }),
+    ("default_user", |config, setting, _| {
+        config.default_user = setting.value.clone();
+        Ok(())
+    }),
+    ("default_pass", |config, setting, _| {
+        config.default_pass = setting.value.clone();
+        Ok(())
+    }),
+    ("default_vhost", |config, setting, _| {
+        config.default_vhost = setting.value.clone();
+        Ok(())
+    }),
+    ("default_user_tags.*", |config, setting, wildcards| {
+        let tag = wildcards[0].to_string();
+        config.default_user_tags.retain(|existing| *existing != tag);
+        if boolean(&setting.value)? {
+            config.default_user_tags.push(tag);
+        }
+        Ok(())
+    }),
+    ("default_permissions.configure", |config, setting, _| {
+        config.default_permissions.configure = setting.value.clone();
+        Ok(())
+    }),
+    ("default_permissions.write", |config, setting, _| {
+        config.default_permissions.write = setting.value.clone();
+        Ok(())
+    }),
+    ("default_permissions.read", |config, setting, _| {
+        config.default_permissions.read = setting.value.clone();
+        Ok(())
+    }),
+    ("loopback_users", |config, setting, _| {
+        match setting.value.as_str() {
+            "none" => {
+                config.loopback_users.clear();
+                Ok(())
+            }
+            _ => Err("expected 'none', or 'loopback_users.<user> = true|false'".into()),
+        }
+    }),
+    ("loopback_users.*", |config, setting, wildcards| {
+        let user = wildcards[0].to_string();
+        config.loopback_users.retain(|existing| *existing != user);
+        if boolean(&setting.value)? {
+            config.loopback_users.push(user);
+        }
+        Ok(())
+    }),
+    ("heartbeat", |config, setting, _| {
+        config.heartbeat = integer(&setting.value, 0, u64::from(u16::MAX))? as u16;
+        Ok(())
+    }),
+    ("frame_max", |config, setting, _| {
+        let value = integer(&setting.value, 0, u64::from(u32::MAX))? as u32;
+        if value != 0 && value < 4096 {
+            return Err("expected 0 (no limit) or at least 4096 bytes".into());
+        }
+        config.frame_max = value;
+        Ok(())
+    }),
+    ("channel_max", |config, setting, _| {
+        config.channel_max = integer(&setting.value, 0, u64::from(u16::MAX))? as u16;
+        Ok(())
+    }),
+    ("max_message_size", |config, setting, _| {
+        config.max_message_size =
+            integer(&setting.value, 1, u64::from(MAX_MESSAGE_SIZE_LIMIT))? as u32;
+        Ok(())
+    }),
+    ("log.console", |config, setting, _| {
+        config.log.console = boolean(&setting.value)?;
+        Ok(())
+    }),
+    ("log.console.level", |config, setting, _| {
+        config.log.console_level = level(&setting.value)?;
+        Ok(())
+    }),
+    ("log.default.level", |config, setting, _| {
+        let level = level(&setting.value)?;
+        config.log.console_level = level;
+        config.log.file_level = level;
+        Ok(())
+    }),
+    ("log.file", |config, setting, _| {
+        config.log.file = match setting.value.as_str() {
+            "false" => None,
+            path => Some(path.into()),
+        };
+        Ok(())
+    }),
+    ("log.file.level", |config, setting, _| {
+        config.log.file_level = level(&setting.value)?;
+        Ok(())
+    }),
+];
+
+/// Key prefixes RabbitMQ defines that Warren does not implement: refused with a message that
+/// says so, rather than called unknown.
+const RABBITMQ_ONLY: &[&str] = &[
+    "listeners.ssl",
+    "ssl_options",
+    "management",
+    "prometheus",
+    "cluster_formation",
+    "cluster_name",
+    "cluster_partition_handling",
+    "vm_memory_high_watermark",
+    "vm_memory_calculation_strategy",
+    "disk_free_limit",
+    "auth_backends",
+    "auth_mechanisms",
+    "auth_ldap",
+    "auth_oauth2",
+    "tcp_listen_options",
+    "num_acceptors",
+    "handshake_timeout",
+    "reverse_dns_lookups",
+    "queue_master_locator",
+    "queue_leader_locator",
+    "default_queue_type",
+    "collect_statistics",
+    "collect_statistics_interval",
+    "mqtt",
+    "stomp",
+    "web_mqtt",
+    "web_stomp",
+    "stream",
+    "log.file.rotation",
+    "log.syslog",
+    "log.exchange",
+    "log.connection",
+    "log.channel",
+    "log.queue",
+    "log.mirroring",
+    "log.federation",
+    "log.upgrade",
+    "log.ra",
+    "distribution",
+    "consumer_timeout",
+    "credit_flow_default_credit",
+    "mirroring_sync_batch_size",
+    "cluster_keepalive_interval",
+    "channel_operation_timeout",
+    "max_connections",
+    "connection_max",
+    "proxy_protocol",
+    "deprecated_features",
+];
+
+/// Checks one setting against the schema and stores it in `config`.
+pub(crate) fn apply(config: &mut Config, setting: &Setting) -> Result<(), ConfigError> {
+    let key: Vec<&str> = setting.key.iter().map(String::as_str).collect();
+    for (pattern, apply) in KEYS {
+        if let Some(wildcards) = matches(pattern, &key) {
+            return apply(config, setting, &wildcards).map_err(|message| {
+                ConfigError::InvalidValue {
+                    origin: setting.origin.clone(),
+                    key: setting.key_text(),
+                    value: setting.value.clone(),
+                    message,
+                }
+            });
+        }
+    }
+    let text = setting.key_text();
+    if RABBITMQ_ONLY
+        .iter()
+        .any(|prefix| text == *prefix || text.starts_with(&format!("{prefix}.")))
+    {
+        return Err(ConfigError::UnsupportedKey {
+            origin: setting.origin.clone(),
+            key: text,
+        });
+    }
+    let hint = KEYS
+        .iter()
+        .map(|(pattern, _)| *pattern)
+        .filter(|pattern| !pattern.contains('*'))
+        .map(|pattern| (edit_distance(pattern, &text), pattern))
+        .min()
+        .filter(|(distance, _)| *distance <= 3)
+        .map(|(_, pattern)| format!(" (did you mean '{pattern}'?)"))
+        .unwrap_or_default();
+    Err(ConfigError::UnknownKey {
+        origin: setting.origin.clone(),
+        key: text,
+        hint,
+    })
+}
+
+/// The segments `*` matched, if `key` fits `pattern`.
+fn matches<'a>(pattern: &str, key: &[&'a str]) -> Option<Vec<&'a str>> {
+    let parts: Vec<&str> = pattern.split('.').collect();
+    if parts.len() != key.len() {
+        return None;
+    }
+    let mut wildcards = Vec::new();
+    for (part, segment) in parts.iter().zip(key) {
+        if *part == "*" {
+            wildcards.push(*segment);
+        } else if part != segment {
+            return None;
+        }
+    }
+    Some(wildcards)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected 'true' or 'false'".into()),
+    }
+}
+
+fn integer(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(number) if (min..=max).contains(&number) => Ok(number),
+        _ => Err(format!("expected an integer from {min} to {max}")),
+    }
+}
+
+fn level(value: &str) -> Result<LogLevel, String> {
+    LogLevel::parse(value)
+        .ok_or_else(|| "expected one of debug, info, warning, error, critical, none".into())
+}
+
+/// `5672`, `127.0.0.1:5672`, `[::1]:5672` or `:::5672` (RabbitMQ's IPv6 any-address form).
+fn listen_address(value: &str) -> Result<ListenAddress, String> {
+    const EXPECTED: &str =
+        "expected a port, or an address and port such as 127.0.0.1:5672 or [::1]:5672";
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(ListenAddress::AnyInterface(port));
+    }
+    if let Ok(address) = value.parse::<SocketAddr>() {
+        return Ok(ListenAddress::Socket(address));
+    }
+    if let Some((ip, port)) = value.rsplit_once(':')
+        && let (Ok(ip), Ok(port)) = (ip.parse::<IpAddr>(), port.parse::<u16>())
+    {
+        return Ok(ListenAddress::Socket(SocketAddr::new(ip, port)));
+    }
+    Err(EXPECTED.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_text(text, Path::new("rabbitmq.conf"))
+    }
+
+    #[test]
+    fn defaults_are_rabbitmqs() {
+        let config = Config::default();
+        assert_eq!(config.listeners, vec![ListenAddress::AnyInterface(5672)]);
+        assert_eq!(
+            (config.heartbeat, config.frame_max, config.channel_max),
+            (60, 131_072, 2047)
+        );
+        assert_eq!(config.max_message_size, 16 * 1024 * 1024);
+        assert_eq!(config.loopback_users, vec!["guest".to_string()]);
+    }
+
+    #[test]
+    fn every_issue_key_is_read() {
+        let config = load(
+            "listeners.tcp.default = 127.0.0.1:5673\n\
+             listeners.tcp.other = [::1]:5674\n\
+             listeners.tcp.third = :::5675\n\
+             default_user = admin\n\
+             default_pass = Passw0rd\n\
+             default_vhost = prod\n\
+             loopback_users.guest = false\n\
+             loopback_users.admin = true\n\
+             heartbeat = 30\n\
+             frame_max = 8192\n\
+             channel_max = 100\n\
+             max_message_size = 1048576\n\
+             log.console.level = debug\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.listeners,
+            vec![
+                ListenAddress::Socket("127.0.0.1:5673".parse().unwrap()),
+                ListenAddress::Socket("[::1]:5674".parse().unwrap()),
+                ListenAddress::Socket("[::]:5675".parse().unwrap()),
+            ]
+        );
+        assert_eq!(config.default_user, "admin");
+        assert_eq!(config.default_pass, "Passw0rd");
+        assert_eq!(config.default_vhost, "prod");
+        assert_eq!(config.loopback_users, vec!["admin".to_string()]);
+        assert_eq!(
+            (config.heartbeat, config.frame_max, config.channel_max),
+            (30, 8192, 100)
+        );
+        assert_eq!(config.max_message_size, 1_048_576);
+        assert_eq!(config.log.console_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn none_values_clear_lists() {
+        let config = load("loopback_users = none\nlisteners.tcp = none\n").unwrap();
+        assert!(config.loopback_users.is_empty());
+        assert!(config.listeners.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases = [
+            (
+                "heartbeat = soon",
+                "rabbitmq.conf:2: invalid value 'soon' for 'heartbeat': expected an integer from 0 to 65535",
+            ),
+            (
+                "frame_max = 100",
+                "rabbitmq.conf:2: invalid value '100' for 'frame_max': expected 0 (no limit) or at least 4096 bytes",
+            ),
+            (
+                "max_message_size = 1000000000",
+                "rabbitmq.conf:2: invalid value '1000000000' for 'max_message_size': expected an integer from 1 to 536870912",
+            ),
+            (
+                "defualt_user = x",
+                "rabbitmq.conf:2: unknown configuration key 'defualt_user' (did you mean 'default_user'?)",
+            ),
+            (
+                "no.such.thing = 1",
+                "rabbitmq.conf:2: unknown configuration key 'no.such.thing'",
+            ),
+            (
+                "ssl_options.cacertfile = /x",
+                "rabbitmq.conf:2: configuration key 'ssl_options.cacertfile' is a RabbitMQ setting that Warren does not support",
+            ),
+            (
+                "listeners.tcp.default = localhost",
+                "rabbitmq.conf:2: invalid value 'localhost' for 'listeners.tcp.default': expected a port, or an address and port such as 127.0.0.1:5672 or [::1]:5672",
+            ),
+            (
+                "log.console.level = loud",
+                "rabbitmq.conf:2: invalid value 'loud' for 'log.console.level': expected one of debug, info, warning, error, critical, none",
+            ),
+            (
+                "loopback_users.guest = maybe",
+                "rabbitmq.conf:2: invalid value 'maybe' for 'loopback_users.guest': expected 'true' or 'false'",
+            ),
+        ];
+        for (line, expected) in cases {
+            let error = load(&format!("default_user = a\n{line}\n")).unwrap_err();
+            assert_eq!(error.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn environment_gives_defaults_and_the_file_wins() {
+        let dir = std::env::temp_dir().join(format!("warren-config-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rabbitmq.conf");
+        std::fs::write(&file, "default_pass = from-file\n").unwrap();
+        let base = dir.join("rabbitmq");
+        let env = |name: &str| match name {
+            "RABBITMQ_DEFAULT_USER" => Some("admin".to_string()),
+            "RABBITMQ_DEFAULT_PASS" => Some("from-env".to_string()),
+            "RABBITMQ_NODE_PORT" => Some("5999".to_string()),
+            // Without the extension, as RabbitMQ allows.
+            "RABBITMQ_CONFIG_FILE" => Some(base.to_string_lossy().into_owned()),
+            _ => None,
+        };
+        let config = Config::load_with(env).unwrap();
+        assert_eq!(config.default_user, "admin");
+        assert_eq!(config.default_pass, "from-file");
+        assert_eq!(config.listeners, vec![ListenAddress::AnyInterface(5999)]);
+        assert_eq!(config.source.as_deref(), Some(file.as_path()));
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let error = Config::load_with(|name| (name == "WARREN_NODE_PORT").then(|| "x".to_string()))
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "environment variable WARREN_NODE_PORT: invalid value 'x': expected a port number"
+        );
+        let error = Config::load_with(|name| {
+            (name == "WARREN_CONFIG_FILE").then(|| "/nonexistent/w.conf".to_string())
+        })
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot read configuration file /nonexistent/w.conf")
+        );
+    }
+}
