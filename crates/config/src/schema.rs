@@ -82,8 +82,8 @@ const KEYS: &[(&str, Apply)] = &[
     }),
     ("frame_max", |config, setting, _| {
         let value = integer(&setting.value, 0, u64::from(u32::MAX))? as u32;
-        if value != 0 && value < 4096 {
-            return Err("expected 0 (no limit) or at least 4096 bytes".into());
+        if value != 0 && value < 8192 {
+            return Err("expected 0 (no limit) or at least 8192 bytes".into());
         }
         config.frame_max = value;
         Ok(())
@@ -321,7 +321,7 @@ mod tests {
              loopback_users.guest = false\n\
              loopback_users.admin = true\n\
              heartbeat = 30\n\
-             frame_max = 8192\n\
+             frame_max = 16384\n\
              channel_max = 100\n\
              max_message_size = 1048576\n\
              log.console.level = debug\n",
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(config.loopback_users, vec!["admin".to_string()]);
         assert_eq!(
             (config.heartbeat, config.frame_max, config.channel_max),
-            (30, 8192, 100)
+            (30, 16384, 100)
         );
         assert_eq!(config.max_message_size, 1_048_576);
         assert_eq!(config.log.console_level, LogLevel::Debug);
@@ -363,7 +363,7 @@ mod tests {
             ),
             (
                 "frame_max = 100",
-                "rabbitmq.conf:2: invalid value '100' for 'frame_max': expected 0 (no limit) or at least 4096 bytes",
+                "rabbitmq.conf:2: invalid value '100' for 'frame_max': expected 0 (no limit) or at least 8192 bytes",
             ),
             (
                 "max_message_size = 1000000000",

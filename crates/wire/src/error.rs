@@ -107,11 +107,12 @@ impl FrameError {
             | FrameError::BadFrameEnd { .. }
             | FrameError::UnknownFrameType { .. }
             | FrameError::BadHeartbeat { .. } => ReplyCode::FrameError,
+            // RabbitMQ answers arguments that do not decode with FRAME_ERROR ("cannot decode").
             FrameError::Decode {
                 source: DecodeError::UnknownMethod { .. },
                 ..
-            } => ReplyCode::CommandInvalid,
-            FrameError::Decode { .. } => ReplyCode::SyntaxError,
+            } => ReplyCode::NotImplemented,
+            FrameError::Decode { .. } => ReplyCode::FrameError,
         }
     }
 }

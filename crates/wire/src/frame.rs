@@ -33,8 +33,9 @@ pub const FRAME_HEARTBEAT: u8 = 8;
 pub const FRAME_END: u8 = 0xCE;
 /// Bytes a frame adds around its payload: 7 of header and 1 end octet.
 pub const FRAME_OVERHEAD: usize = 8;
-/// The smallest `frame_max` a peer may negotiate, and the limit before tuning completes.
-pub const FRAME_MIN_SIZE: u32 = 4096;
+/// The smallest `frame_max` a peer may negotiate, and the limit before tuning completes
+/// (RabbitMQ 4.1 raised it from the specification's 4096 to 8192).
+pub const FRAME_MIN_SIZE: u32 = 8192;
 
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,394 @@
+//! Exchanges, queues and bindings: `exchange.*` and `queue.*` methods, with RabbitMQ's checks in
+//! RabbitMQ's order (type, default exchange, reserved names, permissions, existence, exclusive
+//! locks, equivalence).
+
+use warren_wire::method::{
+    ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
+    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, QueueBind, QueueBindOk, QueueDeclare,
+    QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge, QueuePurgeOk, QueueUnbind,
+    QueueUnbindOk,
+};
+use warren_wire::{FieldValue, Method, ShortString};
+
+use super::Channel;
+use crate::auth::{Access, ResourceKind};
+use crate::connection::context::Context;
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{Destination, DestinationKey, ExchangeKind};
+use crate::names;
+use crate::queue::{QueueCommand, QueueSpec, QueueStats};
+use crate::vhost::{ExchangeSpec, describe_value};
+
+fn default_exchange_refused() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+impl Channel {
+    pub(super) fn exchange_declare(
+        &mut self,
+        ctx: &mut Context,
+        declare: ExchangeDeclare,
+    ) -> AmqpResult<()> {
+        if declare.passive {
+            if declare.exchange.is_empty() {
+                return Err(default_exchange_refused());
+            }
+            ctx.vhost
+                .exchange(&declare.exchange)
+                .ok_or_else(|| AmqpError::no_exchange(&declare.exchange, ctx.vhost.name()))?;
+        } else {
+            let kind = ExchangeKind::parse(&declare.kind).ok_or_else(|| {
+                AmqpError::precondition_failed(format!("unknown exchange type '{}'", declare.kind))
+            })?;
+            if declare.exchange.is_empty() {
+                return Err(default_exchange_refused());
+            }
+            self.check(
+                ctx,
+                Access::Configure,
+                ResourceKind::Exchange,
+                &declare.exchange,
+            )?;
+            ctx.vhost.declare_exchange(ExchangeSpec {
+                name: declare.exchange,
+                kind,
+                durable: declare.durable,
+                auto_delete: declare.auto_delete,
+                internal: declare.internal,
+                arguments: declare.arguments,
+            })?;
+        }
+        if !declare.no_wait {
+            ctx.out.method(
+                self.number(),
+                &Method::ExchangeDeclareOk(ExchangeDeclareOk {}),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn exchange_delete(
+        &mut self,
+        ctx: &mut Context,
+        delete: ExchangeDelete,
+    ) -> AmqpResult<()> {
+        if delete.exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if delete.exchange.starts_with(b"amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{}' in vhost '{}' not allowed",
+                delete.exchange,
+                ctx.vhost.name()
+            )));
+        }
+        self.check(
+            ctx,
+            Access::Configure,
+            ResourceKind::Exchange,
+            &delete.exchange,
+        )?;
+        ctx.vhost
+            .delete_exchange(&delete.exchange, delete.if_unused)?;
+        if !delete.no_wait {
+            ctx.out.method(
+                self.number(),
+                &Method::ExchangeDeleteOk(ExchangeDeleteOk {}),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn exchange_bind(
+        &mut self,
+        ctx: &mut Context,
+        bind: ExchangeBind,
+    ) -> AmqpResult<()> {
+        self.check(
+            ctx,
+            Access::Write,
+            ResourceKind::Exchange,
+            &bind.destination,
+        )?;
+        if bind.source.is_empty() || bind.destination.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        self.check(ctx, Access::Read, ResourceKind::Exchange, &bind.source)?;
+        let source = ctx
+            .vhost
+            .exchange(&bind.source)
+            .ok_or_else(|| AmqpError::no_exchange(&bind.source, ctx.vhost.name()))?;
+        ctx.vhost
+            .exchange(&bind.destination)
+            .ok_or_else(|| AmqpError::no_exchange(&bind.destination, ctx.vhost.name()))?;
+        ctx.vhost.bind(
+            &source,
+            Destination::Exchange(bind.destination),
+            bind.routing_key,
+            bind.arguments,
+        )?;
+        if !bind.no_wait {
+            ctx.out
+                .method(self.number(), &Method::ExchangeBindOk(ExchangeBindOk {}));
+        }
+        Ok(())
+    }
+
+    pub(super) fn exchange_unbind(
+        &mut self,
+        ctx: &mut Context,
+        unbind: ExchangeUnbind,
+    ) -> AmqpResult<()> {
+        self.check(
+            ctx,
+            Access::Write,
+            ResourceKind::Exchange,
+            &unbind.destination,
+        )?;
+        if unbind.source.is_empty() || unbind.destination.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        self.check(ctx, Access::Read, ResourceKind::Exchange, &unbind.source)?;
+        // Missing exchanges or bindings are not errors (RabbitMQ 4).
+        if let Some(source) = ctx.vhost.exchange(&unbind.source) {
+            source.unbind(
+                &DestinationKey::Exchange(unbind.destination),
+                &unbind.routing_key,
+                &unbind.arguments,
+            );
+        }
+        if !unbind.no_wait {
+            ctx.out.method(
+                self.number(),
+                &Method::ExchangeUnbindOk(ExchangeUnbindOk {}),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) async fn queue_declare(
+        &mut self,
+        ctx: &mut Context,
+        declare: QueueDeclare,
+    ) -> AmqpResult<()> {
+        if declare.passive {
+            let queue = self.usable_queue(ctx, &declare.queue)?;
+            let stats = queue
+                .ask(|reply| QueueCommand::Stats { reply })
+                .await
+                .ok_or_else(|| AmqpError::no_queue(&declare.queue, ctx.vhost.name()))?;
+            self.last_queue = Some(declare.queue.clone());
+            return self.declare_ok(ctx, declare.queue, stats, declare.no_wait);
+        }
+        let name = if declare.queue.is_empty() {
+            names::queue_name()
+        } else {
+            if declare.queue.starts_with(b"amq.") {
+                return Err(AmqpError::access_refused(format!(
+                    "queue name '{}' contains reserved prefix 'amq.*'",
+                    declare.queue
+                )));
+            }
+            declare.queue
+        };
+        self.check(ctx, Access::Configure, ResourceKind::Queue, &name)?;
+        check_queue_arguments(&declare.arguments, &name, ctx.vhost.name())?;
+        let spec = QueueSpec {
+            name: name.clone(),
+            // Exclusive queues never survive their connection, so never a restart.
+            durable: declare.durable && !declare.exclusive,
+            exclusive_owner: declare.exclusive.then_some(ctx.id),
+            auto_delete: declare.auto_delete,
+            arguments: declare.arguments,
+        };
+        let (queue, created) = ctx.vhost.declare_queue(spec, ctx.id)?;
+        let stats = if created {
+            if declare.exclusive {
+                ctx.exclusive_queues.push(queue.clone());
+            }
+            QueueStats {
+                messages: 0,
+                consumers: 0,
+            }
+        } else {
+            queue
+                .ask(|reply| QueueCommand::Stats { reply })
+                .await
+                .ok_or_else(|| AmqpError::no_queue(&name, ctx.vhost.name()))?
+        };
+        self.last_queue = Some(name.clone());
+        self.declare_ok(ctx, name, stats, declare.no_wait)
+    }
+
+    fn declare_ok(
+        &mut self,
+        ctx: &mut Context,
+        queue: ShortString,
+        stats: QueueStats,
+        no_wait: bool,
+    ) -> AmqpResult<()> {
+        if !no_wait {
+            let declare_ok = QueueDeclareOk {
+                queue,
+                message_count: stats.messages,
+                consumer_count: stats.consumers,
+            };
+            ctx.out
+                .method(self.number(), &Method::QueueDeclareOk(declare_ok));
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_bind(&mut self, ctx: &mut Context, bind: QueueBind) -> AmqpResult<()> {
+        let name = self.queue_name(&bind.queue)?;
+        let routing_key = if bind.queue.is_empty() && bind.routing_key.is_empty() {
+            name.clone()
+        } else {
+            bind.routing_key
+        };
+        self.check(ctx, Access::Write, ResourceKind::Queue, &name)?;
+        if bind.exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        self.check(ctx, Access::Read, ResourceKind::Exchange, &bind.exchange)?;
+        let exchange = ctx
+            .vhost
+            .exchange(&bind.exchange)
+            .ok_or_else(|| AmqpError::no_exchange(&bind.exchange, ctx.vhost.name()))?;
+        let queue = self.usable_queue(ctx, &name)?;
+        ctx.vhost.bind(
+            &exchange,
+            Destination::Queue(queue),
+            routing_key,
+            bind.arguments,
+        )?;
+        if !bind.no_wait {
+            ctx.out
+                .method(self.number(), &Method::QueueBindOk(QueueBindOk {}));
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_unbind(
+        &mut self,
+        ctx: &mut Context,
+        unbind: QueueUnbind,
+    ) -> AmqpResult<()> {
+        let name = self.queue_name(&unbind.queue)?;
+        let routing_key = if unbind.queue.is_empty() && unbind.routing_key.is_empty() {
+            name.clone()
+        } else {
+            unbind.routing_key
+        };
+        self.check(ctx, Access::Write, ResourceKind::Queue, &name)?;
+        if unbind.exchange.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        self.check(ctx, Access::Read, ResourceKind::Exchange, &unbind.exchange)?;
+        // Missing queues, exchanges and bindings are not errors (RabbitMQ 4).
+        if let (Some(exchange), Some(queue)) =
+            (ctx.vhost.exchange(&unbind.exchange), ctx.vhost.queue(&name))
+        {
+            if queue.is_locked_for(ctx.id) {
+                return Err(AmqpError::exclusive_locked(&name, ctx.vhost.name()));
+            }
+            exchange.unbind(
+                &DestinationKey::Queue(queue.id()),
+                &routing_key,
+                &unbind.arguments,
+            );
+        }
+        ctx.out
+            .method(self.number(), &Method::QueueUnbindOk(QueueUnbindOk {}));
+        Ok(())
+    }
+
+    pub(super) async fn queue_purge(
+        &mut self,
+        ctx: &mut Context,
+        purge: QueuePurge,
+    ) -> AmqpResult<()> {
+        let name = self.queue_name(&purge.queue)?;
+        let queue = self.usable_queue(ctx, &name)?;
+        self.check(ctx, Access::Read, ResourceKind::Queue, &name)?;
+        let purged = queue
+            .ask(|reply| QueueCommand::Purge { reply })
+            .await
+            .ok_or_else(|| AmqpError::no_queue(&name, ctx.vhost.name()))?;
+        if !purge.no_wait {
+            ctx.out.method(
+                self.number(),
+                &Method::QueuePurgeOk(QueuePurgeOk {
+                    message_count: purged,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) async fn queue_delete(
+        &mut self,
+        ctx: &mut Context,
+        delete: QueueDelete,
+    ) -> AmqpResult<()> {
+        let name = self.queue_name(&delete.queue)?;
+        let mut deleted = 0;
+        if let Some(queue) = ctx.vhost.queue(&name) {
+            if queue.is_locked_for(ctx.id) {
+                return Err(AmqpError::exclusive_locked(&name, ctx.vhost.name()));
+            }
+            self.check(ctx, Access::Configure, ResourceKind::Queue, &name)?;
+            let result = queue
+                .ask(|reply| QueueCommand::Delete {
+                    if_unused: delete.if_unused,
+                    if_empty: delete.if_empty,
+                    reply,
+                })
+                .await;
+            // No answer: it was deleted meanwhile, which is what was asked.
+            if let Some(result) = result {
+                deleted = result?;
+            }
+            ctx.exclusive_queues
+                .retain(|owned| owned.id() != queue.id());
+        }
+        if !delete.no_wait {
+            ctx.out.method(
+                self.number(),
+                &Method::QueueDeleteOk(QueueDeleteOk {
+                    message_count: deleted,
+                }),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks the queue arguments Warren interprets. Unknown arguments are accepted and ignored, as
+/// in RabbitMQ.
+fn check_queue_arguments(
+    arguments: &warren_wire::FieldTable,
+    queue: &ShortString,
+    vhost: &str,
+) -> AmqpResult<()> {
+    if let Some(kind) = arguments.get("x-queue-type") {
+        let invalid = |detail: String| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg 'x-queue-type' for queue '{queue}' in vhost '{vhost}': {detail}"
+            ))
+        };
+        match kind {
+            FieldValue::LongString(text) if text.as_bytes() == b"classic" => {}
+            FieldValue::LongString(text) => {
+                return Err(invalid(format!("\"unsupported queue type '{text}'\"")));
+            }
+            other => {
+                return Err(invalid(format!(
+                    "\"expected longstr, got {}\"",
+                    describe_value(Some(other))
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,618 @@
+//! Client connections: one task reads and handles frames, one writes (see [`writer`]).
+//!
+//! ```text
+//!            ┌──────────── connection task ────────────┐
+//!  socket ──>│ read buffer ─> every complete frame ──> channel state machines ─┐
+//!            │ mailbox (deliveries, confirms, credit) ─────────────────────────┤
+//!            │        queue commands (batched per round) <──────────────────────┤
+//!            └──────────────────── Outbound ──> writer task ──> socket ────────┘
+//! ```
+//!
+//! A round handles every complete frame in the read buffer, then sends the batched queue
+//! commands and hands the encoded frames to the writer: one write per round however many frames.
+//! The task stops reading its socket while a queue has run it out of publish credit, so TCP
+//! pushes back on a publisher that is faster than its queues.
+//!
+//! Errors follow RabbitMQ: a channel error closes the channel with `channel.close` and releases
+//! its consumers and unacknowledged messages; a connection error (or any error of a 5xx code)
+//! closes the connection with `connection.close` and waits for `close-ok`; a frame that cannot be
+//! parsed is answered with `connection.close` 501 and the socket is closed at once.
+
+pub(crate) mod context;
+mod handshake;
+pub(crate) mod writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use warren_wire::frame::{FRAME_MIN_SIZE, FRAME_OVERHEAD};
+use warren_wire::method::{
+    ChannelClose, ChannelCloseOk, ChannelOpenOk, ConnectionClose, ConnectionCloseOk,
+    ConnectionUpdateSecretOk,
+};
+use warren_wire::{Frame, FrameError, LongString, Method, decode_frame};
+
+use crate::broker::Broker;
+use crate::channel::{Channel, ChannelOutcome};
+use crate::error::AmqpError;
+use crate::events::{ConnectionEvent, EventReceiver};
+use crate::queue::{QueueCommand, ReturnedMessage, Settlement};
+use context::Context;
+use handshake::{Refusal, Session};
+use writer::Outbound;
+
+/// Longest wait for `close-ok` after the server closed the connection (RabbitMQ's
+/// `?CLOSING_TIMEOUT`).
+const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events handled per round before the socket gets a turn.
+const EVENTS_PER_ROUND: usize = 256;
+
+/// The reading side of a connection and its outbound frames.
+#[derive(Debug)]
+pub(crate) struct Transport {
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    out: Outbound,
+    peer: SocketAddr,
+    name: String,
+}
+
+impl Transport {
+    fn send(&mut self, channel: u16, method: &Method) {
+        self.out.method(channel, method);
+        self.out.flush();
+    }
+
+    async fn read_more(&mut self, deadline: Instant) -> Result<(), String> {
+        match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buf)).await {
+            Err(_) => Err("handshake timed out".into()),
+            Ok(Ok(0)) => Err("client closed the connection".into()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+        }
+    }
+
+    async fn read_protocol_header(&mut self, deadline: Instant) -> Result<[u8; 8], String> {
+        while self.buf.len() < 8 {
+            self.read_more(deadline).await?;
+        }
+        let mut header = [0u8; 8];
+        header.copy_from_slice(&self.buf.split_to(8));
+        Ok(header)
+    }
+
+    async fn next_frame(&mut self, deadline: Instant, frame_max: u32) -> Result<Frame, String> {
+        loop {
+            match decode_frame(&mut self.buf, frame_max + FRAME_OVERHEAD as u32) {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => self.read_more(deadline).await?,
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+
+    async fn next_method(&mut self, deadline: Instant) -> Result<Method, Refusal> {
+        self.next_method_with(deadline, FRAME_MIN_SIZE).await
+    }
+
+    async fn next_method_with(
+        &mut self,
+        deadline: Instant,
+        frame_max: u32,
+    ) -> Result<Method, Refusal> {
+        loop {
+            match self
+                .next_frame(deadline, frame_max)
+                .await
+                .map_err(Refusal::Silent)?
+            {
+                Frame::Heartbeat => continue,
+                Frame::Method { channel: 0, method } => return Ok(method),
+                other => {
+                    return Err(Refusal::Silent(format!(
+                        "unexpected frame on channel {}",
+                        other.channel()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Serves one client connection until it closes.
+pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
+    // Dual-stack listeners see IPv4 clients as IPv4-mapped IPv6 addresses; show them as IPv4.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let name = match socket.local_addr() {
+        Ok(local) => format!(
+            "{peer} -> {}",
+            SocketAddr::new(local.ip().to_canonical(), local.port())
+        ),
+        Err(_) => peer.to_string(),
+    };
+    let (reader, writer) = socket.into_split();
+    let mut transport = Transport {
+        reader,
+        buf: BytesMut::with_capacity(4096),
+        out: Outbound::start(writer, &broker.connections),
+        peer,
+        name,
+    };
+    tracing::debug!("accepting AMQP connection ({})", transport.name);
+    let session = tokio::select! {
+        session = handshake::handshake(&broker, &mut transport) => session,
+        _ = broker.shutdown.cancelled() => Err(Refusal::Silent("node is shutting down".into())),
+    };
+    let session = match session {
+        Ok(session) => session,
+        Err(Refusal::Silent(reason)) => {
+            tracing::debug!(
+                "closing AMQP connection ({}) during handshake: {reason}",
+                transport.name
+            );
+            transport.out.close();
+            return;
+        }
+        Err(Refusal::Closed(error)) => {
+            tracing::info!("refused AMQP connection ({}): {error}", transport.name);
+            return;
+        }
+    };
+    tracing::info!(
+        "connection {}: user '{}' authenticated and granted access to vhost '{}'",
+        transport.name,
+        session.user.name,
+        session.vhost.name()
+    );
+    Connection::new(broker, transport, session).run().await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// The server sent `connection.close`; waiting for `close-ok`.
+    Closing(Instant),
+    Closed,
+}
+
+struct Connection {
+    ctx: Context,
+    channels: HashMap<u16, Channel>,
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    events: EventReceiver,
+    heartbeat: u16,
+    last_read: Instant,
+    state: State,
+}
+
+impl Connection {
+    fn new(broker: Arc<Broker>, transport: Transport, session: Session) -> Connection {
+        let Transport {
+            reader,
+            buf,
+            mut out,
+            name,
+            ..
+        } = transport;
+        out.set_heartbeat(session.heartbeat);
+        // Unbounded on purpose; see `events`.
+        let (events_sender, events) = mpsc::unbounded_channel();
+        let id = broker.next_connection_id();
+        let ctx = Context::new(
+            broker,
+            id,
+            name,
+            session.user,
+            session.vhost,
+            session.permission,
+            out,
+            events_sender,
+            session.frame_max,
+            session.channel_max,
+            session.capabilities,
+        );
+        Connection {
+            ctx,
+            channels: HashMap::new(),
+            reader,
+            buf,
+            events,
+            heartbeat: session.heartbeat,
+            last_read: Instant::now(),
+            state: State::Open,
+        }
+    }
+
+    fn reading(&self) -> bool {
+        match self.state {
+            State::Open => !self.ctx.is_starved(),
+            State::Closing(_) => true,
+            State::Closed => false,
+        }
+    }
+
+    async fn run(mut self) {
+        let heartbeat = Duration::from_secs(u64::from(self.heartbeat));
+        let mut heartbeat_check = tokio::time::interval(if self.heartbeat > 0 {
+            heartbeat
+        } else {
+            Duration::from_secs(3600)
+        });
+        heartbeat_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let writer = self.ctx.out.shared().clone();
+        let shutdown = self.ctx.broker.shutdown.clone();
+        loop {
+            self.process_buffered().await;
+            self.ctx.flush_queues();
+            self.ctx.out.flush();
+            if self.state == State::Closed {
+                break;
+            }
+            let closing_deadline = match self.state {
+                State::Closing(deadline) => deadline,
+                _ => Instant::now() + Duration::from_secs(86_400),
+            };
+            let reading = self.reading();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if self.state == State::Open => {
+                    let error = AmqpError::new(
+                        warren_wire::ReplyCode::ConnectionForced,
+                        "broker forced connection closure with reason 'shutdown'",
+                    );
+                    self.close_connection(error, false);
+                }
+                event = self.events.recv() => {
+                    if let Some(event) = event {
+                        self.handle_event(event);
+                        for _ in 1..EVENTS_PER_ROUND {
+                            match self.events.try_recv() {
+                                Ok(event) => self.handle_event(event),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                read = self.reader.read_buf(&mut self.buf), if reading => {
+                    match read {
+                        Ok(0) => {
+                            tracing::debug!("client closed TCP connection ({})", self.ctx.name);
+                            break;
+                        }
+                        Ok(_) => self.last_read = Instant::now(),
+                        Err(error) => {
+                            tracing::debug!("connection ({}) read error: {error}", self.ctx.name);
+                            break;
+                        }
+                    }
+                }
+                _ = self.ctx.out.drained(), if self.ctx.holds_credit() => {}
+                _ = writer.stopped() => break,
+                _ = heartbeat_check.tick(), if self.heartbeat > 0 => {
+                    if !reading {
+                        // Not reading on purpose (flow control): the client's heartbeats are
+                        // waiting in the socket, as RabbitMQ pauses its monitor when blocking.
+                        self.last_read = Instant::now();
+                    } else if self.last_read.elapsed() >= heartbeat * 2 {
+                        tracing::error!(
+                            "closing AMQP connection ({}): missed heartbeats from client, timeout: {}s",
+                            self.ctx.name, self.heartbeat
+                        );
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(closing_deadline), if matches!(self.state, State::Closing(_)) => break,
+            }
+        }
+        self.finish();
+    }
+
+    /// Handles every complete frame in the read buffer, as long as reading is allowed.
+    async fn process_buffered(&mut self) {
+        while self.reading() {
+            let limit = self.ctx.frame_max + FRAME_OVERHEAD as u32;
+            match decode_frame(&mut self.buf, limit) {
+                Ok(Some(frame)) => self.handle_frame(frame).await,
+                Ok(None) => return,
+                Err(error) => return self.frame_error(error),
+            }
+        }
+    }
+
+    fn frame_error(&mut self, error: FrameError) {
+        let amqp = AmqpError::new(
+            error.reply_code(),
+            frame_error_text(&error, self.ctx.frame_max),
+        );
+        tracing::error!("closing AMQP connection ({}): {amqp}", self.ctx.name);
+        // As RabbitMQ: say why, then close without waiting for close-ok.
+        self.close_connection(amqp, false);
+        self.state = State::Closed;
+    }
+
+    async fn handle_frame(&mut self, frame: Frame) {
+        if let State::Closing(_) = self.state {
+            // Everything but the closing handshake is ignored, as RabbitMQ does.
+            match frame {
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionCloseOk(_),
+                } => self.state = State::Closed,
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionClose(_),
+                } => {
+                    self.ctx
+                        .out
+                        .method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                    self.state = State::Closed;
+                }
+                _ => {}
+            }
+            return;
+        }
+        match frame {
+            Frame::Heartbeat => {}
+            Frame::Method { channel: 0, method } => self.handle_connection_method(method),
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => {
+                let error = AmqpError::unexpected_frame("content frame on channel 0");
+                self.close_connection(error, true);
+            }
+            frame => self.handle_channel_frame(frame).await,
+        }
+    }
+
+    fn handle_connection_method(&mut self, method: Method) {
+        match method {
+            Method::ConnectionClose(close) => {
+                tracing::info!(
+                    "closing AMQP connection ({}, vhost: '{}', user: '{}'): client sent {} {}",
+                    self.ctx.name,
+                    self.ctx.vhost.name(),
+                    self.ctx.user.name,
+                    close.reply_code,
+                    close.reply_text
+                );
+                self.release_everything();
+                self.ctx
+                    .out
+                    .method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                self.state = State::Closed;
+            }
+            Method::ConnectionUpdateSecret(_) => {
+                // Internal users have no expiring secrets: accepted and ignored, as RabbitMQ does.
+                self.ctx.out.method(
+                    0,
+                    &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk {}),
+                );
+            }
+            other => {
+                let error =
+                    AmqpError::channel_error("unexpected method in connection state running")
+                        .during(&other);
+                self.close_connection(error, true);
+            }
+        }
+    }
+
+    async fn handle_channel_frame(&mut self, frame: Frame) {
+        let number = frame.channel();
+        let Some(channel) = self.channels.get_mut(&number) else {
+            return self.open_channel(number, frame);
+        };
+        if channel.is_closing() {
+            match frame {
+                Frame::Method {
+                    method: Method::ChannelCloseOk(_),
+                    ..
+                } => {
+                    self.channels.remove(&number);
+                }
+                Frame::Method {
+                    method: Method::ChannelClose(_),
+                    ..
+                } => self
+                    .ctx
+                    .out
+                    .method(number, &Method::ChannelCloseOk(ChannelCloseOk {})),
+                _ => {}
+            }
+            return;
+        }
+        match channel.handle_frame(&mut self.ctx, frame).await {
+            Ok(ChannelOutcome::Open) => {}
+            Ok(ChannelOutcome::Closed) => {
+                self.channels.remove(&number);
+            }
+            Err(error) if error.closes_connection() => self.close_connection(error, true),
+            Err(error) => {
+                tracing::warn!(
+                    "Channel error on connection ({}, vhost: '{}', user: '{}'), channel {number}: {error}",
+                    self.ctx.name,
+                    self.ctx.vhost.name(),
+                    self.ctx.user.name
+                );
+                let channel = self
+                    .channels
+                    .get_mut(&number)
+                    .expect("invariant: looked up above");
+                channel.release(&mut self.ctx);
+                self.ctx.out.method(
+                    number,
+                    &Method::ChannelClose(ChannelClose {
+                        reply_code: error.code.code(),
+                        reply_text: error.reply_text(),
+                        class_id: error.class_id,
+                        method_id: error.method_id,
+                    }),
+                );
+            }
+        }
+    }
+
+    fn open_channel(&mut self, number: u16, frame: Frame) {
+        let method = match frame {
+            Frame::Method {
+                method: Method::ChannelOpen(_),
+                ..
+            } => {
+                if self.channels.len() >= usize::from(self.ctx.channel_max) {
+                    let error = AmqpError::not_allowed(format!(
+                        "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                        self.channels.len(),
+                        self.ctx.channel_max
+                    ));
+                    return self.close_connection(error, true);
+                }
+                self.channels
+                    .insert(number, Channel::new(self.ctx.channel_key(number)));
+                let open_ok = ChannelOpenOk {
+                    channel_id: LongString::default(),
+                };
+                self.ctx.out.method(number, &Method::ChannelOpenOk(open_ok));
+                return;
+            }
+            Frame::Method { method, .. } => method,
+            _ => {
+                let error = AmqpError::unexpected_frame(
+                    "expected method frame, got non method frame instead",
+                );
+                return self.close_connection(error, true);
+            }
+        };
+        let error = AmqpError::channel_error("expected 'channel.open'").during(&method);
+        self.close_connection(error, true);
+    }
+
+    fn handle_event(&mut self, event: ConnectionEvent) {
+        match event {
+            ConnectionEvent::Deliveries(deliveries) => {
+                for delivery in deliveries {
+                    let channel = self.channels.get_mut(&delivery.channel).filter(|channel| {
+                        !channel.is_closing() && channel.has_consumer(&delivery.consumer_tag)
+                    });
+                    match channel {
+                        Some(channel) => channel.deliver(&mut self.ctx, delivery),
+                        // Cancelled or closed meanwhile: give the message back.
+                        None if delivery.needs_ack => {
+                            self.ctx.settle(
+                                &delivery.queue,
+                                delivery.channel,
+                                Settlement::Requeue,
+                                delivery.message_id,
+                            );
+                        }
+                        None => {
+                            delivery.queue.send(QueueCommand::Return {
+                                messages: vec![ReturnedMessage {
+                                    message_id: delivery.message_id,
+                                    message: delivery.message,
+                                    redelivered: delivery.redelivered,
+                                }],
+                            });
+                        }
+                    }
+                }
+            }
+            ConnectionEvent::Settled(outcomes) => {
+                let mut start = 0;
+                while start < outcomes.len() {
+                    let number = outcomes[start].channel;
+                    let end = outcomes[start..]
+                        .iter()
+                        .position(|outcome| outcome.channel != number)
+                        .map_or(outcomes.len(), |offset| start + offset);
+                    if let Some(channel) = self.channels.get_mut(&number) {
+                        channel.confirmed(&mut self.ctx, &outcomes[start..end]);
+                    }
+                    start = end;
+                }
+            }
+            ConnectionEvent::PublishCredit { queue, amount } => self.ctx.grant(queue, amount),
+            ConnectionEvent::QueueGone { queue } => self.ctx.forget_queue(queue),
+            ConnectionEvent::ConsumerCancelled {
+                channel,
+                consumer_tag,
+            } => {
+                if let Some(channel) = self.channels.get_mut(&channel) {
+                    channel.consumer_cancelled(&mut self.ctx, &consumer_tag);
+                }
+            }
+        }
+    }
+
+    /// Sends `connection.close` after releasing every channel; waits for `close-ok` if asked.
+    fn close_connection(&mut self, error: AmqpError, wait_for_close_ok: bool) {
+        if error.code != warren_wire::ReplyCode::ConnectionForced {
+            tracing::error!(
+                "Error on AMQP connection ({}, vhost: '{}', user: '{}'): {error}",
+                self.ctx.name,
+                self.ctx.vhost.name(),
+                self.ctx.user.name
+            );
+        }
+        self.release_everything();
+        self.ctx.out.method(
+            0,
+            &Method::ConnectionClose(ConnectionClose {
+                reply_code: error.code.code(),
+                reply_text: error.reply_text(),
+                class_id: error.class_id,
+                method_id: error.method_id,
+            }),
+        );
+        self.state = if wait_for_close_ok {
+            let timeout = match self.heartbeat {
+                0 => CLOSING_TIMEOUT,
+                seconds => CLOSING_TIMEOUT.min(Duration::from_secs(u64::from(seconds))),
+            };
+            State::Closing(Instant::now() + timeout)
+        } else {
+            State::Closed
+        };
+    }
+
+    /// Releases every channel's consumers and unacknowledged messages and deletes the
+    /// connection's exclusive queues.
+    fn release_everything(&mut self) {
+        self.ctx.flush_queues();
+        for channel in self.channels.values_mut() {
+            channel.release(&mut self.ctx);
+        }
+        self.channels.clear();
+        for queue in std::mem::take(&mut self.ctx.exclusive_queues) {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            queue.send(QueueCommand::Delete {
+                if_unused: false,
+                if_empty: false,
+                reply,
+            });
+        }
+    }
+
+    fn finish(mut self) {
+        self.release_everything();
+        self.ctx.detach_publisher();
+        self.ctx.out.close();
+        tracing::debug!("connection ({}) closed", self.ctx.name);
+    }
+}
+
+fn frame_error_text(error: &FrameError, frame_max: u32) -> String {
+    match error {
+        FrameError::TooLarge { size, .. } => {
+            format!("frame of {size} bytes exceeds the negotiated frame_max of {frame_max} bytes")
+        }
+        FrameError::Decode { source, .. } => format!("cannot decode method: {source}"),
+        other => other.to_string(),
+    }
+}

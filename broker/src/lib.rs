@@ -1,0 +1,28 @@
+//! The Warren node: everything between the socket and the queues.
+//!
+//! ```text
+//!  server ──accept──> connection (reader task + writer task)
+//!                         │ channels: publish ─route─> vhost ─> exchange bindings ─> queues
+//!                         │           consume <────── deliveries ─────────────────── queues
+//!  broker: config, users, vhosts; shutdown token and connection tracker
+//! ```
+//!
+//! Start a node with [`Node::start`]; `src/main.rs` only reads the configuration, sets up
+//! logging and calls it. Embedders (the test kit) do the same with a configuration of their own.
+
+pub mod auth;
+pub mod broker;
+mod channel;
+mod connection;
+pub mod error;
+pub mod events;
+pub mod exchange;
+pub mod message;
+mod names;
+pub mod queue;
+pub mod server;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use server::{Node, StartError};
+pub use warren_config::Config;

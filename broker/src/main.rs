@@ -1,0 +1,90 @@
+//! The `warren` binary: read the configuration, set up logging, run a node until SIGTERM or
+//! Ctrl-C, then close client connections (320 CONNECTION_FORCED) and exit 0.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+use warren_broker::{Config, Node};
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("warren: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("warren: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+fn init_logging(config: &Config) {
+    let level = if config.log.console {
+        config.log.console_level.as_filter()
+    } else {
+        "off"
+    };
+    // RUST_LOG, when set, refines the configured level.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+async fn run(config: Config) -> ExitCode {
+    if let Some(file) = &config.source {
+        tracing::info!("configuration file: {}", file.display());
+    }
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("warren: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        "Warren {} started; AMQP on {:?}",
+        env!("CARGO_PKG_VERSION"),
+        node.amqp_addresses()
+    );
+    wait_for_signal().await;
+    node.shutdown(Duration::from_secs(10)).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => tracing::info!("received SIGTERM"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+                }
+            }
+            Err(error) => {
+                tracing::warn!("cannot listen for SIGTERM: {error}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

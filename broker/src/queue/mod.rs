@@ -1,0 +1,336 @@
+//! Queues: the handle channels hold, the commands they send, and the task that owns each queue.
+//!
+//! ```text
+//!  channel ──QueueCommand──> mailbox ──> queue task ──> QueueState (sans-IO)
+//!     ^                                        │
+//!     └──────── ConnectionEvent (deliveries, confirms, credit) ◄──┘
+//! ```
+//!
+//! A queue is owned by one task; nothing else touches its messages. Channels reach it only
+//! through [`QueueHandle::send`], and everything a channel must wait for (a consumer being
+//! registered, a `basic.get`, the counts of `queue.declare-ok`) is a command with a reply. Since
+//! one connection's commands reach the queue in the order it sent them, a `queue.declare-ok`
+//! counts every message that connection published before it, as in RabbitMQ.
+//!
+//! Flow control: a publishing connection holds credit per queue (RabbitMQ's `{400, 200}`): it
+//! may send 400 messages, and the queue grants 200 more each time it has processed 200 from that
+//! connection. Out of credit, the connection stops reading its socket. A consumer holds delivery
+//! credit the other way, returned by its connection once the socket has taken the bytes.
+
+mod actor;
+mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use warren_wire::{FieldTable, ShortString};
+
+use crate::error::AmqpResult;
+use crate::events::{ChannelKey, ConnectionId, EventSender};
+use crate::message::Message;
+
+pub(crate) use actor::spawn;
+pub use state::QueueState;
+
+/// Messages a publishing connection may send to a queue before the queue grants more.
+pub const PUBLISH_CREDIT_INITIAL: u32 = 400;
+/// How many messages a queue processes from a connection before granting that many again.
+pub const PUBLISH_CREDIT_MORE_AFTER: u32 = 200;
+/// Deliveries a queue may send a consumer before the consumer's connection returns credit.
+pub const DELIVERY_CREDIT: u32 = 2000;
+
+/// What a queue is, as declared.
+#[derive(Debug)]
+pub struct QueueShared {
+    id: u64,
+    /// The queue's name.
+    pub name: ShortString,
+    /// The vhost's name.
+    pub vhost: Arc<str>,
+    /// Survives restarts.
+    pub durable: bool,
+    /// The connection that owns an exclusive queue.
+    pub exclusive_owner: Option<ConnectionId>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Declared arguments.
+    pub arguments: FieldTable,
+    commands: mpsc::UnboundedSender<QueueCommand>,
+}
+
+/// A cheap, cloneable reference to a queue.
+#[derive(Debug, Clone)]
+pub struct QueueHandle(Arc<QueueShared>);
+
+impl std::ops::Deref for QueueHandle {
+    type Target = QueueShared;
+    fn deref(&self) -> &QueueShared {
+        &self.0
+    }
+}
+
+impl PartialEq for QueueHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl QueueHandle {
+    /// The node-unique id of this queue (a redeclared queue of the same name gets a new one).
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Sends a command; false when the queue has stopped (it was deleted).
+    pub fn send(&self, command: QueueCommand) -> bool {
+        self.0.commands.send(command).is_ok()
+    }
+
+    /// Whether another connection owns this exclusive queue.
+    pub fn is_locked_for(&self, connection: ConnectionId) -> bool {
+        self.0
+            .exclusive_owner
+            .is_some_and(|owner| owner != connection)
+    }
+
+    /// Sends a command that expects a reply and waits for it; `None` when the queue stopped
+    /// before answering.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> QueueCommand) -> Option<T> {
+        let (reply, receive) = oneshot::channel();
+        if !self.send(make(reply)) {
+            return None;
+        }
+        receive.await.ok()
+    }
+}
+
+/// What a declaration asks for.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// The name.
+    pub name: ShortString,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Owner of an exclusive queue.
+    pub exclusive_owner: Option<ConnectionId>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// A message arriving at a queue.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The message.
+    pub message: Arc<Message>,
+    /// The publish to confirm once the queue has taken it: (channel, sequence number).
+    pub confirm: Option<(u16, u64)>,
+}
+
+/// What happens to messages a consumer is done with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Processed: forget them.
+    Ack,
+    /// Put back, to be delivered again (redelivered flag set).
+    Requeue,
+    /// Rejected without requeue: drop (or dead-letter).
+    Discard,
+}
+
+/// Limits shared by a channel and every queue it consumes from: the channel-wide prefetch
+/// (`basic.qos` with `global=true`) and the count it applies to.
+#[derive(Debug, Default)]
+pub struct ChannelGate {
+    /// Channel-wide prefetch count; 0 for none.
+    pub limit: AtomicU32,
+    /// Deliveries to the channel's consumers not yet settled.
+    pub unacked: AtomicU32,
+}
+
+impl ChannelGate {
+    /// Takes one unit of the channel's prefetch, if it has one left.
+    pub fn try_acquire(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        if limit == 0 {
+            self.unacked.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |unacked| {
+                (unacked < limit).then_some(unacked + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `count` units; returns whether the channel was at its limit before, in which
+    /// case queues holding messages for it should try again.
+    pub fn release(&self, count: u32) -> bool {
+        if count == 0 {
+            return false;
+        }
+        let before = self
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |unacked| {
+                Some(unacked.saturating_sub(count))
+            })
+            .unwrap_or(0);
+        let limit = self.limit.load(Ordering::Acquire);
+        limit != 0 && before >= limit
+    }
+}
+
+/// A consumer, as registered with a queue.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Its channel.
+    pub channel: ChannelKey,
+    /// Its tag.
+    pub tag: ShortString,
+    /// Deliveries need no acknowledgement.
+    pub no_ack: bool,
+    /// No other consumer may use the queue.
+    pub exclusive: bool,
+    /// Per-consumer prefetch count; 0 for none.
+    pub prefetch: u16,
+    /// The channel's shared limits.
+    pub gate: Arc<ChannelGate>,
+    /// The connection's mailbox.
+    pub events: EventSender,
+    /// Consumer arguments.
+    pub arguments: FieldTable,
+}
+
+/// A message handed out by `basic.get`.
+#[derive(Debug)]
+pub struct GetResult {
+    /// Its id in the queue.
+    pub message_id: u64,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// Messages still ready after this one.
+    pub remaining: u32,
+}
+
+/// Counts for `queue.declare-ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery.
+    pub messages: u32,
+    /// Consumers.
+    pub consumers: u32,
+}
+
+/// A command for a queue's task.
+#[derive(Debug)]
+pub enum QueueCommand {
+    /// Messages from a publishing connection.
+    Publish {
+        /// The connection.
+        publisher: ConnectionId,
+        /// The messages, in order.
+        messages: Vec<Incoming>,
+    },
+    /// A connection will publish: where to send its confirms and credit.
+    AttachPublisher {
+        /// The connection.
+        publisher: ConnectionId,
+        /// Its mailbox.
+        events: EventSender,
+    },
+    /// The connection is gone.
+    DetachPublisher {
+        /// The connection.
+        publisher: ConnectionId,
+    },
+    /// Register a consumer.
+    Consume {
+        /// The consumer.
+        consumer: ConsumerSpec,
+        /// Ok, or why not (exclusive use).
+        reply: oneshot::Sender<AmqpResult<()>>,
+    },
+    /// Remove a consumer.
+    Cancel {
+        /// Its channel.
+        channel: ChannelKey,
+        /// Its tag.
+        tag: ShortString,
+        /// Answered once removed.
+        reply: Option<oneshot::Sender<()>>,
+    },
+    /// Settle delivered messages.
+    Settle {
+        /// The channel they were delivered on.
+        channel: ChannelKey,
+        /// Their ids.
+        message_ids: Vec<u64>,
+        /// What to do with them.
+        outcome: Settlement,
+    },
+    /// `basic.get`.
+    Get {
+        /// The channel asking.
+        channel: ChannelKey,
+        /// Whether the message is settled on delivery.
+        no_ack: bool,
+        /// The message, or none if the queue is empty.
+        reply: oneshot::Sender<Option<GetResult>>,
+    },
+    /// Counts.
+    Stats {
+        /// The counts.
+        reply: oneshot::Sender<QueueStats>,
+    },
+    /// Drop every ready message.
+    Purge {
+        /// How many were dropped.
+        reply: oneshot::Sender<u32>,
+    },
+    /// Delete the queue.
+    Delete {
+        /// Refuse if it has consumers.
+        if_unused: bool,
+        /// Refuse if it has ready messages.
+        if_empty: bool,
+        /// Ready messages dropped, or why not.
+        reply: oneshot::Sender<AmqpResult<u32>>,
+    },
+    /// A channel closed: requeue what it had not settled, drop its consumers.
+    ChannelClosed {
+        /// The channel.
+        channel: ChannelKey,
+    },
+    /// A consumer's connection returns delivery credit.
+    Credit {
+        /// Its channel.
+        channel: ChannelKey,
+        /// Its tag.
+        tag: ShortString,
+        /// Deliveries it may receive on top of what it has.
+        amount: u32,
+    },
+    /// Limits changed (a channel's prefetch freed up): try delivering again.
+    Kick,
+    /// Messages delivered without acknowledgement that their consumer could not take after all
+    /// (it was cancelled meanwhile): put them back at the head.
+    Return {
+        /// The messages.
+        messages: Vec<ReturnedMessage>,
+    },
+}
+
+/// A delivery its consumer's connection could not hand over.
+#[derive(Debug)]
+pub struct ReturnedMessage {
+    /// Its id in the queue.
+    pub message_id: u64,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Its redelivered flag when it was delivered.
+    pub redelivered: bool,
+}

@@ -1,0 +1,418 @@
+//! Virtual hosts: the exchanges and queues in one namespace, declaration rules and routing.
+//!
+//! Lock order (see docs/locking.md): `exchanges` before `queues` before an exchange's bindings.
+//! No lock is held across an `.await`; every method here is synchronous.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use warren_wire::{FieldTable, FieldValue, ShortString};
+
+use crate::error::AmqpError;
+use crate::exchange::{Binding, Destination, DestinationKey, Exchange, ExchangeKind};
+use crate::message::Message;
+use crate::queue::{self, QueueHandle, QueueSpec};
+
+/// What an `exchange.declare` asks for.
+#[derive(Debug, Clone)]
+pub struct ExchangeSpec {
+    /// Name.
+    pub name: ShortString,
+    /// Type.
+    pub kind: ExchangeKind,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Not for publishing.
+    pub internal: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// The queue arguments RabbitMQ compares when a classic queue is declared again.
+const COMPARED_QUEUE_ARGUMENTS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-queue-master-locator",
+    "x-queue-leader-locator",
+];
+
+/// One virtual host.
+#[derive(Debug)]
+pub struct VHost {
+    name: Arc<str>,
+    exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
+    queues: RwLock<HashMap<ShortString, QueueHandle>>,
+}
+
+impl VHost {
+    /// A vhost with RabbitMQ's predeclared exchanges.
+    pub fn new(name: &str) -> Arc<VHost> {
+        let vhost = VHost {
+            name: name.into(),
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+        };
+        {
+            let mut exchanges = vhost.exchanges.write();
+            for (exchange, kind) in [
+                ("amq.direct", ExchangeKind::Direct),
+                ("amq.fanout", ExchangeKind::Fanout),
+                ("amq.topic", ExchangeKind::Topic),
+                ("amq.headers", ExchangeKind::Headers),
+                ("amq.match", ExchangeKind::Headers),
+            ] {
+                let name = ShortString::from_static(exchange);
+                let exchange =
+                    Exchange::new(name.clone(), kind, true, false, false, FieldTable::new());
+                exchanges.insert(name, Arc::new(exchange));
+            }
+        }
+        Arc::new(vhost)
+    }
+
+    /// The vhost's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn name_shared(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    /// An exchange by name (not the default exchange, which is not stored).
+    pub fn exchange(&self, name: &[u8]) -> Option<Arc<Exchange>> {
+        self.exchanges.read().get(name).cloned()
+    }
+
+    /// A queue by name.
+    pub fn queue(&self, name: &[u8]) -> Option<QueueHandle> {
+        self.queues.read().get(name).cloned()
+    }
+
+    /// Every queue.
+    pub fn queues(&self) -> Vec<QueueHandle> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// Every exchange.
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    /// Declares an exchange, or checks that an existing one is equivalent.
+    pub fn declare_exchange(&self, spec: ExchangeSpec) -> Result<Arc<Exchange>, AmqpError> {
+        let mut exchanges = self.exchanges.write();
+        if let Some(existing) = exchanges.get(&spec.name) {
+            self.check_exchange_equivalence(existing, &spec)?;
+            return Ok(existing.clone());
+        }
+        if spec.name.starts_with(b"amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let exchange = Arc::new(Exchange::new(
+            spec.name.clone(),
+            spec.kind,
+            spec.durable,
+            spec.auto_delete,
+            spec.internal,
+            spec.arguments,
+        ));
+        exchanges.insert(spec.name, exchange.clone());
+        Ok(exchange)
+    }
+
+    fn check_exchange_equivalence(
+        &self,
+        existing: &Exchange,
+        spec: &ExchangeSpec,
+    ) -> Result<(), AmqpError> {
+        let resource = format!("exchange '{}' in vhost '{}'", spec.name, self.name);
+        let mismatch = |key: &str, received: String, current: String| {
+            AmqpError::precondition_failed(format!(
+                "inequivalent arg '{key}' for {resource}: received {received} but current is {current}"
+            ))
+        };
+        if existing.kind != spec.kind {
+            return Err(mismatch(
+                "type",
+                quoted(spec.kind.name()),
+                quoted(existing.kind.name()),
+            ));
+        }
+        for (key, received, current) in [
+            ("durable", spec.durable, existing.durable),
+            ("auto_delete", spec.auto_delete, existing.auto_delete),
+            ("internal", spec.internal, existing.internal),
+        ] {
+            if received != current {
+                return Err(mismatch(key, quoted(received), quoted(current)));
+            }
+        }
+        compare_argument(
+            "alternate-exchange",
+            &spec.arguments,
+            &existing.arguments,
+            &resource,
+        )
+    }
+
+    /// Deletes an exchange and every binding from or to it; missing exchanges are fine.
+    pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> Result<(), AmqpError> {
+        let mut exchanges = self.exchanges.write();
+        let Some(exchange) = exchanges.get(name) else {
+            return Ok(());
+        };
+        if if_unused && exchange.has_bindings() {
+            return Err(AmqpError::precondition_failed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        exchanges.remove(name);
+        let key = DestinationKey::Exchange(name.clone());
+        for other in exchanges.values() {
+            other.unbind_destination(&key);
+        }
+        Ok(())
+    }
+
+    /// Declares a queue, or checks that an existing one is equivalent. Returns the queue and
+    /// whether it was created.
+    pub fn declare_queue(
+        self: &Arc<Self>,
+        spec: QueueSpec,
+        connection: u64,
+    ) -> Result<(QueueHandle, bool), AmqpError> {
+        let mut queues = self.queues.write();
+        if let Some(existing) = queues.get(&spec.name) {
+            self.check_queue_equivalence(existing, &spec, connection)?;
+            return Ok((existing.clone(), false));
+        }
+        let name = spec.name.clone();
+        let handle = queue::spawn(spec, self);
+        queues.insert(name, handle.clone());
+        Ok((handle, true))
+    }
+
+    fn check_queue_equivalence(
+        &self,
+        existing: &QueueHandle,
+        spec: &QueueSpec,
+        connection: u64,
+    ) -> Result<(), AmqpError> {
+        // Exclusivity first, and as a lock error, as RabbitMQ does.
+        let exclusive_matches =
+            existing.exclusive_owner.is_some() == spec.exclusive_owner.is_some();
+        if !exclusive_matches || existing.is_locked_for(connection) {
+            return Err(AmqpError::exclusive_locked(&spec.name, &self.name));
+        }
+        let resource = format!("queue '{}' in vhost '{}'", spec.name, self.name);
+        for (key, received, current) in [
+            ("durable", spec.durable, existing.durable),
+            ("auto_delete", spec.auto_delete, existing.auto_delete),
+        ] {
+            if received != current {
+                return Err(AmqpError::precondition_failed(format!(
+                    "inequivalent arg '{key}' for {resource}: received {} but current is {}",
+                    quoted(received),
+                    quoted(current)
+                )));
+            }
+        }
+        for key in COMPARED_QUEUE_ARGUMENTS {
+            compare_argument(key, &spec.arguments, &existing.arguments, &resource)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a deleted queue from the vhost and every binding to it. Called by the queue.
+    pub(crate) fn forget_queue(&self, queue: &QueueHandle) {
+        {
+            let mut queues = self.queues.write();
+            if queues
+                .get(&queue.name)
+                .is_some_and(|current| current.id() == queue.id())
+            {
+                queues.remove(&queue.name);
+            }
+        }
+        let key = DestinationKey::Queue(queue.id());
+        for exchange in self.exchanges.read().values() {
+            exchange.unbind_destination(&key);
+        }
+    }
+
+    /// Binds `destination` to `exchange`.
+    pub fn bind(
+        &self,
+        exchange: &Exchange,
+        destination: Destination,
+        routing_key: ShortString,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        exchange
+            .bind(Binding {
+                destination,
+                routing_key,
+                arguments,
+            })
+            .map(drop)
+    }
+
+    /// Appends the queues `message` routes to from `exchange` (the default exchange when
+    /// `None`), each once, following exchange-to-exchange bindings (each exchange is visited
+    /// once, so binding loops end).
+    pub fn route(
+        &self,
+        exchange: Option<&Exchange>,
+        message: &Message,
+        out: &mut Vec<QueueHandle>,
+    ) {
+        let Some(exchange) = exchange else {
+            if let Some(queue) = self.queue(&message.routing_key) {
+                out.push(queue);
+            }
+            return;
+        };
+        let mut headers = None;
+        let mut destinations = Vec::new();
+        exchange.route(message, &mut headers, &mut destinations);
+        let mut visited: Vec<ShortString> = Vec::new();
+        while let Some(destination) = destinations.pop() {
+            match destination {
+                Destination::Queue(queue) => {
+                    if !out.contains(&queue) {
+                        out.push(queue);
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if name == exchange.name || visited.contains(&name) {
+                        continue;
+                    }
+                    if let Some(next) = self.exchange(&name) {
+                        next.route(message, &mut headers, &mut destinations);
+                    }
+                    visited.push(name);
+                }
+            }
+        }
+    }
+}
+
+fn quoted(value: impl std::fmt::Display) -> String {
+    format!("'{value}'")
+}
+
+/// Compares one argument of a redeclaration as RabbitMQ does: integers with integers and
+/// floats with floats by value, other types by type and value; `x-queue-type` absent equals
+/// `classic`.
+fn compare_argument(
+    key: &str,
+    received: &FieldTable,
+    current: &FieldTable,
+    resource: &str,
+) -> Result<(), AmqpError> {
+    let classic = FieldValue::from("classic");
+    let normalise = |value: Option<&FieldValue>| -> Option<FieldValue> {
+        match (key, value) {
+            ("x-queue-type", None) => Some(classic.clone()),
+            (_, value) => value.cloned(),
+        }
+    };
+    let received = normalise(received.get(key));
+    let current = normalise(current.get(key));
+    let equivalent = match (&received, &current) {
+        (None, None) => true,
+        (Some(a), Some(b)) => match (a.as_integer(), b.as_integer()) {
+            (Some(a), Some(b)) => a == b,
+            _ => a == b,
+        },
+        _ => false,
+    };
+    if equivalent {
+        return Ok(());
+    }
+    Err(AmqpError::precondition_failed(format!(
+        "inequivalent arg '{key}' for {resource}: received {} but current is {}",
+        describe_value(received.as_ref()),
+        describe_value(current.as_ref())
+    )))
+}
+
+/// RabbitMQ's `val/1`: `none`, or `the value '1000' of type 'long'`.
+pub(crate) fn describe_value(value: Option<&FieldValue>) -> String {
+    let Some(value) = value else {
+        return "none".into();
+    };
+    let (text, kind) = match value {
+        FieldValue::Boolean(v) => (v.to_string(), "bool"),
+        FieldValue::ShortShortInt(v) => (v.to_string(), "byte"),
+        FieldValue::ShortShortUInt(v) => (v.to_string(), "unsignedbyte"),
+        FieldValue::ShortInt(v) => (v.to_string(), "short"),
+        FieldValue::ShortUInt(v) => (v.to_string(), "unsignedshort"),
+        FieldValue::LongInt(v) => (v.to_string(), "signedint"),
+        FieldValue::LongUInt(v) => (v.to_string(), "unsignedint"),
+        FieldValue::LongLongInt(v) => (v.to_string(), "long"),
+        FieldValue::Float(v) => (v.to_string(), "float"),
+        FieldValue::Double(v) => (v.to_string(), "double"),
+        FieldValue::Decimal(v) => (format!("{{{},{}}}", v.scale, v.value), "decimal"),
+        FieldValue::LongString(v) => (v.to_string(), "longstr"),
+        FieldValue::Array(_) => ("[...]".into(), "array"),
+        FieldValue::Timestamp(v) => (v.to_string(), "timestamp"),
+        FieldValue::Table(_) => ("[...]".into(), "table"),
+        FieldValue::ByteArray(v) => (String::from_utf8_lossy(v).into_owned(), "binary"),
+        FieldValue::Void => ("undefined".into(), "void"),
+    };
+    format!("the value '{text}' of type '{kind}'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
+        entries
+            .iter()
+            .map(|(key, value)| (ShortString::try_from(*key).unwrap(), value.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn argument_equivalence_follows_rabbitmq() {
+        let resource = "queue 'q' in vhost '/'";
+        let long = table(&[("x-message-ttl", FieldValue::LongLongInt(1000))]);
+        let int = table(&[("x-message-ttl", FieldValue::LongInt(1000))]);
+        let string = table(&[("x-message-ttl", "1000".into())]);
+        assert!(compare_argument("x-message-ttl", &int, &long, resource).is_ok());
+        assert_eq!(
+            compare_argument("x-message-ttl", &string, &long, resource)
+                .unwrap_err()
+                .to_string(),
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received the value '1000' of type 'longstr' but current is the value '1000' of type 'long'"
+        );
+        assert_eq!(
+            compare_argument("x-message-ttl", &FieldTable::new(), &long, resource)
+                .unwrap_err()
+                .to_string(),
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received none but current is the value '1000' of type 'long'"
+        );
+        let classic = table(&[("x-queue-type", "classic".into())]);
+        assert!(compare_argument("x-queue-type", &classic, &FieldTable::new(), resource).is_ok());
+    }
+}
