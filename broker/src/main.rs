@@ -7,7 +7,29 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use warren_broker::{Config, Node};
 
+const USAGE: &str = "usage: warren [--version | --help]
+
+Starts a Warren node. Configuration comes from the rabbitmq.conf file named by
+WARREN_CONFIG_FILE (or RABBITMQ_CONFIG_FILE) and from environment variables;
+see docs/configuration.md.";
+
 fn main() -> ExitCode {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    match arguments.first().map(String::as_str) {
+        None => {}
+        Some("--version" | "-V") => {
+            println!("warren {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("warren: unknown argument '{other}'\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     let config = match Config::load() {
         Ok(config) => config,
         Err(error) => {

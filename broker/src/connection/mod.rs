@@ -52,6 +52,8 @@ use writer::Outbound;
 /// Longest wait for `close-ok` after the server closed the connection (RabbitMQ's
 /// `?CLOSING_TIMEOUT`).
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection closed by node shutdown waits for `close-ok`.
+const SHUTDOWN_CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Events handled per round before the socket gets a turn.
 const EVENTS_PER_ROUND: usize = 256;
 
@@ -269,7 +271,10 @@ impl Connection {
                         warren_wire::ReplyCode::ConnectionForced,
                         "broker forced connection closure with reason 'shutdown'",
                     );
-                    self.close_connection(error, false);
+                    // Waiting (briefly) for close-ok lets clients see the reason: a client that
+                    // finds the socket gone while answering reports an I/O error instead.
+                    self.close_connection(error, true);
+                    self.state = State::Closing(Instant::now() + SHUTDOWN_CLOSE_OK_TIMEOUT);
                 }
                 event = self.events.recv() => {
                     if let Some(event) = event {

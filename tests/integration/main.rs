@@ -1,0 +1,12 @@
+//! Warren's integration tests, in one binary to keep linking cheap.
+//!
+//! - `lapin_client` and `amqprs_client`: the broker through two independent Rust client codecs;
+//! - `protocol`: handshake, framing and error handling with a raw client (what clients never send);
+//! - `pika`: the conformance script run through Python's pika (skipped outside CI without pika);
+//! - `process`: the `warren` binary as a child process: configuration errors, SIGTERM.
+
+mod amqprs_client;
+mod lapin_client;
+mod pika;
+mod process;
+mod protocol;

@@ -1,0 +1,281 @@
+//! Support for Warren's integration tests: a raw AMQP client for what client libraries cannot
+//! send (bad frames, odd handshakes), unique names, bounded waits, and the rule for tests that
+//! need an outside program.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren_wire::method::{ChannelOpen, ConnectionOpen, ConnectionStartOk, ConnectionTuneOk};
+use warren_wire::{FieldTable, FieldValue, Frame, LongString, Method, ShortString, decode_frame};
+
+/// How long a test waits for something that should happen promptly.
+pub const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `future` with the [`PROMPTLY`] timeout, panicking with `what` when it takes longer.
+pub async fn promptly<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PROMPTLY, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {PROMPTLY:?} waiting for {what}"))
+}
+
+/// Polls `condition` until it holds, failing after [`PROMPTLY`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    promptly(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Whether an outside program a test needs is there. Outside CI a missing program skips the
+/// test with a printed reason; under `CI=true` it fails the test, so CI never skips silently.
+pub fn require(program: &str, available: bool, install_hint: &str) -> bool {
+    if available {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+    assert!(
+        !ci,
+        "{program} is required under CI=true but is missing ({install_hint})"
+    );
+    eprintln!("skipping: {program} is not available ({install_hint})");
+    false
+}
+
+/// A minimal AMQP client speaking frames directly, for protocol-level tests.
+#[derive(Debug)]
+pub struct RawClient {
+    stream: TcpStream,
+    buffer: BytesMut,
+    /// Frame size limit used when decoding what the server sends.
+    pub frame_max: u32,
+}
+
+/// What the raw client reads back.
+#[derive(Debug)]
+pub enum Received {
+    /// A frame.
+    Frame(Frame),
+    /// The server closed the socket.
+    Closed,
+}
+
+impl RawClient {
+    /// Connects a TCP socket, nothing more.
+    pub async fn connect(address: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(address)
+            .await
+            .expect("connect to broker");
+        stream.set_nodelay(true).expect("nodelay");
+        RawClient {
+            stream,
+            buffer: BytesMut::with_capacity(64 * 1024),
+            frame_max: 1 << 20,
+        }
+    }
+
+    /// Connects and completes the handshake as `guest` on vhost `/`, with these tune values,
+    /// and opens channel 1.
+    pub async fn open(address: SocketAddr, heartbeat: u16) -> RawClient {
+        let mut client = RawClient::connect(address).await;
+        client.handshake("guest", "guest", "/", heartbeat).await;
+        client.send_method(1, ChannelOpen::default()).await;
+        match client.expect_method().await {
+            Method::ChannelOpenOk(_) => {}
+            other => panic!("expected channel.open_ok, got {other:?}"),
+        }
+        client
+    }
+
+    /// Performs the handshake; panics if the server does not open the connection.
+    pub async fn handshake(&mut self, user: &str, password: &str, vhost: &str, heartbeat: u16) {
+        self.write(warren_wire::PROTOCOL_HEADER).await;
+        let tune = self.start(user, password).await;
+        let Method::ConnectionTune(tune) = tune else {
+            panic!("expected connection.tune, got {tune:?}");
+        };
+        self.send_method(
+            0,
+            ConnectionTuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat,
+            },
+        )
+        .await;
+        self.send_method(
+            0,
+            ConnectionOpen {
+                virtual_host: ShortString::try_from(vhost).expect("short vhost"),
+                ..Default::default()
+            },
+        )
+        .await;
+        match self.expect_method().await {
+            Method::ConnectionOpenOk(_) => {}
+            other => panic!("expected connection.open_ok, got {other:?}"),
+        }
+    }
+
+    /// Reads connection.start, answers it with PLAIN credentials, and returns the next method.
+    pub async fn start(&mut self, user: &str, password: &str) -> Method {
+        match self.expect_method().await {
+            Method::ConnectionStart(_) => {}
+            other => panic!("expected connection.start, got {other:?}"),
+        }
+        let mut capabilities = FieldTable::new();
+        capabilities.insert(
+            ShortString::from_static("authentication_failure_close"),
+            FieldValue::Boolean(true),
+        );
+        capabilities.insert(
+            ShortString::from_static("consumer_cancel_notify"),
+            FieldValue::Boolean(true),
+        );
+        let mut properties = FieldTable::new();
+        properties.insert(
+            ShortString::from_static("capabilities"),
+            FieldValue::Table(capabilities),
+        );
+        self.send_method(
+            0,
+            ConnectionStartOk {
+                client_properties: properties,
+                mechanism: ShortString::from_static("PLAIN"),
+                response: LongString::from(format!("\0{user}\0{password}")),
+                locale: ShortString::from_static("en_US"),
+            },
+        )
+        .await;
+        self.expect_method().await
+    }
+
+    /// Writes raw bytes.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write to broker");
+    }
+
+    /// Sends one method frame.
+    pub async fn send_method(&mut self, channel: u16, method: impl Into<Method>) {
+        let mut buf = BytesMut::new();
+        warren_wire::frame::encode_method(channel, &method.into(), &mut buf);
+        self.write(&buf).await;
+    }
+
+    /// Sends any frame.
+    pub async fn send_frame(&mut self, frame: Frame) {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        self.write(&buf).await;
+    }
+
+    /// The next frame or the socket's end, within [`PROMPTLY`].
+    pub async fn receive(&mut self) -> Received {
+        promptly("a frame from the broker", self.receive_unbounded()).await
+    }
+
+    async fn receive_unbounded(&mut self) -> Received {
+        loop {
+            if let Some(frame) =
+                decode_frame(&mut self.buffer, self.frame_max).expect("broker sends valid frames")
+            {
+                return Received::Frame(frame);
+            }
+            match self.stream.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return Received::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads raw bytes until the socket closes (at most `limit`), for non-frame replies.
+    pub async fn read_until_closed(&mut self, limit: usize) -> Vec<u8> {
+        promptly("the broker to close the socket", async {
+            let mut bytes = self.buffer.split().to_vec();
+            let mut chunk = [0u8; 256];
+            while bytes.len() < limit {
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                }
+            }
+            bytes
+        })
+        .await
+    }
+
+    /// The next method, skipping heartbeats; panics on anything else.
+    pub async fn expect_method(&mut self) -> Method {
+        loop {
+            match self.receive().await {
+                Received::Frame(Frame::Heartbeat) => continue,
+                Received::Frame(Frame::Method { method, .. }) => return method,
+                other => panic!("expected a method, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for `connection.close` and returns (code, text, class, method).
+    pub async fn expect_connection_close(&mut self) -> (u16, String, u16, u16) {
+        loop {
+            match self.receive().await {
+                Received::Frame(Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionClose(close),
+                }) => {
+                    return (
+                        close.reply_code,
+                        close.reply_text.to_string(),
+                        close.class_id,
+                        close.method_id,
+                    );
+                }
+                Received::Frame(_) => continue,
+                Received::Closed => panic!("socket closed without connection.close"),
+            }
+        }
+    }
+
+    /// Waits for `channel.close` on `channel` and returns (code, text).
+    pub async fn expect_channel_close(&mut self, channel: u16) -> (u16, String) {
+        loop {
+            match self.receive().await {
+                Received::Frame(Frame::Method {
+                    channel: number,
+                    method: Method::ChannelClose(close),
+                }) if number == channel => return (close.reply_code, close.reply_text.to_string()),
+                Received::Frame(Frame::Method {
+                    method: Method::ConnectionClose(close),
+                    ..
+                }) => panic!("connection closed instead: {close:?}"),
+                Received::Frame(_) => continue,
+                Received::Closed => panic!("socket closed while waiting for channel.close"),
+            }
+        }
+    }
+
+    /// Waits until the server closes the socket.
+    pub async fn expect_socket_closed(&mut self) {
+        loop {
+            if let Received::Closed = self.receive().await {
+                return;
+            }
+        }
+    }
+}
