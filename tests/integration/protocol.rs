@@ -386,7 +386,7 @@ async fn channel_max_limits_open_channels() {
         client.expect_method().await,
         Method::ConnectionOpenOk(_)
     ));
-    for channel in [1, 500] {
+    for channel in [1, 2] {
         client.send_method(channel, ChannelOpen::default()).await;
         assert!(matches!(
             client.expect_method().await,
@@ -396,8 +396,36 @@ async fn channel_max_limits_open_channels() {
     client.send_method(3, ChannelOpen::default()).await;
     assert_eq!(
         client.expect_connection_close().await,
-        (530, "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)".into(), 0, 0)
+        (
+            530,
+            "NOT_ALLOWED - channel number 3 is higher than the negotiated channel_max (2)".into(),
+            0,
+            0
+        )
     );
+
+    // Channels can be closed and reopened within the limit.
+    let broker = TestBroker::builder()
+        .config_text("channel_max = 2\n")
+        .expect("config")
+        .start()
+        .await;
+    let mut client = RawClient::open(broker.address(), 0).await;
+    client.send_method(2, ChannelOpen::default()).await;
+    assert!(matches!(
+        client.expect_method().await,
+        Method::ChannelOpenOk(_)
+    ));
+    client.send_method(2, ChannelClose::default()).await;
+    assert!(matches!(
+        client.expect_method().await,
+        Method::ChannelCloseOk(_)
+    ));
+    client.send_method(2, ChannelOpen::default()).await;
+    assert!(matches!(
+        client.expect_method().await,
+        Method::ChannelOpenOk(_)
+    ));
 }
 
 #[tokio::test]

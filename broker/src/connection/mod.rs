@@ -411,6 +411,13 @@ impl Connection {
 
     async fn handle_channel_frame(&mut self, frame: Frame) {
         let number = frame.channel();
+        if number > self.ctx.channel_max {
+            let error = AmqpError::not_allowed(format!(
+                "channel number {number} is higher than the negotiated channel_max ({})",
+                self.ctx.channel_max
+            ));
+            return self.close_connection(error, true);
+        }
         let Some(channel) = self.channels.get_mut(&number) else {
             return self.open_channel(number, frame);
         };
