@@ -54,6 +54,8 @@ use writer::Outbound;
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection closed by node shutdown waits for `close-ok`.
 const SHUTDOWN_CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Room made in the read buffer before reading a busy socket.
+const READ_CHUNK: usize = 64 * 1024;
 /// Events handled per round before the socket gets a turn.
 const EVENTS_PER_ROUND: usize = 256;
 
@@ -252,10 +254,17 @@ impl Connection {
         heartbeat_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let writer = self.ctx.out.shared().clone();
         let shutdown = self.ctx.broker.shutdown.clone();
+        let mut input = false;
         loop {
             self.process_buffered().await;
             self.ctx.flush_queues();
             self.ctx.out.flush();
+            if std::mem::take(&mut input) {
+                // A busy publisher always has more to read; without yielding it would keep its
+                // worker thread until tokio's budget runs out (thousands of messages), and the
+                // queues and consumers it feeds would wait behind it.
+                tokio::task::yield_now().await;
+            }
             if self.state == State::Closed {
                 break;
             }
@@ -287,13 +296,21 @@ impl Connection {
                         }
                     }
                 }
-                read = self.reader.read_buf(&mut self.buf), if reading => {
-                    match read {
+                readable = self.reader.readable(), if reading => {
+                    if let Err(error) = readable {
+                        tracing::debug!("connection ({}) read error: {error}", self.ctx.name);
+                        break;
+                    }
+                    match self.read_available() {
                         Ok(0) => {
                             tracing::debug!("client closed TCP connection ({})", self.ctx.name);
                             break;
                         }
-                        Ok(_) => self.last_read = Instant::now(),
+                        Ok(_) => {
+                            self.last_read = Instant::now();
+                            input = true;
+                        }
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(error) => {
                             tracing::debug!("connection ({}) read error: {error}", self.ctx.name);
                             break;
@@ -319,6 +336,15 @@ impl Connection {
             }
         }
         self.finish();
+    }
+
+    /// Reads what the socket has without waiting, into at least `READ_CHUNK` bytes of room (room
+    /// is only made when data is there, so idle connections keep small buffers).
+    fn read_available(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.reader.try_read_buf(&mut self.buf)
     }
 
     /// Handles every complete frame in the read buffer, as long as reading is allowed.
