@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use warren_config::Config;
 
 use crate::auth::Users;
+use crate::direct_reply::DirectReplies;
 use crate::events::ConnectionId;
 use crate::vhost::VHost;
 
@@ -26,6 +27,8 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks, so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Direct reply-to addresses.
+    pub direct_replies: DirectReplies,
 }
 
 /// Why the broker could not be set up from its configuration.
@@ -45,6 +48,7 @@ impl Broker {
             next_connection_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            direct_replies: DirectReplies::default(),
             config: Arc::new(config),
         };
         let config = broker.config.clone();

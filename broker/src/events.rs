@@ -76,8 +76,8 @@ pub struct Delivery {
     pub channel: u16,
     /// The consumer's tag.
     pub consumer_tag: ShortString,
-    /// The queue it comes from, for acknowledgements.
-    pub queue: QueueHandle,
+    /// The queue it comes from, for acknowledgements (`None` for direct replies).
+    pub queue: Option<QueueHandle>,
     /// The message's id in that queue.
     pub message_id: u64,
     /// The message.

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod broker;
 mod channel;
 mod connection;
+pub mod direct_reply;
 pub mod error;
 pub mod events;
 pub mod exchange;

@@ -125,6 +125,7 @@ impl VHost {
                 spec.name
             )));
         }
+        queue::arguments::check_alternate_exchange(&spec.arguments, &spec.name, &self.name)?;
         let exchange = Arc::new(Exchange::new(
             spec.name.clone(),
             spec.kind,
@@ -174,22 +175,59 @@ impl VHost {
 
     /// Deletes an exchange and every binding from or to it; missing exchanges are fine.
     pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> Result<(), AmqpError> {
-        let mut exchanges = self.exchanges.write();
-        let Some(exchange) = exchanges.get(name) else {
-            return Ok(());
-        };
-        if if_unused && exchange.has_bindings() {
-            return Err(AmqpError::precondition_failed(format!(
-                "exchange '{name}' in vhost '{}' in use",
-                self.name
-            )));
+        {
+            let exchanges = self.exchanges.read();
+            let Some(exchange) = exchanges.get(name) else {
+                return Ok(());
+            };
+            if if_unused && exchange.has_bindings() {
+                return Err(AmqpError::precondition_failed(format!(
+                    "exchange '{name}' in vhost '{}' in use",
+                    self.name
+                )));
+            }
         }
-        exchanges.remove(name);
-        let key = DestinationKey::Exchange(name.clone());
-        for other in exchanges.values() {
-            other.unbind_destination(&key);
-        }
+        self.remove_exchanges(vec![name.clone()], false);
         Ok(())
+    }
+
+    /// Removes exchanges and the bindings to them; exchanges that lose their last binding that
+    /// way and are auto-delete go too. With `only_unused_auto_delete`, a name is removed only if
+    /// it is an auto-delete exchange with no bindings left.
+    fn remove_exchanges(&self, mut names: Vec<ShortString>, only_unused_auto_delete: bool) {
+        let mut only_unused = only_unused_auto_delete;
+        while !names.is_empty() {
+            let mut next = Vec::new();
+            let mut exchanges = self.exchanges.write();
+            for name in names.drain(..) {
+                let removable = exchanges.get(&name).is_some_and(|exchange| {
+                    !only_unused || (exchange.auto_delete && !exchange.has_bindings())
+                });
+                if !removable {
+                    continue;
+                }
+                exchanges.remove(&name);
+                let key = DestinationKey::Exchange(name);
+                for other in exchanges.values() {
+                    if other.unbind_destination(&key) > 0
+                        && other.auto_delete
+                        && !other.has_bindings()
+                    {
+                        next.push(other.name.clone());
+                    }
+                }
+            }
+            names = next;
+            only_unused = true;
+        }
+    }
+
+    /// After a binding from `exchange` was removed: an auto-delete exchange with no bindings
+    /// left is deleted, as in RabbitMQ.
+    pub fn binding_removed(&self, exchange: &Exchange) {
+        if exchange.auto_delete && !exchange.has_bindings() {
+            self.remove_exchanges(vec![exchange.name.clone()], true);
+        }
     }
 
     /// Declares a queue, or checks that an existing one is equivalent. Returns the queue and
@@ -204,8 +242,10 @@ impl VHost {
             self.check_queue_equivalence(existing, &spec, connection)?;
             return Ok((existing.clone(), false));
         }
+        // Arguments are validated only when the queue is created, as in RabbitMQ.
+        let config = queue::arguments::parse(&spec.arguments, &spec.name, &self.name)?;
         let name = spec.name.clone();
-        let handle = queue::spawn(spec, self);
+        let handle = queue::spawn(spec, config, self);
         queues.insert(name, handle.clone());
         Ok((handle, true))
     }
@@ -253,8 +293,19 @@ impl VHost {
             }
         }
         let key = DestinationKey::Queue(queue.id());
-        for exchange in self.exchanges.read().values() {
-            exchange.unbind_destination(&key);
+        let emptied: Vec<ShortString> = self
+            .exchanges
+            .read()
+            .values()
+            .filter(|exchange| {
+                exchange.unbind_destination(&key) > 0
+                    && exchange.auto_delete
+                    && !exchange.has_bindings()
+            })
+            .map(|exchange| exchange.name.clone())
+            .collect();
+        if !emptied.is_empty() {
+            self.remove_exchanges(emptied, true);
         }
     }
 
@@ -276,24 +327,37 @@ impl VHost {
     }
 
     /// Appends the queues `message` routes to from `exchange` (the default exchange when
-    /// `None`), each once, following exchange-to-exchange bindings (each exchange is visited
-    /// once, so binding loops end).
+    /// `None`) with each of `routing_keys` (the publish key, then `CC` and `BCC` keys), each
+    /// queue once. Exchange-to-exchange bindings are followed and each exchange is visited once,
+    /// so binding loops end; an exchange whose own bindings match nothing hands the message to
+    /// its alternate exchange, as RabbitMQ's `route1` does.
     pub fn route(
         &self,
         exchange: Option<&Exchange>,
         message: &Message,
+        routing_keys: &[ShortString],
         out: &mut Vec<QueueHandle>,
     ) {
         let Some(exchange) = exchange else {
-            if let Some(queue) = self.queue(&message.routing_key) {
-                out.push(queue);
+            for key in routing_keys {
+                if let Some(queue) = self.queue(key)
+                    && !out.contains(&queue)
+                {
+                    out.push(queue);
+                }
             }
             return;
         };
         let mut headers = None;
         let mut destinations = Vec::new();
-        exchange.route(message, &mut headers, &mut destinations);
-        let mut visited: Vec<ShortString> = Vec::new();
+        let mut visited: Vec<ShortString> = vec![exchange.name.clone()];
+        self.route_one(
+            exchange,
+            message,
+            routing_keys,
+            &mut headers,
+            &mut destinations,
+        );
         while let Some(destination) = destinations.pop() {
             match destination {
                 Destination::Queue(queue) => {
@@ -302,15 +366,40 @@ impl VHost {
                     }
                 }
                 Destination::Exchange(name) => {
-                    if name == exchange.name || visited.contains(&name) {
+                    if visited.contains(&name) {
                         continue;
                     }
                     if let Some(next) = self.exchange(&name) {
-                        next.route(message, &mut headers, &mut destinations);
+                        self.route_one(
+                            &next,
+                            message,
+                            routing_keys,
+                            &mut headers,
+                            &mut destinations,
+                        );
                     }
                     visited.push(name);
                 }
             }
+        }
+    }
+
+    fn route_one(
+        &self,
+        exchange: &Exchange,
+        message: &Message,
+        routing_keys: &[ShortString],
+        headers: &mut Option<Option<FieldTable>>,
+        destinations: &mut Vec<Destination>,
+    ) {
+        let before = destinations.len();
+        for key in routing_keys {
+            exchange.route(key, message, headers, destinations);
+        }
+        if destinations.len() == before
+            && let Some(alternate) = exchange.alternate_exchange()
+        {
+            destinations.push(Destination::Exchange(alternate));
         }
     }
 }
@@ -348,11 +437,31 @@ fn compare_argument(
     if equivalent {
         return Ok(());
     }
+    // RabbitMQ prints bare values when both sides have one, typed values otherwise
+    // (rabbit_misc:assert_args_equivalence1 and val/1).
+    let (received, current) = match (&received, &current) {
+        (Some(a), Some(b)) => (
+            format!("'{}'", bare_value(a)),
+            format!("'{}'", bare_value(b)),
+        ),
+        _ => (
+            describe_value(received.as_ref()),
+            describe_value(current.as_ref()),
+        ),
+    };
     Err(AmqpError::precondition_failed(format!(
-        "inequivalent arg '{key}' for {resource}: received {} but current is {}",
-        describe_value(received.as_ref()),
-        describe_value(current.as_ref())
+        "inequivalent arg '{key}' for {resource}: received {received} but current is {current}"
     )))
+}
+
+/// A value as Erlang prints it bare (`~ts` for binaries, `~tp` otherwise).
+fn bare_value(value: &FieldValue) -> String {
+    let described = describe_value(Some(value));
+    // "the value 'X' of type 'T'" -> X
+    described
+        .strip_prefix("the value '")
+        .and_then(|rest| rest.rsplit_once("' of type '"))
+        .map_or(described.clone(), |(text, _)| text.to_string())
 }
 
 /// RabbitMQ's `val/1`: `none`, or `the value '1000' of type 'long'`.
@@ -404,7 +513,7 @@ mod tests {
             compare_argument("x-message-ttl", &string, &long, resource)
                 .unwrap_err()
                 .to_string(),
-            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received the value '1000' of type 'longstr' but current is the value '1000' of type 'long'"
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received '1000' but current is '1000'"
         );
         assert_eq!(
             compare_argument("x-message-ttl", &FieldTable::new(), &long, resource)

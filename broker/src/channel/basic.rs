@@ -18,6 +18,7 @@ use super::publish::Mode;
 use super::{Channel, ConsumerRecord, Unacked};
 use crate::auth::{Access, ResourceKind};
 use crate::connection::context::Context;
+use crate::direct_reply::{self, DirectReplies, ReplyConsumer};
 use crate::error::{AmqpError, AmqpResult};
 use crate::events::Delivery;
 use crate::names;
@@ -29,6 +30,9 @@ impl Channel {
         ctx: &mut Context,
         consume: BasicConsume,
     ) -> AmqpResult<()> {
+        if consume.queue.as_bytes() == direct_reply::PSEUDO_QUEUE.as_bytes() {
+            return self.consume_replies(ctx, consume);
+        }
         let name = self.queue_name(&consume.queue)?;
         let queue = self.usable_queue(ctx, &name)?;
         self.check(ctx, Access::Read, ResourceKind::Queue, &name)?;
@@ -70,8 +74,57 @@ impl Channel {
         Ok(())
     }
 
+    /// `basic.consume` from `amq.rabbitmq.reply-to`: a reply address for this channel.
+    fn consume_replies(&mut self, ctx: &mut Context, consume: BasicConsume) -> AmqpResult<()> {
+        if !consume.no_ack {
+            return Err(AmqpError::precondition_failed(
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if self.reply_consumer.is_some() {
+            return Err(AmqpError::precondition_failed("reply consumer already set"));
+        }
+        let tag = if consume.consumer_tag.is_empty() {
+            names::consumer_tag()
+        } else {
+            consume.consumer_tag
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        let address = ctx.broker.direct_replies.register(ReplyConsumer {
+            connection: ctx.id,
+            events: ctx.events.clone(),
+            channel: self.number(),
+            tag: tag.clone(),
+        });
+        self.reply_consumer = Some((tag.clone(), address));
+        if !consume.no_wait {
+            ctx.out.method(
+                self.number(),
+                &Method::BasicConsumeOk(BasicConsumeOk { consumer_tag: tag }),
+            );
+        }
+        Ok(())
+    }
+
+    /// The reply address of this channel's direct reply-to consumer, if it has one.
+    pub(super) fn reply_address(&self) -> Option<&ShortString> {
+        self.reply_consumer.as_ref().map(|(_, address)| address)
+    }
+
     pub(super) async fn cancel(&mut self, ctx: &mut Context, cancel: BasicCancel) {
-        if let Some(record) = self.consumers.remove(&cancel.consumer_tag) {
+        if self
+            .reply_consumer
+            .as_ref()
+            .is_some_and(|(tag, _)| *tag == cancel.consumer_tag)
+        {
+            if let Some((_, address)) = self.reply_consumer.take() {
+                ctx.broker.direct_replies.unregister(&address);
+            }
+        } else if let Some(record) = self.consumers.remove(&cancel.consumer_tag) {
             // Deliveries already on their way find no consumer and are given back.
             record
                 .queue
@@ -108,6 +161,12 @@ impl Channel {
 
     pub(super) async fn get(&mut self, ctx: &mut Context, get: BasicGet) -> AmqpResult<()> {
         let name = self.queue_name(&get.queue)?;
+        if DirectReplies::is_address(&name) {
+            return Err(AmqpError::not_implemented(format!(
+                "basic.get not supported by volatile queue '{name}' in vhost '{}'",
+                ctx.vhost.name()
+            )));
+        }
         let queue = self.usable_queue(ctx, &name)?;
         self.check(ctx, Access::Read, ResourceKind::Queue, &name)?;
         let result = queue
@@ -181,13 +240,17 @@ impl Channel {
             &message.body,
             ctx.frame_max,
         );
-        ctx.owe_credit(&delivery.queue, self.number(), &delivery.consumer_tag);
+        let Some(queue) = delivery.queue else {
+            // A direct reply: no queue to return credit or acknowledgements to.
+            return;
+        };
+        ctx.owe_credit(&queue, self.number(), &delivery.consumer_tag);
         if delivery.needs_ack {
             self.unacked.insert(
                 tag,
                 Unacked {
                     tag,
-                    queue: delivery.queue,
+                    queue,
                     message_id: delivery.message_id,
                     gated: true,
                 },

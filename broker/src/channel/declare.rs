@@ -13,11 +13,22 @@ use warren_wire::{FieldValue, Method, ShortString};
 use super::Channel;
 use crate::auth::{Access, ResourceKind};
 use crate::connection::context::Context;
+use crate::direct_reply::{self, DirectReplies};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, DestinationKey, ExchangeKind};
 use crate::names;
 use crate::queue::{QueueCommand, QueueSpec, QueueStats};
-use crate::vhost::{ExchangeSpec, describe_value};
+use crate::vhost::ExchangeSpec;
+
+/// Direct reply-to addresses are not queues: nothing can be bound to them.
+fn refuse_volatile(name: &ShortString) -> AmqpResult<()> {
+    if name.as_bytes() == direct_reply::PSEUDO_QUEUE.as_bytes() || DirectReplies::is_address(name) {
+        return Err(AmqpError::access_refused(
+            "cannot bind or unbind to a volatile (direct reply-to) queue",
+        ));
+    }
+    Ok(())
+}
 
 fn default_exchange_refused() -> AmqpError {
     AmqpError::access_refused("operation not permitted on the default exchange")
@@ -49,6 +60,13 @@ impl Channel {
                 ResourceKind::Exchange,
                 &declare.exchange,
             )?;
+            if let Some(FieldValue::LongString(alternate)) =
+                declare.arguments.get("alternate-exchange")
+            {
+                let alternate = ShortString::try_from(alternate.as_bytes()).unwrap_or_default();
+                self.check(ctx, Access::Read, ResourceKind::Exchange, &declare.exchange)?;
+                self.check(ctx, Access::Write, ResourceKind::Exchange, &alternate)?;
+            }
             ctx.vhost.declare_exchange(ExchangeSpec {
                 name: declare.exchange,
                 kind,
@@ -150,12 +168,14 @@ impl Channel {
         }
         self.check(ctx, Access::Read, ResourceKind::Exchange, &unbind.source)?;
         // Missing exchanges or bindings are not errors (RabbitMQ 4).
-        if let Some(source) = ctx.vhost.exchange(&unbind.source) {
-            source.unbind(
+        if let Some(source) = ctx.vhost.exchange(&unbind.source)
+            && source.unbind(
                 &DestinationKey::Exchange(unbind.destination),
                 &unbind.routing_key,
                 &unbind.arguments,
-            );
+            )
+        {
+            ctx.vhost.binding_removed(&source);
         }
         if !unbind.no_wait {
             ctx.out.method(
@@ -171,10 +191,27 @@ impl Channel {
         ctx: &mut Context,
         declare: QueueDeclare,
     ) -> AmqpResult<()> {
+        // The direct reply-to pseudo-queue and reply addresses: one consumer, no messages.
+        if declare.queue.as_bytes() == direct_reply::PSEUDO_QUEUE.as_bytes()
+            || (DirectReplies::is_address(&declare.queue)
+                && ctx.broker.direct_replies.lookup(&declare.queue).is_some())
+        {
+            let stats = QueueStats {
+                messages: 0,
+                consumers: 1,
+            };
+            return self.declare_ok(ctx, declare.queue, stats, declare.no_wait);
+        }
+        if DirectReplies::is_address(&declare.queue) {
+            return Err(AmqpError::no_queue(&declare.queue, ctx.vhost.name()));
+        }
         if declare.passive {
             let queue = self.usable_queue(ctx, &declare.queue)?;
             let stats = queue
-                .ask(|reply| QueueCommand::Stats { reply })
+                .ask(|reply| QueueCommand::Stats {
+                    renew: !declare.no_wait,
+                    reply,
+                })
                 .await
                 .ok_or_else(|| AmqpError::no_queue(&declare.queue, ctx.vhost.name()))?;
             self.last_queue = Some(declare.queue.clone());
@@ -192,7 +229,17 @@ impl Channel {
             declare.queue
         };
         self.check(ctx, Access::Configure, ResourceKind::Queue, &name)?;
-        check_queue_arguments(&declare.arguments, &name, ctx.vhost.name())?;
+        if let Some(FieldValue::LongString(dlx)) = declare.arguments.get("x-dead-letter-exchange") {
+            // Dead-lettering reads from this queue and writes to that exchange, as in RabbitMQ.
+            let dlx = ShortString::try_from(dlx.as_bytes()).unwrap_or_default();
+            let dlx = if dlx.is_empty() {
+                ShortString::from_static("amq.default")
+            } else {
+                dlx
+            };
+            self.check(ctx, Access::Read, ResourceKind::Queue, &name)?;
+            self.check(ctx, Access::Write, ResourceKind::Exchange, &dlx)?;
+        }
         let spec = QueueSpec {
             name: name.clone(),
             // Exclusive queues never survive their connection, so never a restart.
@@ -212,7 +259,10 @@ impl Channel {
             }
         } else {
             queue
-                .ask(|reply| QueueCommand::Stats { reply })
+                .ask(|reply| QueueCommand::Stats {
+                    renew: !declare.no_wait,
+                    reply,
+                })
                 .await
                 .ok_or_else(|| AmqpError::no_queue(&name, ctx.vhost.name()))?
         };
@@ -241,6 +291,7 @@ impl Channel {
 
     pub(super) fn queue_bind(&mut self, ctx: &mut Context, bind: QueueBind) -> AmqpResult<()> {
         let name = self.queue_name(&bind.queue)?;
+        refuse_volatile(&name)?;
         let routing_key = if bind.queue.is_empty() && bind.routing_key.is_empty() {
             name.clone()
         } else {
@@ -275,6 +326,7 @@ impl Channel {
         unbind: QueueUnbind,
     ) -> AmqpResult<()> {
         let name = self.queue_name(&unbind.queue)?;
+        refuse_volatile(&name)?;
         let routing_key = if unbind.queue.is_empty() && unbind.routing_key.is_empty() {
             name.clone()
         } else {
@@ -292,11 +344,13 @@ impl Channel {
             if queue.is_locked_for(ctx.id) {
                 return Err(AmqpError::exclusive_locked(&name, ctx.vhost.name()));
             }
-            exchange.unbind(
+            if exchange.unbind(
                 &DestinationKey::Queue(queue.id()),
                 &routing_key,
                 &unbind.arguments,
-            );
+            ) {
+                ctx.vhost.binding_removed(&exchange);
+            }
         }
         ctx.out
             .method(self.number(), &Method::QueueUnbindOk(QueueUnbindOk {}));
@@ -362,33 +416,4 @@ impl Channel {
         }
         Ok(())
     }
-}
-
-/// Checks the queue arguments Warren interprets. Unknown arguments are accepted and ignored, as
-/// in RabbitMQ.
-fn check_queue_arguments(
-    arguments: &warren_wire::FieldTable,
-    queue: &ShortString,
-    vhost: &str,
-) -> AmqpResult<()> {
-    if let Some(kind) = arguments.get("x-queue-type") {
-        let invalid = |detail: String| {
-            AmqpError::precondition_failed(format!(
-                "invalid arg 'x-queue-type' for queue '{queue}' in vhost '{vhost}': {detail}"
-            ))
-        };
-        match kind {
-            FieldValue::LongString(text) if text.as_bytes() == b"classic" => {}
-            FieldValue::LongString(text) => {
-                return Err(invalid(format!("\"unsupported queue type '{text}'\"")));
-            }
-            other => {
-                return Err(invalid(format!(
-                    "\"expected longstr, got {}\"",
-                    describe_value(Some(other))
-                )));
-            }
-        }
-    }
-    Ok(())
 }

@@ -127,6 +127,8 @@ pub(crate) struct Channel {
     gate: Arc<ChannelGate>,
     /// The last queue declared on this channel, for the empty-name shortcut.
     last_queue: Option<ShortString>,
+    /// The direct reply-to consumer: its tag and its reply address.
+    reply_consumer: Option<(ShortString, ShortString)>,
     route_buffer: Vec<QueueHandle>,
 }
 
@@ -143,6 +145,7 @@ impl Channel {
             prefetch: 0,
             gate: Arc::new(ChannelGate::default()),
             last_queue: None,
+            reply_consumer: None,
             route_buffer: Vec::new(),
         }
     }
@@ -159,6 +162,10 @@ impl Channel {
     /// Whether a consumer with this tag is registered.
     pub(crate) fn has_consumer(&self, tag: &ShortString) -> bool {
         self.consumers.contains_key(tag)
+            || self
+                .reply_consumer
+                .as_ref()
+                .is_some_and(|(reply, _)| reply == tag)
     }
 
     pub(crate) async fn handle_frame(
@@ -166,6 +173,13 @@ impl Channel {
         ctx: &mut Context,
         frame: Frame,
     ) -> AmqpResult<ChannelOutcome> {
+        if let Mode::Tx(transaction) = &self.mode
+            && transaction.is_committing()
+        {
+            return Err(AmqpError::channel_error(
+                "unexpected command while processing 'tx.commit'",
+            ));
+        }
         match frame {
             Frame::Method { method, .. } => {
                 match &self.content {
@@ -423,6 +437,9 @@ impl Channel {
         }
         self.unacked.clear();
         self.consumers.clear();
+        if let Some((_, address)) = self.reply_consumer.take() {
+            ctx.broker.direct_replies.unregister(&address);
+        }
         self.mode = Mode::Plain;
         self.content = Content::Idle;
         ctx.forget_owed(self.number());

@@ -18,18 +18,16 @@ use warren_wire::method::{
     TxSelectOk,
 };
 use warren_wire::properties::PropertiesSummary;
-use warren_wire::{Method, RawProperties, ReplyCode, ShortString};
+use warren_wire::{FieldValue, Method, RawProperties, ReplyCode, ShortString};
 
 use super::{Channel, Content, Unacked};
 use crate::auth::{Access, ResourceKind};
 use crate::connection::context::Context;
+use crate::direct_reply::{self, DirectReplies};
 use crate::error::{AmqpError, AmqpResult};
-use crate::events::PublishOutcome;
-use crate::message::Message;
+use crate::events::{ConnectionEvent, Delivery, PublishOutcome};
+use crate::message::{ExtraRoutingKeys, Message, parse_expiration};
 use crate::queue::{Incoming, QueueHandle, Settlement};
-
-/// The largest per-message TTL RabbitMQ accepts, in milliseconds.
-const MAX_EXPIRATION: u64 = 315_360_000_000;
 
 /// How the channel publishes.
 #[derive(Debug, Default)]
@@ -71,6 +69,8 @@ pub(super) struct Confirms {
     pending: VecDeque<Pending>,
     /// Publishes settled behind an unsettled one, not yet confirmed.
     settled_behind: usize,
+    /// Whether a queue refused one of them (transactions fail on it).
+    failed: bool,
 }
 
 impl Default for Confirms {
@@ -80,6 +80,7 @@ impl Default for Confirms {
             first: 1,
             pending: VecDeque::new(),
             settled_behind: 0,
+            failed: false,
         }
     }
 }
@@ -205,11 +206,19 @@ struct HeldPublish {
 pub(super) struct Transaction {
     publishes: Vec<HeldPublish>,
     settles: Vec<(Vec<Unacked>, Settlement)>,
+    /// A commit waiting for its publishes to be settled by their queues: `commit-ok` goes out
+    /// only then, as in RabbitMQ.
+    committing: Option<Confirms>,
 }
 
 impl Transaction {
     pub(super) fn hold_settlement(&mut self, records: Vec<Unacked>, outcome: Settlement) {
         self.settles.push((records, outcome));
+    }
+
+    /// Whether a commit is waiting for its publishes.
+    pub(super) fn is_committing(&self) -> bool {
+        self.committing.is_some()
     }
 }
 
@@ -250,6 +259,18 @@ impl Channel {
                 )));
             }
         }
+        let (properties, summary) = match summary.reply_to {
+            Some(range) if *properties.slice(range) == *direct_reply::PSEUDO_QUEUE.as_bytes() => {
+                let address = self
+                    .reply_address()
+                    .ok_or_else(|| {
+                        AmqpError::precondition_failed("fast reply consumer does not exist")
+                    })?
+                    .clone();
+                rewrite_reply_to(&properties, address)?
+            }
+            _ => (properties, summary),
+        };
         if let Some(range) = summary.expiration {
             check_expiration(&properties.slice(range))?;
         }
@@ -263,12 +284,15 @@ impl Channel {
                 )));
             }
         }
+        let (properties, summary, extra_keys) = sender_selected_keys(properties, summary)?;
         let message = Arc::new(Message {
             exchange: publish.exchange,
             routing_key: publish.routing_key,
             properties,
             summary,
             body,
+            extra_keys,
+            deaths: None,
         });
         if let Mode::Tx(transaction) = &mut self.mode {
             transaction.publishes.push(HeldPublish {
@@ -284,6 +308,9 @@ impl Channel {
     /// Routes a message to its queues, returning it to the publisher if mandatory and
     /// unroutable, and registering its confirm.
     fn route(&mut self, ctx: &mut Context, message: Arc<Message>, mandatory: bool) {
+        if message.exchange.is_empty() && DirectReplies::is_address(&message.routing_key) {
+            return self.reply(ctx, message);
+        }
         let mut queues = std::mem::take(&mut self.route_buffer);
         queues.clear();
         // Looked up again: the exchange may have been deleted since the publish was checked.
@@ -293,10 +320,19 @@ impl Channel {
             ctx.vhost.exchange(&message.exchange)
         };
         if exchange.is_some() || message.exchange.is_empty() {
-            ctx.vhost.route(exchange.as_deref(), &message, &mut queues);
+            ctx.vhost.route(
+                exchange.as_deref(),
+                &message,
+                &message.routing_keys(),
+                &mut queues,
+            );
         }
         let sequence = match &mut self.mode {
             Mode::Confirm(confirms) => Some(confirms.register(queues.len() as u32)),
+            Mode::Tx(Transaction {
+                committing: Some(confirms),
+                ..
+            }) => Some(confirms.register(queues.len() as u32)),
             _ => None,
         };
         if queues.is_empty() {
@@ -334,17 +370,87 @@ impl Channel {
         self.route_buffer = queues;
     }
 
-    /// Queues settled publishes: send their confirms.
-    pub(crate) fn confirmed(&mut self, ctx: &mut Context, outcomes: &[PublishOutcome]) {
-        let number = self.number();
+    /// A direct reply: straight to the requester's channel. It counts as routed (no
+    /// `basic.return`, as in RabbitMQ 4.2) and is confirmed at once; a requester that has gone
+    /// loses it.
+    fn reply(&mut self, ctx: &mut Context, message: Arc<Message>) {
+        if let Some(requester) = ctx.broker.direct_replies.lookup(&message.routing_key) {
+            let delivery = Delivery {
+                channel: requester.channel,
+                consumer_tag: requester.tag,
+                queue: None,
+                message_id: 0,
+                message,
+                redelivered: false,
+                needs_ack: false,
+            };
+            let _ = requester
+                .events
+                .send(ConnectionEvent::Deliveries(vec![delivery]));
+        }
         if let Mode::Confirm(confirms) = &mut self.mode {
-            for outcome in outcomes {
-                confirms.settle(outcome.sequence, outcome.accepted);
-            }
+            confirms.register(0);
             for confirm in confirms.emit() {
-                confirm.send(number, ctx);
+                confirm.send(self.number(), ctx);
             }
         }
+    }
+
+    /// Queues settled publishes: send their confirms.
+    /// Queues settled publishes: send their confirms, or finish a commit that waited for them.
+    pub(crate) fn confirmed(
+        &mut self,
+        ctx: &mut Context,
+        outcomes: &[PublishOutcome],
+    ) -> AmqpResult<()> {
+        let number = self.number();
+        match &mut self.mode {
+            Mode::Confirm(confirms) => {
+                for outcome in outcomes {
+                    confirms.settle(outcome.sequence, outcome.accepted);
+                }
+                for confirm in confirms.emit() {
+                    confirm.send(number, ctx);
+                }
+            }
+            Mode::Tx(Transaction {
+                committing: Some(confirms),
+                ..
+            }) => {
+                for outcome in outcomes {
+                    confirms.settle(outcome.sequence, outcome.accepted);
+                }
+                self.finish_commit(ctx)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Sends `tx.commit-ok` once every published message of the commit is settled; a message a
+    /// queue refused fails the commit, as RabbitMQ's `partial tx completion`.
+    fn finish_commit(&mut self, ctx: &mut Context) -> AmqpResult<()> {
+        let Mode::Tx(transaction) = &mut self.mode else {
+            return Ok(());
+        };
+        let Some(confirms) = &mut transaction.committing else {
+            return Ok(());
+        };
+        let settled = confirms.emit();
+        if settled.iter().any(|confirm| confirm.nack) {
+            confirms.failed = true;
+        }
+        if !confirms.pending.is_empty() {
+            return Ok(());
+        }
+        let failed = confirms.failed;
+        transaction.committing = None;
+        if failed {
+            return Err(AmqpError::precondition_failed("partial tx completion").with_ids((90, 20)));
+        }
+        ctx.out
+            .method(self.number(), &Method::TxCommitOk(TxCommitOk {}));
+        Ok(())
     }
 
     pub(super) fn confirm_select(&mut self, ctx: &mut Context, no_wait: bool) -> AmqpResult<()> {
@@ -385,16 +491,17 @@ impl Channel {
                 "channel is not transactional",
             ));
         };
-        let transaction = std::mem::take(transaction);
-        for held in transaction.publishes {
+        let publishes = std::mem::take(&mut transaction.publishes);
+        let settles = std::mem::take(&mut transaction.settles);
+        transaction.committing = Some(Confirms::default());
+        // Publishes first, then acknowledgements, each in the order they were made.
+        for held in publishes {
             self.route(ctx, held.message, held.mandatory);
         }
-        for (records, outcome) in transaction.settles {
+        for (records, outcome) in settles {
             self.settle_records(ctx, records, outcome);
         }
-        ctx.out
-            .method(self.number(), &Method::TxCommitOk(TxCommitOk {}));
-        Ok(())
+        self.finish_commit(ctx)
     }
 
     pub(super) fn tx_rollback(&mut self, ctx: &mut Context) -> AmqpResult<()> {
@@ -416,31 +523,86 @@ impl Channel {
     }
 }
 
+/// Replaces a `reply-to` of `amq.rabbitmq.reply-to` with the channel's reply address.
+fn rewrite_reply_to(
+    properties: &RawProperties,
+    address: ShortString,
+) -> AmqpResult<(RawProperties, PropertiesSummary)> {
+    let mut decoded = properties.decode().map_err(|error| {
+        AmqpError::frame_error(format!("cannot decode message properties: {error}"))
+    })?;
+    decoded.reply_to = Some(address);
+    let properties = decoded.to_raw();
+    let summary = properties.summary().map_err(|error| {
+        AmqpError::internal_error(format!("re-encoded properties do not decode: {error}"))
+    })?;
+    Ok((properties, summary))
+}
+
+/// Reads the `CC` and `BCC` headers (sender-selected distribution) and removes `BCC` from the
+/// message. The headers table is only decoded when its bytes mention one of the two names.
+fn sender_selected_keys(
+    properties: RawProperties,
+    summary: PropertiesSummary,
+) -> AmqpResult<(
+    RawProperties,
+    PropertiesSummary,
+    Option<Box<ExtraRoutingKeys>>,
+)> {
+    let Some(range) = summary.headers else {
+        return Ok((properties, summary, None));
+    };
+    let raw = properties.slice(range);
+    let mentions = |name: &[u8]| raw.windows(name.len()).any(|window| window == name);
+    if !mentions(b"\x02CC") && !mentions(b"\x03BCC") {
+        return Ok((properties, summary, None));
+    }
+    let mut decoded = properties.decode().map_err(|error| {
+        AmqpError::frame_error(format!("cannot decode message properties: {error}"))
+    })?;
+    let headers = decoded
+        .headers
+        .as_mut()
+        .expect("invariant: the summary found a headers table");
+    let keys = |value: Option<&FieldValue>, name: &str| -> AmqpResult<Vec<ShortString>> {
+        match value {
+            None => Ok(Vec::new()),
+            Some(FieldValue::Array(values)) => Ok(values
+                .iter()
+                .filter_map(|value| match value {
+                    FieldValue::LongString(key) => ShortString::try_from(key.as_bytes()).ok(),
+                    _ => None,
+                })
+                .collect()),
+            Some(other) => Err(AmqpError::precondition_failed(format!(
+                "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                crate::queue::arguments::type_name(other)
+            ))),
+        }
+    };
+    let cc = keys(headers.get("CC"), "CC")?;
+    let bcc = keys(headers.get("BCC"), "BCC")?;
+    let (properties, summary) = if headers.remove("BCC").is_some() {
+        let properties = decoded.to_raw();
+        let summary = properties.summary().map_err(|error| {
+            AmqpError::internal_error(format!("re-encoded properties do not decode: {error}"))
+        })?;
+        (properties, summary)
+    } else {
+        (properties, summary)
+    };
+    let extra = (!cc.is_empty() || !bcc.is_empty()).then(|| Box::new(ExtraRoutingKeys { cc, bcc }));
+    Ok((properties, summary, extra))
+}
+
 /// Checks an `expiration` property as RabbitMQ does (a non-negative integer of milliseconds).
 fn check_expiration(value: &[u8]) -> AmqpResult<()> {
-    let text = String::from_utf8_lossy(value);
-    let invalid = |reason: String| {
-        AmqpError::precondition_failed(format!("invalid expiration '{text}': {reason}"))
-    };
-    let digits_end = value
-        .iter()
-        .enumerate()
-        .position(|(index, byte)| !(byte.is_ascii_digit() || (index == 0 && *byte == b'-')))
-        .unwrap_or(value.len());
-    let (number, rest) = text.split_at(digits_end);
-    let Ok(parsed) = number.parse::<i128>() else {
-        return Err(invalid("no_integer".into()));
-    };
-    if !rest.is_empty() {
-        return Err(invalid(format!("{{leftover_string,\"{rest}\"}}")));
-    }
-    if parsed < 0 {
-        return Err(invalid(format!("{{value_negative,{parsed}}}")));
-    }
-    if parsed > i128::from(MAX_EXPIRATION) {
-        return Err(invalid(format!("{{value_too_large,{parsed}}}")));
-    }
-    Ok(())
+    parse_expiration(value).map(drop).map_err(|reason| {
+        AmqpError::precondition_failed(format!(
+            "invalid expiration '{}': {reason}",
+            String::from_utf8_lossy(value)
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ pub(crate) fn server_properties(broker: &Broker) -> FieldTable {
         ("product", text("Warren")),
         // The RabbitMQ version whose behaviour Warren implements: clients that gate features on
         // the broker version see one that has them.
-        ("version", text("4.1.0")),
+        ("version", text("4.2.0")),
         ("warren_version", text(env!("CARGO_PKG_VERSION"))),
     ]
     .into_iter()

@@ -471,30 +471,34 @@ impl Connection {
             Ok(ChannelOutcome::Closed) => {
                 self.channels.remove(&number);
             }
-            Err(error) if error.closes_connection() => self.close_connection(error, true),
-            Err(error) => {
-                tracing::warn!(
-                    "Channel error on connection ({}, vhost: '{}', user: '{}'), channel {number}: {error}",
-                    self.ctx.name,
-                    self.ctx.vhost.name(),
-                    self.ctx.user.name
-                );
-                let channel = self
-                    .channels
-                    .get_mut(&number)
-                    .expect("invariant: looked up above");
-                channel.release(&mut self.ctx);
-                self.ctx.out.method(
-                    number,
-                    &Method::ChannelClose(ChannelClose {
-                        reply_code: error.code.code(),
-                        reply_text: error.reply_text(),
-                        class_id: error.class_id,
-                        method_id: error.method_id,
-                    }),
-                );
-            }
+            Err(error) => self.channel_failed(number, error),
         }
+    }
+
+    /// An error on a channel: a soft one closes the channel, a hard one the connection.
+    fn channel_failed(&mut self, number: u16, error: AmqpError) {
+        if error.closes_connection() {
+            return self.close_connection(error, true);
+        }
+        tracing::warn!(
+            "Channel error on connection ({}, vhost: '{}', user: '{}'), channel {number}: {error}",
+            self.ctx.name,
+            self.ctx.vhost.name(),
+            self.ctx.user.name
+        );
+        let Some(channel) = self.channels.get_mut(&number) else {
+            return;
+        };
+        channel.release(&mut self.ctx);
+        self.ctx.out.method(
+            number,
+            &Method::ChannelClose(ChannelClose {
+                reply_code: error.code.code(),
+                reply_text: error.reply_text(),
+                class_id: error.class_id,
+                method_id: error.method_id,
+            }),
+        );
     }
 
     fn open_channel(&mut self, number: u16, frame: Frame) {
@@ -533,24 +537,28 @@ impl Connection {
                     });
                     match channel {
                         Some(channel) => channel.deliver(&mut self.ctx, delivery),
-                        // Cancelled or closed meanwhile: give the message back.
-                        None if delivery.needs_ack => {
-                            self.ctx.settle(
-                                &delivery.queue,
-                                delivery.channel,
-                                Settlement::Requeue,
-                                delivery.message_id,
-                            );
-                        }
-                        None => {
-                            delivery.queue.send(QueueCommand::Return {
-                                messages: vec![ReturnedMessage {
-                                    message_id: delivery.message_id,
-                                    message: delivery.message,
-                                    redelivered: delivery.redelivered,
-                                }],
-                            });
-                        }
+                        // Cancelled or closed meanwhile: give the message back (a direct reply to
+                        // a requester that has gone is lost, as in RabbitMQ).
+                        None => match &delivery.queue {
+                            Some(queue) if delivery.needs_ack => {
+                                self.ctx.settle(
+                                    queue,
+                                    delivery.channel,
+                                    Settlement::Requeue,
+                                    delivery.message_id,
+                                );
+                            }
+                            Some(queue) => {
+                                queue.send(QueueCommand::Return {
+                                    messages: vec![ReturnedMessage {
+                                        message_id: delivery.message_id,
+                                        message: delivery.message,
+                                        redelivered: delivery.redelivered,
+                                    }],
+                                });
+                            }
+                            None => {}
+                        },
                     }
                 }
             }
@@ -562,8 +570,11 @@ impl Connection {
                         .iter()
                         .position(|outcome| outcome.channel != number)
                         .map_or(outcomes.len(), |offset| start + offset);
-                    if let Some(channel) = self.channels.get_mut(&number) {
-                        channel.confirmed(&mut self.ctx, &outcomes[start..end]);
+                    if let Some(channel) = self.channels.get_mut(&number)
+                        && !channel.is_closing()
+                        && let Err(error) = channel.confirmed(&mut self.ctx, &outcomes[start..end])
+                    {
+                        self.channel_failed(number, error);
                     }
                     start = end;
                 }

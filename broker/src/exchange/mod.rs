@@ -260,6 +260,12 @@ impl Exchange {
         before - after
     }
 
+    /// The `alternate-exchange` argument: where messages this exchange cannot route go.
+    pub fn alternate_exchange(&self) -> Option<ShortString> {
+        let value = self.arguments.get("alternate-exchange")?.as_bytes()?;
+        ShortString::try_from(value).ok()
+    }
+
     /// Whether the exchange is the source of any binding.
     pub fn has_bindings(&self) -> bool {
         !self.bindings.read().set.is_empty()
@@ -281,9 +287,11 @@ impl Exchange {
             .collect()
     }
 
-    /// Appends the destinations `message` routes to (possibly with repeats).
+    /// Appends the destinations `message` routes to with `routing_key` (possibly with
+    /// repeats). `headers` caches the decoded headers table across exchanges and keys.
     pub fn route(
         &self,
+        routing_key: &[u8],
         message: &Message,
         headers: &mut Option<Option<FieldTable>>,
         out: &mut Vec<Destination>,
@@ -291,16 +299,14 @@ impl Exchange {
         let bindings = self.bindings.read();
         match &bindings.index {
             Index::Direct(map) => {
-                if let Some(list) = map.get(message.routing_key.as_bytes()) {
+                if let Some(list) = map.get(routing_key) {
                     out.extend(list.iter().cloned());
                 }
             }
             Index::Fanout(list) => out.extend(list.iter().cloned()),
-            Index::Topic(trie) => {
-                trie.matches(&message.routing_key, &mut |destination: &Destination| {
-                    out.push(destination.clone());
-                })
-            }
+            Index::Topic(trie) => trie.matches(routing_key, &mut |destination: &Destination| {
+                out.push(destination.clone());
+            }),
             Index::Headers(list) => {
                 let headers = headers.get_or_insert_with(|| message.headers());
                 for (matcher, destination) in list {

@@ -5,9 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
 
+use super::arguments::QueueConfig;
+use super::dead_letter::{self, Reason};
 use super::state::{Outbox, QueueState};
-use super::{QueueCommand, QueueHandle, QueueShared, QueueSpec};
+use super::{Incoming, QueueCommand, QueueHandle, QueueShared, QueueSpec};
 use crate::vhost::VHost;
 
 /// Commands applied per wake-up before delivering and flushing; bounds the latency one busy
@@ -17,7 +20,7 @@ const BATCH: usize = 512;
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Creates a queue and starts its task; the queue removes itself from `vhost` when deleted.
-pub(crate) fn spawn(spec: QueueSpec, vhost: &Arc<VHost>) -> QueueHandle {
+pub(crate) fn spawn(spec: QueueSpec, config: QueueConfig, vhost: &Arc<VHost>) -> QueueHandle {
     // Unbounded: publishers are bounded by their credit, everything else by request-reply.
     let (commands, mailbox) = mpsc::unbounded_channel();
     let handle = QueueHandle(Arc::new(QueueShared {
@@ -28,11 +31,20 @@ pub(crate) fn spawn(spec: QueueSpec, vhost: &Arc<VHost>) -> QueueHandle {
         exclusive_owner: spec.exclusive_owner,
         auto_delete: spec.auto_delete,
         arguments: spec.arguments,
+        config,
         commands,
     }));
-    let state = QueueState::new(handle.clone());
+    let state = QueueState::new(handle.clone(), now_ms());
     tokio::spawn(run(state, mailbox, Arc::downgrade(vhost)));
     handle
+}
+
+/// Wall-clock milliseconds since the epoch: message expiry and `x-death` times are wall-clock,
+/// as in RabbitMQ.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 async fn run(
@@ -41,13 +53,47 @@ async fn run(
     vhost: Weak<VHost>,
 ) {
     let mut outbox = Outbox::default();
-    while let Some(command) = mailbox.recv().await {
-        state.handle(command, &mut outbox);
-        for _ in 1..BATCH {
-            match mailbox.try_recv() {
-                Ok(command) => state.handle(command, &mut outbox),
-                Err(_) => break,
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let wakeup = state.next_wakeup().map(|at| {
+            let wait = at.saturating_sub(now_ms());
+            // Rounded up, so that the head has expired when we look.
+            Instant::now() + Duration::from_millis(wait + 1)
+        });
+        let command = tokio::select! {
+            command = mailbox.recv() => match command {
+                Some(command) => Some(command),
+                None => return,
+            },
+            _ = sleep_until_or_never(wakeup) => None,
+        };
+        let now = now_ms();
+        match command {
+            Some(command) => {
+                batch.push(command);
+                while batch.len() < BATCH {
+                    match mailbox.try_recv() {
+                        Ok(command) => batch.push(command),
+                        Err(_) => break,
+                    }
+                }
+                // Settlements and credit first: they only free room for deliveries, and a
+                // client that acknowledged before another published expects the freed
+                // consumer to be considered for that message. Everything else keeps its order.
+                for command in batch.iter_mut() {
+                    if matches!(
+                        command,
+                        QueueCommand::Settle { .. } | QueueCommand::Credit { .. }
+                    ) {
+                        let command = std::mem::replace(command, QueueCommand::Kick);
+                        state.handle(command, now, &mut outbox);
+                    }
+                }
+                for command in batch.drain(..) {
+                    state.handle(command, now, &mut outbox);
+                }
             }
+            None => state.tick(now, &mut outbox),
         }
         if state.is_deleted() {
             // Out of the vhost first, so that a client told "deleted" can declare the name anew.
@@ -59,15 +105,78 @@ async fn run(
             // expect a reply see their reply channel dropped, which reads as "no such queue".
             while let Ok(command) = mailbox.try_recv() {
                 if let QueueCommand::Publish { .. } = command {
-                    state.handle(command, &mut outbox);
+                    state.handle(command, now, &mut outbox);
                 }
             }
             state.shut_down(&mut outbox);
+            outbox.dead_letters.clear();
             outbox.flush(&state);
             tracing::debug!(queue = %state.queue().name, "queue deleted");
             return;
         }
-        state.deliver(&mut outbox);
+        state.deliver(now, &mut outbox);
+        dead_letter_all(&state, &vhost, &mut outbox, now);
         outbox.flush(&state);
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Republishes dead-lettered messages through the queue's dead-letter exchange. At most once, as
+/// for RabbitMQ's classic queues: nothing waits for the target queues.
+fn dead_letter_all(state: &QueueState, vhost: &Weak<VHost>, outbox: &mut Outbox, now: u64) {
+    if outbox.dead_letters.is_empty() {
+        return;
+    }
+    let queue = state.queue();
+    let (Some(vhost), Some(exchange_name)) =
+        (vhost.upgrade(), queue.config.dead_letter_exchange.as_ref())
+    else {
+        outbox.dead_letters.clear();
+        return;
+    };
+    let exchange = if exchange_name.is_empty() {
+        None
+    } else {
+        match vhost.exchange(exchange_name) {
+            Some(exchange) => Some(exchange),
+            None => {
+                // A missing dead-letter exchange drops the messages, as in RabbitMQ.
+                outbox.dead_letters.clear();
+                return;
+            }
+        }
+    };
+    let mut targets = Vec::new();
+    for (message, reason) in outbox.dead_letters.drain(..) {
+        let (copy, keys) = dead_letter::dead_letter(
+            &message,
+            reason,
+            &queue.name,
+            exchange_name,
+            queue.config.dead_letter_routing_key.as_ref(),
+            now,
+        );
+        targets.clear();
+        vhost.route(exchange.as_deref(), &copy, &keys, &mut targets);
+        if reason != Reason::Rejected
+            && let Some(deaths) = copy.deaths.as_deref()
+        {
+            targets.retain(|target| !dead_letter::is_cycle(deaths, &target.name));
+        }
+        for target in &targets {
+            target.send(QueueCommand::Publish {
+                publisher: 0,
+                messages: vec![Incoming {
+                    message: copy.clone(),
+                    confirm: None,
+                }],
+            });
+        }
     }
 }

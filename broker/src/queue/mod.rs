@@ -18,6 +18,9 @@
 //! credit the other way, returned by its connection once the socket has taken the bytes.
 
 mod actor;
+pub mod arguments;
+pub mod dead_letter;
+mod ready;
 mod state;
 
 use std::sync::Arc;
@@ -31,6 +34,8 @@ use crate::events::{ChannelKey, ConnectionId, EventSender};
 use crate::message::Message;
 
 pub(crate) use actor::spawn;
+pub use arguments::QueueConfig;
+pub use dead_letter::{Deaths, Reason};
 pub use state::QueueState;
 
 /// Messages a publishing connection may send to a queue before the queue grants more.
@@ -56,6 +61,8 @@ pub struct QueueShared {
     pub auto_delete: bool,
     /// Declared arguments.
     pub arguments: FieldTable,
+    /// The settings those arguments give.
+    pub config: QueueConfig,
     commands: mpsc::UnboundedSender<QueueCommand>,
 }
 
@@ -283,6 +290,9 @@ pub enum QueueCommand {
     },
     /// Counts.
     Stats {
+        /// Whether this use renews the queue's `x-expires` lease (a declaration that waits for
+        /// its reply does; one with `nowait` does not).
+        renew: bool,
         /// The counts.
         reply: oneshot::Sender<QueueStats>,
     },

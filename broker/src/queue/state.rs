@@ -1,19 +1,27 @@
 //! The state of one classic queue and its rules, with no I/O.
 //!
-//! [`QueueState::handle`] applies a command and [`QueueState::deliver`] hands ready messages to
-//! consumers that have room; both write what must be told to connections into an [`Outbox`],
-//! which the queue's task sends once per batch of commands. Invariants:
+//! [`QueueState::handle`] applies a command, [`QueueState::tick`] applies the passage of time
+//! (message TTL at the head, queue expiry) and [`QueueState::deliver`] hands ready messages to
+//! consumers that have room. All three take `now` (wall-clock milliseconds) and write what must be
+//! told to connections, and what must be dead-lettered, into an [`Outbox`], which the queue's task
+//! acts on once per batch. Invariants:
 //! - a message is in exactly one of `ready` and `unacked`, or gone;
-//! - `ready` is ordered by message id, so a requeued message goes back to where it was;
+//! - within a priority, `ready` is ordered by message id, so a requeued message goes back to where
+//!   it was;
 //! - a consumer never holds more unacknowledged deliveries than its prefetch, nor its channel more
-//!   than the channel's, and never receives more than its delivery credit allows.
+//!   than the channel's, and never receives more than its delivery credit allows;
+//! - only the head can expire (RabbitMQ's classic-queue rule), so expiring a million messages with
+//!   the same TTL costs what expiring them does, not a scan of the queue each time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use warren_wire::ShortString;
 
+use super::arguments::{Overflow, QueueConfig};
+use super::dead_letter::Reason;
+use super::ready::{Queued, Ready};
 use super::{
     ConsumerSpec, DELIVERY_CREDIT, GetResult, Incoming, PUBLISH_CREDIT_MORE_AFTER, QueueCommand,
     QueueHandle, QueueStats, Settlement,
@@ -23,13 +31,6 @@ use crate::events::{
     ChannelKey, ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome,
 };
 use crate::message::Message;
-
-#[derive(Debug)]
-struct Queued {
-    id: u64,
-    message: Arc<Message>,
-    redelivered: bool,
-}
 
 #[derive(Debug)]
 struct Unacked {
@@ -43,6 +44,7 @@ struct Unacked {
 struct Consumer {
     id: u64,
     spec: ConsumerSpec,
+    priority: i64,
     credit: u32,
     unacked: u32,
 }
@@ -62,13 +64,15 @@ struct Publisher {
     processed: u32,
 }
 
-/// What a batch of commands produced for connections.
+/// What a batch of commands produced for connections and for dead-lettering.
 #[derive(Debug, Default)]
 pub struct Outbox {
     deliveries: Vec<(ConnectionId, EventSender, Vec<Delivery>)>,
     settled: HashMap<ConnectionId, Vec<PublishOutcome>>,
     credit: Vec<(ConnectionId, u32)>,
     notices: Vec<(EventSender, ConnectionEvent)>,
+    /// Messages to dead-letter, with why.
+    pub dead_letters: Vec<(Arc<Message>, Reason)>,
 }
 
 impl Outbox {
@@ -85,8 +89,20 @@ impl Outbox {
         }
     }
 
-    /// Sends everything to the connections; returns nothing, since a closed mailbox only means
-    /// the connection is gone (its channels' `ChannelClosed` will follow or has been handled).
+    fn settle(&mut self, publisher: ConnectionId, confirm: Option<(u16, u64)>, accepted: bool) {
+        if let Some((channel, sequence)) = confirm {
+            self.settled
+                .entry(publisher)
+                .or_default()
+                .push(PublishOutcome {
+                    channel,
+                    sequence,
+                    accepted,
+                });
+        }
+    }
+
+    /// Sends everything to the connections. A closed mailbox only means the connection is gone.
     pub fn flush(&mut self, state: &QueueState) {
         for (_, events, deliveries) in self.deliveries.drain(..) {
             let _ = events.send(ConnectionEvent::Deliveries(deliveries));
@@ -114,34 +130,45 @@ impl Outbox {
 #[derive(Debug)]
 pub struct QueueState {
     handle: QueueHandle,
-    ready: VecDeque<Queued>,
+    ready: Ready,
     unacked: HashMap<u64, Unacked>,
     consumers: Vec<Consumer>,
+    /// With single active consumer: the one that gets messages.
+    active: Option<u64>,
     next_consumer: usize,
     next_consumer_id: u64,
     next_message_id: u64,
     publishers: HashMap<ConnectionId, Publisher>,
     had_consumers: bool,
+    /// When the queue last had a use that renews `x-expires` (ms).
+    last_used: u64,
     deleted: bool,
     delete_reply: Option<(oneshot::Sender<AmqpResult<u32>>, u32)>,
 }
 
 impl QueueState {
     /// An empty queue.
-    pub fn new(handle: QueueHandle) -> QueueState {
+    pub fn new(handle: QueueHandle, now: u64) -> QueueState {
+        let ready = Ready::new(handle.config.max_priority);
         QueueState {
             handle,
-            ready: VecDeque::new(),
+            ready,
             unacked: HashMap::new(),
             consumers: Vec::new(),
+            active: None,
             next_consumer: 0,
             next_consumer_id: 0,
             next_message_id: 0,
             publishers: HashMap::new(),
             had_consumers: false,
+            last_used: now,
             deleted: false,
             delete_reply: None,
         }
+    }
+
+    fn config(&self) -> &QueueConfig {
+        &self.handle.config
     }
 
     /// The handle of this queue.
@@ -159,8 +186,35 @@ impl QueueState {
         self.ready.len()
     }
 
+    /// When [`QueueState::tick`] next has something to do (ms), if ever.
+    pub fn next_wakeup(&self) -> Option<u64> {
+        let expiry = self.ready.next_expiry();
+        let unused = match self.config().expires {
+            Some(expires) if self.consumers.is_empty() => Some(self.last_used + expires),
+            _ => None,
+        };
+        match (expiry, unused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Applies the passage of time: expired heads go, an unused queue past `x-expires` is
+    /// deleted (its messages are not dead-lettered, as in RabbitMQ).
+    pub fn tick(&mut self, now: u64, outbox: &mut Outbox) {
+        if let Some(expires) = self.config().expires
+            && self.consumers.is_empty()
+            && now >= self.last_used + expires
+        {
+            tracing::debug!(queue = %self.handle.name, "deleting queue on expiry after {expires} ms");
+            self.deleted = true;
+            return;
+        }
+        self.expire_heads(now, outbox);
+    }
+
     /// Applies one command.
-    pub fn handle(&mut self, command: QueueCommand, outbox: &mut Outbox) {
+    pub fn handle(&mut self, command: QueueCommand, now: u64, outbox: &mut Outbox) {
         if self.deleted && !matches!(command, QueueCommand::Publish { .. }) {
             // Deleted within this batch: requests see their reply dropped, which reads as "no
             // such queue"; publishes are still confirmed.
@@ -170,7 +224,7 @@ impl QueueState {
             QueueCommand::Publish {
                 publisher,
                 messages,
-            } => self.publish(publisher, messages, outbox),
+            } => self.publish(publisher, messages, now, outbox),
             QueueCommand::AttachPublisher { publisher, events } => {
                 self.publishers.insert(
                     publisher,
@@ -191,10 +245,9 @@ impl QueueState {
                 tag,
                 reply,
             } => {
-                self.consumers.retain(|consumer| {
-                    !(consumer.spec.channel == channel && consumer.spec.tag == tag)
+                self.remove_consumers(now, |consumer| {
+                    consumer.spec.channel == channel && consumer.spec.tag == tag
                 });
-                self.after_consumer_removed();
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
@@ -203,20 +256,24 @@ impl QueueState {
                 channel,
                 message_ids,
                 outcome,
-            } => self.settle(channel, &message_ids, outcome),
+            } => self.settle(channel, &message_ids, outcome, now, outbox),
             QueueCommand::Get {
                 channel,
                 no_ack,
                 reply,
             } => {
+                self.last_used = now;
+                self.expire_heads(now, outbox);
                 let _ = reply.send(self.get(channel, no_ack));
             }
-            QueueCommand::Stats { reply } => {
+            QueueCommand::Stats { renew, reply } => {
+                if renew {
+                    self.last_used = now;
+                }
                 let _ = reply.send(self.stats());
             }
             QueueCommand::Purge { reply } => {
-                let purged = self.ready.len() as u32;
-                self.ready.clear();
+                let purged = self.ready.drain().len() as u32;
                 let _ = reply.send(purged);
             }
             QueueCommand::Delete {
@@ -233,7 +290,7 @@ impl QueueState {
                     let _ = reply.send(Err(error));
                 }
             },
-            QueueCommand::ChannelClosed { channel } => self.channel_closed(channel),
+            QueueCommand::ChannelClosed { channel } => self.channel_closed(channel, now, outbox),
             QueueCommand::Credit {
                 channel,
                 tag,
@@ -255,10 +312,11 @@ impl QueueState {
                         id: returned.message_id,
                         message: returned.message,
                         redelivered: returned.redelivered,
+                        expires_at: 0,
                     })
                     .collect();
                 // The client never saw them: back to their place, flags unchanged.
-                self.requeue(returned, false);
+                self.ready.requeue(returned);
             }
         }
     }
@@ -269,25 +327,68 @@ impl QueueState {
         id
     }
 
-    fn publish(&mut self, publisher: ConnectionId, messages: Vec<Incoming>, outbox: &mut Outbox) {
+    /// The expiry of a message entering the queue: the lower of the queue's TTL and its own.
+    fn expiry(&self, message: &Message, now: u64) -> u64 {
+        // Checked when it was published, so it parses.
+        let own = message.summary.expiration.and_then(|range| {
+            crate::message::parse_expiration(&message.properties.slice(range)).ok()
+        });
+        match (self.config().message_ttl, own) {
+            (None, None) => 0,
+            (Some(ttl), None) | (None, Some(ttl)) => now + ttl,
+            (Some(a), Some(b)) => now + a.min(b),
+        }
+    }
+
+    fn would_overflow(&self, message: &Message) -> bool {
+        let config = self.config();
+        config
+            .max_length
+            .is_some_and(|max| self.ready.len() as u64 + 1 > max)
+            || config
+                .max_length_bytes
+                .is_some_and(|max| self.ready.bytes() + message.body.len() as u64 > max)
+    }
+
+    fn is_over_limit(&self) -> bool {
+        let config = self.config();
+        config
+            .max_length
+            .is_some_and(|max| self.ready.len() as u64 > max)
+            || config
+                .max_length_bytes
+                .is_some_and(|max| self.ready.bytes() > max)
+    }
+
+    fn publish(
+        &mut self,
+        publisher: ConnectionId,
+        messages: Vec<Incoming>,
+        now: u64,
+        outbox: &mut Outbox,
+    ) {
         let count = messages.len() as u32;
+        let limited = self.config().is_limited();
+        let overflow = self.config().overflow;
         for incoming in messages {
+            if limited && overflow != Overflow::DropHead && self.would_overflow(&incoming.message) {
+                if overflow == Overflow::RejectPublishDlx {
+                    self.dead_letter(incoming.message, Reason::Maxlen, outbox);
+                }
+                outbox.settle(publisher, incoming.confirm, false);
+                continue;
+            }
             let id = self.next_id();
-            self.ready.push_back(Queued {
+            let expires_at = self.expiry(&incoming.message, now);
+            self.ready.push(Queued {
                 id,
                 message: incoming.message,
                 redelivered: false,
+                expires_at,
             });
-            if let Some((channel, sequence)) = incoming.confirm {
-                outbox
-                    .settled
-                    .entry(publisher)
-                    .or_default()
-                    .push(PublishOutcome {
-                        channel,
-                        sequence,
-                        accepted: true,
-                    });
+            outbox.settle(publisher, incoming.confirm, true);
+            if limited && overflow == Overflow::DropHead {
+                self.drop_head_while_over_limit(outbox);
             }
         }
         if let Some(entry) = self.publishers.get_mut(&publisher) {
@@ -299,8 +400,33 @@ impl QueueState {
         }
     }
 
+    fn drop_head_while_over_limit(&mut self, outbox: &mut Outbox) {
+        while self.is_over_limit() {
+            let Some(head) = self.ready.pop() else {
+                return;
+            };
+            self.dead_letter(head.message, Reason::Maxlen, outbox);
+        }
+    }
+
+    /// Removes expired messages from the head (dead-lettering them if the queue has a DLX).
+    fn expire_heads(&mut self, now: u64, outbox: &mut Outbox) {
+        while self.ready.head().is_some_and(|head| head.is_expired(now)) {
+            let head = self.ready.pop().expect("invariant: head checked above");
+            self.dead_letter(head.message, Reason::Expired, outbox);
+        }
+    }
+
+    /// Hands a message to the queue's task for dead-lettering, or drops it without a DLX.
+    fn dead_letter(&mut self, message: Arc<Message>, reason: Reason, outbox: &mut Outbox) {
+        if self.config().dead_letter_exchange.is_some() {
+            outbox.dead_letters.push((message, reason));
+        }
+    }
+
     fn consume(&mut self, spec: ConsumerSpec) -> Result<(), AmqpError> {
-        let exclusive_use = (spec.exclusive && !self.consumers.is_empty())
+        let sac = self.config().single_active_consumer;
+        let exclusive_use = (spec.exclusive && (sac || !self.consumers.is_empty()))
             || self
                 .consumers
                 .iter()
@@ -311,29 +437,65 @@ impl QueueState {
                 self.handle.name, self.handle.vhost
             )));
         }
+        let priority = super::arguments::consumer_priority(
+            &spec.arguments,
+            &self.handle.name,
+            &self.handle.vhost,
+        )?;
         let id = self.next_consumer_id;
         self.next_consumer_id += 1;
         self.consumers.push(Consumer {
             id,
             spec,
+            priority,
             credit: DELIVERY_CREDIT,
             unacked: 0,
         });
+        if sac && self.active.is_none() {
+            // The first consumer to arrive is active, whatever its priority.
+            self.active = Some(id);
+        }
         self.had_consumers = true;
         Ok(())
     }
 
-    fn after_consumer_removed(&mut self) {
+    fn remove_consumers(&mut self, now: u64, mut remove: impl FnMut(&Consumer) -> bool) {
+        let before = self.consumers.len();
+        self.consumers.retain(|consumer| !remove(consumer));
+        if self.consumers.len() == before {
+            return;
+        }
         if self.next_consumer >= self.consumers.len() {
             self.next_consumer = 0;
         }
-        if self.handle.auto_delete && self.had_consumers && self.consumers.is_empty() {
-            // RabbitMQ deletes an auto-delete queue when its last consumer goes.
-            self.deleted = true;
+        if let Some(active) = self.active
+            && !self.consumers.iter().any(|consumer| consumer.id == active)
+        {
+            // Fail-over: the highest priority, then the earliest registered.
+            self.active = self
+                .consumers
+                .iter()
+                .enumerate()
+                .max_by_key(|(index, consumer)| (consumer.priority, std::cmp::Reverse(*index)))
+                .map(|(_, consumer)| consumer.id);
+        }
+        if self.consumers.is_empty() {
+            self.last_used = now;
+            if self.handle.auto_delete && self.had_consumers {
+                // RabbitMQ deletes an auto-delete queue when its last consumer goes.
+                self.deleted = true;
+            }
         }
     }
 
-    fn settle(&mut self, channel: ChannelKey, message_ids: &[u64], outcome: Settlement) {
+    fn settle(
+        &mut self,
+        channel: ChannelKey,
+        message_ids: &[u64],
+        outcome: Settlement,
+        now: u64,
+        outbox: &mut Outbox,
+    ) {
         let mut requeue = Vec::new();
         for id in message_ids {
             let Some(unacked) = self.unacked.remove(id) else {
@@ -353,44 +515,34 @@ impl QueueState {
                 consumer.unacked = consumer.unacked.saturating_sub(1);
             }
             match outcome {
-                Settlement::Ack | Settlement::Discard => {}
+                Settlement::Ack => {}
+                Settlement::Discard => {
+                    self.dead_letter(unacked.queued.message, Reason::Rejected, outbox)
+                }
                 Settlement::Requeue => requeue.push(unacked.queued),
             }
         }
-        self.requeue(requeue, true);
+        self.requeue(requeue, now, outbox);
     }
 
-    /// Puts messages back in id order among the ready ones, marked redelivered if asked.
-    fn requeue(&mut self, mut messages: Vec<Queued>, mark_redelivered: bool) {
+    /// Puts messages back where they were, marked redelivered; expired ones go at once and a
+    /// drop-head queue trims itself back under its limit.
+    fn requeue(&mut self, mut messages: Vec<Queued>, now: u64, outbox: &mut Outbox) {
         if messages.is_empty() {
             return;
         }
-        messages.sort_by_key(|queued| queued.id);
-        if mark_redelivered {
-            for queued in messages.iter_mut() {
-                queued.redelivered = true;
-            }
+        for queued in messages.iter_mut() {
+            queued.redelivered = true;
         }
-        let all_before_ready = self
-            .ready
-            .front()
-            .is_none_or(|front| messages.last().is_some_and(|last| last.id < front.id));
-        if all_before_ready {
-            for queued in messages.into_iter().rev() {
-                self.ready.push_front(queued);
-            }
-        } else {
-            for queued in messages {
-                let at = self
-                    .ready
-                    .partition_point(|existing| existing.id < queued.id);
-                self.ready.insert(at, queued);
-            }
+        self.ready.requeue(messages);
+        if self.config().is_limited() && self.config().overflow == Overflow::DropHead {
+            self.drop_head_while_over_limit(outbox);
         }
+        self.expire_heads(now, outbox);
     }
 
     fn get(&mut self, channel: ChannelKey, no_ack: bool) -> Option<GetResult> {
-        let queued = self.ready.pop_front()?;
+        let queued = self.ready.pop()?;
         let result = GetResult {
             message_id: queued.id,
             message: queued.message.clone(),
@@ -454,12 +606,12 @@ impl QueueState {
                 },
             ));
         }
-        self.ready.clear();
+        self.ready.drain();
         self.unacked.clear();
         self.deleted = true;
     }
 
-    fn channel_closed(&mut self, channel: ChannelKey) {
+    fn channel_closed(&mut self, channel: ChannelKey, now: u64, outbox: &mut Outbox) {
         let ids: Vec<u64> = self
             .unacked
             .iter()
@@ -471,24 +623,27 @@ impl QueueState {
             .filter_map(|id| self.unacked.remove(&id))
             .map(|unacked| unacked.queued)
             .collect();
-        self.requeue(requeue, true);
-        self.consumers
-            .retain(|consumer| consumer.spec.channel != channel);
-        self.after_consumer_removed();
+        self.requeue(requeue, now, outbox);
+        self.remove_consumers(now, |consumer| consumer.spec.channel == channel);
     }
 
-    /// Hands ready messages to consumers with room, round-robin.
-    pub fn deliver(&mut self, outbox: &mut Outbox) {
+    /// Hands ready messages to consumers with room: the highest consumer priority first,
+    /// round-robin among equals; with single active consumer, only the active one.
+    pub fn deliver(&mut self, now: u64, outbox: &mut Outbox) {
         if self.consumers.is_empty() {
             return;
         }
-        while !self.ready.is_empty() {
+        loop {
+            self.expire_heads(now, outbox);
+            if self.ready.is_empty() {
+                return;
+            }
             let Some(index) = self.next_consumer_with_room() else {
                 return;
             };
             let queued = self
                 .ready
-                .pop_front()
+                .pop()
                 .expect("invariant: checked non-empty above");
             let consumer = &mut self.consumers[index];
             consumer.credit -= 1;
@@ -499,7 +654,7 @@ impl QueueState {
             let delivery = Delivery {
                 channel: consumer.spec.channel.channel,
                 consumer_tag: consumer.spec.tag.clone(),
-                queue: self.handle.clone(),
+                queue: Some(self.handle.clone()),
                 message_id: queued.id,
                 message: queued.message.clone(),
                 redelivered: queued.redelivered,
@@ -526,11 +681,40 @@ impl QueueState {
     }
 
     fn next_consumer_with_room(&mut self) -> Option<usize> {
+        if let Some(active) = self.active {
+            let index = self
+                .consumers
+                .iter()
+                .position(|consumer| consumer.id == active)?;
+            let consumer = &self.consumers[index];
+            let ready =
+                consumer.has_room() && (consumer.spec.no_ack || consumer.spec.gate.try_acquire());
+            return ready.then_some(index);
+        }
         let count = self.consumers.len();
+        let top = self
+            .consumers
+            .iter()
+            .filter(|consumer| consumer.has_room())
+            .map(|consumer| consumer.priority)
+            .max()?;
         for offset in 0..count {
             let index = (self.next_consumer + offset) % count;
             let consumer = &self.consumers[index];
-            if !consumer.has_room() {
+            if consumer.priority != top || !consumer.has_room() {
+                continue;
+            }
+            if !consumer.spec.no_ack && !consumer.spec.gate.try_acquire() {
+                continue;
+            }
+            self.next_consumer = (index + 1) % count;
+            return Some(index);
+        }
+        // Every top-priority consumer's channel is at its prefetch: lower priorities may take it.
+        for offset in 0..count {
+            let index = (self.next_consumer + offset) % count;
+            let consumer = &self.consumers[index];
+            if consumer.priority >= top || !consumer.has_room() {
                 continue;
             }
             if !consumer.spec.no_ack && !consumer.spec.gate.try_acquire() {
@@ -542,7 +726,7 @@ impl QueueState {
         None
     }
 
-    /// Consumer tags, in delivery order.
+    /// Consumer tags, in registration order.
     pub fn consumer_tags(&self) -> Vec<ShortString> {
         self.consumers
             .iter()

@@ -102,6 +102,8 @@ pub struct PropertiesSummary {
     pub user_id: Option<(usize, usize)>,
     /// Byte range of the `headers` table (length prefix included) within the raw properties.
     pub headers: Option<(usize, usize)>,
+    /// Byte range of the `reply-to` string within the raw properties.
+    pub reply_to: Option<(usize, usize)>,
 }
 
 impl RawProperties {
@@ -160,6 +162,10 @@ impl RawProperties {
                 USER_ID => {
                     let (start, end) = range(&mut reader, short)?;
                     summary.user_id = Some((start + 1, end));
+                }
+                REPLY_TO => {
+                    let (start, end) = range(&mut reader, short)?;
+                    summary.reply_to = Some((start + 1, end));
                 }
                 _ => {
                     ShortString::read(&mut reader)?;

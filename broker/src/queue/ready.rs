@@ -1,0 +1,216 @@
+//! The ready messages of a queue: one FIFO, or one FIFO per priority for `x-max-priority`
+//! queues. A plain queue pays nothing for priorities.
+//!
+//! Invariant: within each FIFO, messages are ordered by id, so a requeued message goes back to
+//! the place it was taken from. Byte counts cover bodies only, as RabbitMQ's length limits do.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::message::Message;
+
+/// A message waiting in a queue.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub id: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+    /// Wall-clock milliseconds after which the message expires; 0 for never.
+    pub expires_at: u64,
+}
+
+impl Queued {
+    /// Whether the message has expired. Strictly after its expiry, so that a message with a
+    /// TTL of 0 can still go to a consumer waiting when it arrives, as RabbitMQ's does.
+    pub(crate) fn is_expired(&self, now: u64) -> bool {
+        self.expires_at != 0 && now > self.expires_at
+    }
+}
+
+#[derive(Debug)]
+enum Store {
+    Fifo(VecDeque<Queued>),
+    /// Index = priority; delivery takes the highest non-empty level first.
+    Priority(Vec<VecDeque<Queued>>),
+}
+
+/// Ready messages with their count and body bytes.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    store: Store,
+    bytes: u64,
+    len: usize,
+}
+
+impl Ready {
+    pub(crate) fn new(max_priority: Option<u8>) -> Ready {
+        let store = match max_priority {
+            None => Store::Fifo(VecDeque::new()),
+            Some(max) => Store::Priority((0..=max).map(|_| VecDeque::new()).collect()),
+        };
+        Ready {
+            store,
+            bytes: 0,
+            len: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn level(levels: &[VecDeque<Queued>], message: &Message) -> usize {
+        usize::from(message.summary.priority.unwrap_or(0)).min(levels.len() - 1)
+    }
+
+    pub(crate) fn push(&mut self, queued: Queued) {
+        self.bytes += queued.message.body.len() as u64;
+        self.len += 1;
+        match &mut self.store {
+            Store::Fifo(fifo) => fifo.push_back(queued),
+            Store::Priority(levels) => {
+                let level = Ready::level(levels, &queued.message);
+                levels[level].push_back(queued);
+            }
+        }
+    }
+
+    fn head_fifo(&mut self) -> Option<&mut VecDeque<Queued>> {
+        match &mut self.store {
+            Store::Fifo(fifo) => Some(fifo),
+            Store::Priority(levels) => levels.iter_mut().rev().find(|level| !level.is_empty()),
+        }
+    }
+
+    /// The message delivery would take next.
+    pub(crate) fn head(&self) -> Option<&Queued> {
+        match &self.store {
+            Store::Fifo(fifo) => fifo.front(),
+            Store::Priority(levels) => levels.iter().rev().find_map(|level| level.front()),
+        }
+    }
+
+    /// Takes the next message: the oldest of the highest priority.
+    pub(crate) fn pop(&mut self) -> Option<Queued> {
+        let queued = self.head_fifo()?.pop_front()?;
+        self.bytes -= queued.message.body.len() as u64;
+        self.len -= 1;
+        Some(queued)
+    }
+
+    /// Puts messages back where they were (by id within their priority).
+    pub(crate) fn requeue(&mut self, mut messages: Vec<Queued>) {
+        messages.sort_by_key(|queued| queued.id);
+        for queued in messages {
+            self.bytes += queued.message.body.len() as u64;
+            self.len += 1;
+            let fifo = match &mut self.store {
+                Store::Fifo(fifo) => fifo,
+                Store::Priority(levels) => {
+                    let level = Ready::level(levels, &queued.message);
+                    &mut levels[level]
+                }
+            };
+            if fifo.front().is_none_or(|front| queued.id < front.id) {
+                fifo.push_front(queued);
+            } else {
+                let at = fifo.partition_point(|existing| existing.id < queued.id);
+                fifo.insert(at, queued);
+            }
+        }
+    }
+
+    /// Removes every message, returning them.
+    pub(crate) fn drain(&mut self) -> Vec<Queued> {
+        self.bytes = 0;
+        self.len = 0;
+        match &mut self.store {
+            Store::Fifo(fifo) => fifo.drain(..).collect(),
+            Store::Priority(levels) => levels
+                .iter_mut()
+                .rev()
+                .flat_map(|level| level.drain(..))
+                .collect(),
+        }
+    }
+
+    /// Earliest expiry among the heads (the only messages expiry looks at).
+    pub(crate) fn next_expiry(&self) -> Option<u64> {
+        self.head()
+            .and_then(|head| (head.expires_at != 0).then_some(head.expires_at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use warren_wire::{BasicProperties, ShortString};
+
+    use super::*;
+
+    fn message(priority: Option<u8>, body: &'static [u8]) -> Arc<Message> {
+        let properties = BasicProperties {
+            priority,
+            ..Default::default()
+        }
+        .to_raw();
+        Arc::new(Message {
+            exchange: ShortString::EMPTY,
+            routing_key: ShortString::EMPTY,
+            summary: properties.summary().unwrap(),
+            properties,
+            body: Bytes::from_static(body),
+            extra_keys: None,
+            deaths: None,
+        })
+    }
+
+    fn queued(id: u64, priority: Option<u8>) -> Queued {
+        Queued {
+            id,
+            message: message(priority, b"abc"),
+            redelivered: false,
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn priorities_go_highest_first_fifo_within_and_clamp() {
+        let mut ready = Ready::new(Some(5));
+        for (id, priority) in [
+            (0, None),
+            (1, Some(3)),
+            (2, Some(9)),
+            (3, Some(3)),
+            (4, Some(0)),
+        ] {
+            ready.push(queued(id, priority));
+        }
+        assert_eq!((ready.len(), ready.bytes()), (5, 15));
+        let order: Vec<u64> = std::iter::from_fn(|| ready.pop().map(|queued| queued.id)).collect();
+        assert_eq!(order, [2, 1, 3, 0, 4]);
+        assert_eq!((ready.len(), ready.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn requeue_restores_positions() {
+        let mut ready = Ready::new(None);
+        for id in 0..5 {
+            ready.push(queued(id, None));
+        }
+        let first = ready.pop().unwrap();
+        let second = ready.pop().unwrap();
+        let _third = ready.pop().unwrap();
+        ready.requeue(vec![second, first]);
+        let order: Vec<u64> = std::iter::from_fn(|| ready.pop().map(|queued| queued.id)).collect();
+        assert_eq!(order, [0, 1, 3, 4]);
+    }
+}
