@@ -1,6 +1,8 @@
 //! Support for Warren's integration tests: a raw AMQP client for what client libraries cannot
-//! send (bad frames, odd handshakes), unique names, bounded waits, and the rule for tests that
-//! need an outside program.
+//! send (bad frames, odd handshakes), `warren` child processes ([`node`]), unique names, bounded
+//! waits, and the rule for tests that need an outside program.
+
+pub mod node;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,8 +11,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use warren_wire::method::{ChannelOpen, ConnectionOpen, ConnectionStartOk, ConnectionTuneOk};
-use warren_wire::{FieldTable, FieldValue, Frame, LongString, Method, ShortString, decode_frame};
+use warren_wire::method::{
+    BasicPublish, ChannelOpen, ConnectionOpen, ConnectionStartOk, ConnectionTuneOk,
+};
+use warren_wire::{
+    ContentHeader, FieldTable, FieldValue, Frame, LongString, Method, RawProperties, ShortString,
+    decode_frame,
+};
 
 /// How long a test waits for something that should happen promptly.
 pub const PROMPTLY: Duration = Duration::from_secs(10);
@@ -148,6 +155,10 @@ impl RawClient {
             ShortString::from_static("consumer_cancel_notify"),
             FieldValue::Boolean(true),
         );
+        capabilities.insert(
+            ShortString::from_static("connection.blocked"),
+            FieldValue::Boolean(true),
+        );
         let mut properties = FieldTable::new();
         properties.insert(
             ShortString::from_static("capabilities"),
@@ -175,6 +186,36 @@ impl RawClient {
     pub async fn send_method(&mut self, channel: u16, method: impl Into<Method>) {
         let mut buf = BytesMut::new();
         warren_wire::frame::encode_method(channel, &method.into(), &mut buf);
+        self.write(&buf).await;
+    }
+
+    /// Publishes a message with no properties (method, header and one body frame, in one write).
+    pub async fn publish(&mut self, channel: u16, exchange: &str, routing_key: &str, body: &[u8]) {
+        let mut buf = BytesMut::new();
+        let publish = BasicPublish {
+            exchange: ShortString::try_from(exchange).expect("short exchange"),
+            routing_key: ShortString::try_from(routing_key).expect("short key"),
+            ..Default::default()
+        };
+        Frame::Method {
+            channel,
+            method: publish.into(),
+        }
+        .encode(&mut buf);
+        Frame::Header {
+            channel,
+            header: ContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties: RawProperties::empty(),
+            },
+        }
+        .encode(&mut buf);
+        Frame::Body {
+            channel,
+            payload: bytes::Bytes::copy_from_slice(body),
+        }
+        .encode(&mut buf);
         self.write(&buf).await;
     }
 

@@ -207,14 +207,20 @@ pub enum LoginError {
 }
 
 impl Users {
-    /// Creates or replaces a user.
-    pub fn put_user(&self, name: &str, password: &str, tags: Vec<String>) {
-        let user = User {
+    /// Creates or replaces a user with a password.
+    pub fn put_user(&self, name: &str, password: &str, tags: Vec<String>) -> Arc<User> {
+        self.insert(User {
             name: name.into(),
             password: Some(PasswordHash::new(password)),
             tags,
-        };
-        self.users.write().insert(name.into(), Arc::new(user));
+        })
+    }
+
+    /// Creates or replaces a user.
+    pub fn insert(&self, user: User) -> Arc<User> {
+        let user = Arc::new(user);
+        self.users.write().insert(user.name.clone(), user.clone());
+        user
     }
 
     /// Sets a user's permissions on a vhost.

@@ -1,17 +1,27 @@
-//! The node's shared state: configuration, users, vhosts, and the shutdown signal.
+//! The node's shared state: configuration, the store, users, vhosts, and the shutdown signal.
+//!
+//! A blank data directory gets the default vhost and user from the configuration, persisted; a
+//! data directory that has been used gets back what it holds and the configured defaults are not
+//! applied again, as in RabbitMQ.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_config::Config;
+use warren_storage::{StorageError, Stream};
 
-use crate::auth::Users;
+use crate::alarms::Alarms;
+use crate::auth::{PasswordHash, User, Users};
 use crate::direct_reply::DirectReplies;
 use crate::events::ConnectionId;
+use crate::queue::{QueueCommand, QueueHandle, QueueTasks};
+use crate::store::metadata::{MetadataCommand, PendingWrites};
+use crate::store::{Recovered, Store};
 use crate::vhost::VHost;
 
 /// Everything connections share.
@@ -22,6 +32,7 @@ pub struct Broker {
     /// Users and permissions.
     pub users: Users,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    store: Arc<Store>,
     next_connection_id: AtomicU64,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
@@ -29,38 +40,105 @@ pub struct Broker {
     pub connections: TaskTracker,
     /// Direct reply-to addresses.
     pub direct_replies: DirectReplies,
+    /// Queue tasks.
+    pub queues: QueueTasks,
+    /// Memory and disk alarms.
+    pub alarms: Arc<Alarms>,
 }
 
-/// Why the broker could not be set up from its configuration.
+/// Why the broker could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// `default_permissions.*` is not a valid regular expression.
     #[error("default_permissions: {0}")]
     Permissions(String),
+    /// The data directory cannot be used.
+    #[error("data directory: {0}")]
+    Storage(#[from] StorageError),
+    /// The first metadata could not be written.
+    #[error("data directory: {0}")]
+    Persist(String),
+}
+
+/// How often memory and disk are checked.
+const ALARM_INTERVAL: Duration = Duration::from_millis(500);
+/// How often dead segments are looked for.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a queue asked to relocate records out of a segment is given before being asked again.
+const RELOCATION_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Deletes segments that hold nothing live, and asks the queues holding the last live records of
+/// a mostly dead oldest segment to write them again further on, so that it can go too.
+async fn maintain_storage(broker: Weak<Broker>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut asked: HashMap<(Stream, u32), Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        let wal = &broker.store.wal;
+        for stream in [Stream::Messages, Stream::Paging] {
+            wal.collect(stream);
+            let Some((segment, owners)) = wal.relocation_candidate(stream) else {
+                continue;
+            };
+            if asked
+                .get(&(stream, segment))
+                .is_some_and(|at| at.elapsed() < RELOCATION_PATIENCE)
+            {
+                continue;
+            }
+            asked.retain(|_, at| at.elapsed() < RELOCATION_PATIENCE);
+            asked.insert((stream, segment), Instant::now());
+            tracing::debug!(
+                "compacting {stream:?} segment {segment}: {} queues move their records",
+                owners.len()
+            );
+            for owner in owners {
+                if let Some(queue) = broker.queue_by_id(owner) {
+                    queue.send(QueueCommand::Relocate { stream, segment });
+                }
+            }
+        }
+    }
 }
 
 impl Broker {
-    /// A broker with the default vhost and default user from `config`.
-    pub fn new(config: Config) -> Result<Arc<Broker>, SetupError> {
-        let broker = Broker {
+    /// Opens the data directory named in `config`, recovers what it holds (or sets up the default
+    /// vhost and user on a blank one) and starts the recovered queues.
+    pub async fn open(config: Config) -> Result<Arc<Broker>, SetupError> {
+        let (store, recovered) = Store::open(&config.data_dir, config.segment_size)?;
+        let store = Arc::new(store);
+        let broker = Arc::new(Broker {
             users: Users::default(),
             vhosts: RwLock::new(HashMap::new()),
+            store: store.clone(),
             next_connection_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             direct_replies: DirectReplies::default(),
+            queues: QueueTasks::default(),
+            alarms: Arc::new(Alarms::new(&config)),
             config: Arc::new(config),
-        };
-        let config = broker.config.clone();
-        broker.add_vhost(&config.default_vhost);
-        broker.users.put_user(
-            &config.default_user,
-            &config.default_pass,
-            config.default_user_tags.clone(),
-        );
+        });
+        if recovered.state.is_blank() {
+            broker.set_up_defaults().await?;
+        } else {
+            broker.restore(recovered)?;
+        }
+        Ok(broker)
+    }
+
+    /// A blank node: the default vhost and user from the configuration, persisted.
+    async fn set_up_defaults(&self) -> Result<(), SetupError> {
+        let config = self.config.clone();
         let permissions = &config.default_permissions;
-        broker
-            .users
+        self.users
             .set_permissions(
                 &config.default_user,
                 &config.default_vhost,
@@ -69,7 +147,141 @@ impl Broker {
                 &permissions.read,
             )
             .map_err(SetupError::Permissions)?;
-        Ok(Arc::new(broker))
+        self.add_vhost(&config.default_vhost);
+        let user = self.users.put_user(
+            &config.default_user,
+            &config.default_pass,
+            config.default_user_tags.clone(),
+        );
+        let mut pending = PendingWrites::default();
+        for command in [
+            MetadataCommand::PutVHost {
+                name: config.default_vhost.clone(),
+            },
+            MetadataCommand::PutUser {
+                name: user.name.clone(),
+                password_hash: user.password.as_ref().map(PasswordHash::to_base64),
+                tags: user.tags.clone(),
+            },
+            MetadataCommand::SetPermissions {
+                user: user.name.clone(),
+                vhost: config.default_vhost.clone(),
+                configure: permissions.configure.clone(),
+                write: permissions.write.clone(),
+                read: permissions.read.clone(),
+            },
+        ] {
+            self.store.metadata.submit(command, &mut pending);
+        }
+        pending
+            .wait()
+            .await
+            .map_err(|error| SetupError::Persist(error.to_string()))
+    }
+
+    /// A node that has run before: vhosts, users, permissions, durable exchanges, queues (with
+    /// their messages) and bindings as they were. An entity that cannot be restored is logged
+    /// and skipped; the rest of the node still starts.
+    fn restore(&self, recovered: Recovered) -> Result<(), SetupError> {
+        let Recovered {
+            state,
+            mut messages,
+            ..
+        } = recovered;
+        for name in &state.vhosts {
+            self.add_vhost(name);
+        }
+        for (name, (password_hash, tags)) in &state.users {
+            let password = match password_hash.as_deref().map(PasswordHash::from_base64) {
+                Some(None) => {
+                    tracing::error!(
+                        "user '{name}': stored password hash is unreadable; the user cannot log in"
+                    );
+                    None
+                }
+                Some(hash) => hash,
+                None => None,
+            };
+            self.users.insert(User {
+                name: name.clone(),
+                password,
+                tags: tags.clone(),
+            });
+        }
+        for ((user, vhost), (configure, write, read)) in &state.permissions {
+            if let Err(error) = self
+                .users
+                .set_permissions(user, vhost, configure, write, read)
+            {
+                tracing::error!("permissions of '{user}' on vhost '{vhost}' not restored: {error}");
+            }
+        }
+        for ((vhost, name), record) in &state.exchanges {
+            let Some(vhost) = self.vhost(vhost) else {
+                continue;
+            };
+            if let Err(error) = vhost.restore_exchange(name, record) {
+                tracing::error!(
+                    "exchange '{}' in vhost '{}' not restored: {error}",
+                    String::from_utf8_lossy(name),
+                    vhost.name()
+                );
+            }
+        }
+        for ((vhost, name), record) in &state.queues {
+            let Some(vhost) = self.vhost(vhost) else {
+                continue;
+            };
+            let queued = messages.remove(&record.id).unwrap_or_default();
+            if let Err(error) = vhost.restore_queue(name, record, queued) {
+                tracing::error!(
+                    "queue '{}' in vhost '{}' not restored: {error}",
+                    String::from_utf8_lossy(name),
+                    vhost.name()
+                );
+            }
+        }
+        for binding in &state.bindings {
+            let Some(vhost) = self.vhost(&binding.vhost) else {
+                continue;
+            };
+            if let Err(error) = vhost.restore_binding(binding) {
+                tracing::warn!(
+                    "binding from '{}' in vhost '{}' not restored: {error}",
+                    String::from_utf8_lossy(&binding.source),
+                    vhost.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// A queue by its id, in any vhost.
+    pub fn queue_by_id(&self, id: u64) -> Option<QueueHandle> {
+        let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        vhosts
+            .iter()
+            .find_map(|vhost| vhost.queues().into_iter().find(|queue| queue.id() == id))
+    }
+
+    /// Starts the node's background work: the alarm monitor and storage upkeep. Both stop with
+    /// the queues.
+    pub fn start_background(self: &Arc<Self>) {
+        let stop = self.queues.stop.clone();
+        self.queues.tracker.spawn(self.alarms.clone().monitor(
+            self.config.data_dir.clone(),
+            self.store.wal.clone(),
+            ALARM_INTERVAL,
+            stop.clone(),
+        ));
+        self.queues
+            .tracker
+            .spawn(maintain_storage(Arc::downgrade(self), stop));
     }
 
     /// A vhost by name.
@@ -77,12 +289,12 @@ impl Broker {
         self.vhosts.read().get(name).cloned()
     }
 
-    /// Creates a vhost if it does not exist, and returns it.
-    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+    /// Creates a vhost in memory if it does not exist, and returns it.
+    fn add_vhost(&self, name: &str) -> Arc<VHost> {
         self.vhosts
             .write()
             .entry(name.to_string())
-            .or_insert_with(|| VHost::new(name))
+            .or_insert_with(|| VHost::new(name, self.store.clone(), self.queues.clone()))
             .clone()
     }
 

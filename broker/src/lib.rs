@@ -10,6 +10,7 @@
 //! Start a node with [`Node::start`]; `src/main.rs` only reads the configuration, sets up
 //! logging and calls it. Embedders (the test kit) do the same with a configuration of their own.
 
+pub mod alarms;
 pub mod auth;
 pub mod broker;
 mod channel;
@@ -22,6 +23,7 @@ pub mod message;
 mod names;
 pub mod queue;
 pub mod server;
+pub mod store;
 pub mod vhost;
 
 pub use broker::Broker;

@@ -69,6 +69,16 @@ async fn run(config: Config) -> ExitCode {
     if let Some(file) = &config.source {
         tracing::info!("configuration file: {}", file.display());
     }
+    tracing::info!(
+        "node {}; data directory: {}",
+        config.node_name,
+        config.data_dir.display()
+    );
+    tracing::info!(
+        "node {}; data directory: {}",
+        config.node_name,
+        config.data_dir.display()
+    );
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(error) => {

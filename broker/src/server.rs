@@ -40,17 +40,27 @@ impl Node {
     /// Binds the configured listeners and starts accepting connections.
     pub async fn start(config: Config) -> Result<Node, StartError> {
         let listen = config.listeners.clone();
-        let broker = Broker::new(config)?;
-        let mut amqp = Vec::new();
+        let broker = Broker::open(config).await?;
+        broker.start_background();
+        let mut listeners = Vec::new();
         for address in listen {
-            let listener = bind(address).map_err(|source| StartError::Listen {
-                address: address.to_string(),
-                source,
-            })?;
-            let local = listener.local_addr().map_err(|source| StartError::Listen {
-                address: address.to_string(),
-                source,
-            })?;
+            let bound = bind(address).and_then(|listener| Ok((listener.local_addr()?, listener)));
+            match bound {
+                Ok(bound) => listeners.push(bound),
+                Err(source) => {
+                    // Let go of the data directory before reporting.
+                    broker.queues.stop.cancel();
+                    broker.queues.tracker.close();
+                    broker.queues.tracker.wait().await;
+                    return Err(StartError::Listen {
+                        address: address.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        let mut amqp = Vec::new();
+        for (local, listener) in listeners {
             tracing::info!("started TCP listener on {local}");
             amqp.push(local);
             tokio::spawn(accept_loop(listener, broker.clone()));
@@ -79,6 +89,15 @@ impl Node {
             .is_err()
         {
             tracing::warn!("some connections did not close within {grace:?}");
+        }
+        // Then the queues, which let go of the store; the last of it closes the data directory.
+        self.broker.queues.stop.cancel();
+        self.broker.queues.tracker.close();
+        if tokio::time::timeout(grace, self.broker.queues.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some queues did not stop within {grace:?}");
         }
     }
 }

@@ -1,18 +1,24 @@
 //! Virtual hosts: the exchanges and queues in one namespace, declaration rules and routing.
 //!
-//! Lock order (see docs/locking.md): `exchanges` before `queues` before an exchange's bindings.
-//! No lock is held across an `.await`; every method here is synchronous.
+//! Lock order (see docs/locking.md): `changes` before `exchanges` before `queues` before an
+//! exchange's bindings before the metadata log's state. No lock is held across an `.await`:
+//! methods that change durable entities submit metadata commands under `changes` and return the
+//! [`PendingWrites`] for the caller to wait on, with no lock held, before it answers the client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
 use warren_wire::{FieldTable, FieldValue, ShortString};
 
 use crate::error::AmqpError;
 use crate::exchange::{Binding, Destination, DestinationKey, Exchange, ExchangeKind};
 use crate::message::Message;
-use crate::queue::{self, QueueHandle, QueueSpec};
+use crate::queue::{self, QueueHandle, QueueSpec, QueueTasks, Queued};
+use crate::store::Store;
+use crate::store::metadata::{BindingDestination, MetadataCommand, PendingWrites};
+use crate::store::model::{BindingRecord, ExchangeRecord, QueueRecord};
 
 /// What an `exchange.declare` asks for.
 #[derive(Debug, Clone)]
@@ -53,17 +59,42 @@ const COMPARED_QUEUE_ARGUMENTS: &[&str] = &[
 #[derive(Debug)]
 pub struct VHost {
     name: Arc<str>,
+    /// Held while a change to exchanges, queues or bindings is made and submitted to the
+    /// metadata log, so that the log records changes in the order they were made.
+    changes: Mutex<()>,
     exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortString, QueueHandle>>,
+    store: Arc<Store>,
+    tasks: QueueTasks,
+}
+
+/// An AMQP field table as stored in metadata records.
+pub(crate) fn encode_table(table: &FieldTable) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    table.encode(&mut buf);
+    buf.to_vec()
+}
+
+/// A field table from a metadata record.
+pub(crate) fn decode_table(bytes: &[u8]) -> Result<FieldTable, String> {
+    if bytes.is_empty() {
+        return Ok(FieldTable::new());
+    }
+    FieldTable::decode(Bytes::copy_from_slice(bytes))
+        .map(|(table, _)| table)
+        .map_err(|error| error.to_string())
 }
 
 impl VHost {
-    /// A vhost with RabbitMQ's predeclared exchanges.
-    pub fn new(name: &str) -> Arc<VHost> {
+    /// A vhost with RabbitMQ's predeclared exchanges, persisting its durable entities in `store`.
+    pub fn new(name: &str, store: Arc<Store>, tasks: QueueTasks) -> Arc<VHost> {
         let vhost = VHost {
             name: name.into(),
+            changes: Mutex::new(()),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
+            store,
+            tasks,
         };
         {
             let mut exchanges = vhost.exchanges.write();
@@ -92,6 +123,19 @@ impl VHost {
         self.name.clone()
     }
 
+    /// The node's store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub(crate) fn tasks(&self) -> &QueueTasks {
+        &self.tasks
+    }
+
+    fn persist(&self, command: MetadataCommand, pending: &mut PendingWrites) {
+        self.store.metadata.submit(command, pending);
+    }
+
     /// An exchange by name (not the default exchange, which is not stored).
     pub fn exchange(&self, name: &[u8]) -> Option<Arc<Exchange>> {
         self.exchanges.read().get(name).cloned()
@@ -112,12 +156,18 @@ impl VHost {
         self.exchanges.read().values().cloned().collect()
     }
 
-    /// Declares an exchange, or checks that an existing one is equivalent.
-    pub fn declare_exchange(&self, spec: ExchangeSpec) -> Result<Arc<Exchange>, AmqpError> {
+    /// Declares an exchange, or checks that an existing one is equivalent. A new durable exchange
+    /// is submitted to the metadata log; wait for the returned writes before confirming.
+    pub fn declare_exchange(
+        &self,
+        spec: ExchangeSpec,
+    ) -> Result<(Arc<Exchange>, PendingWrites), AmqpError> {
+        let mut pending = PendingWrites::default();
+        let _changes = self.changes.lock();
         let mut exchanges = self.exchanges.write();
         if let Some(existing) = exchanges.get(&spec.name) {
             self.check_exchange_equivalence(existing, &spec)?;
-            return Ok(existing.clone());
+            return Ok((existing.clone(), pending));
         }
         if spec.name.starts_with(b"amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -126,6 +176,19 @@ impl VHost {
             )));
         }
         queue::arguments::check_alternate_exchange(&spec.arguments, &spec.name, &self.name)?;
+        if spec.durable {
+            self.persist(
+                MetadataCommand::DeclareExchange {
+                    vhost: self.name.to_string(),
+                    name: spec.name.to_vec(),
+                    kind: spec.kind.name().to_string(),
+                    auto_delete: spec.auto_delete,
+                    internal: spec.internal,
+                    arguments: encode_table(&spec.arguments),
+                },
+                &mut pending,
+            );
+        }
         let exchange = Arc::new(Exchange::new(
             spec.name.clone(),
             spec.kind,
@@ -135,7 +198,28 @@ impl VHost {
             spec.arguments,
         ));
         exchanges.insert(spec.name, exchange.clone());
-        Ok(exchange)
+        Ok((exchange, pending))
+    }
+
+    /// Recreates a durable exchange from the metadata, at start.
+    pub(crate) fn restore_exchange(
+        &self,
+        name: &[u8],
+        record: &ExchangeRecord,
+    ) -> Result<(), String> {
+        let name = ShortString::try_from(name).map_err(|error| error.to_string())?;
+        let kind = ExchangeKind::parse(record.kind.as_bytes())
+            .ok_or_else(|| format!("unknown exchange type '{}'", record.kind))?;
+        let exchange = Exchange::new(
+            name.clone(),
+            kind,
+            true,
+            record.auto_delete,
+            record.internal,
+            decode_table(&record.arguments)?,
+        );
+        self.exchanges.write().insert(name, Arc::new(exchange));
+        Ok(())
     }
 
     fn check_exchange_equivalence(
@@ -174,11 +258,17 @@ impl VHost {
     }
 
     /// Deletes an exchange and every binding from or to it; missing exchanges are fine.
-    pub fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> Result<(), AmqpError> {
+    pub fn delete_exchange(
+        &self,
+        name: &ShortString,
+        if_unused: bool,
+    ) -> Result<PendingWrites, AmqpError> {
+        let mut pending = PendingWrites::default();
+        let _changes = self.changes.lock();
         {
             let exchanges = self.exchanges.read();
             let Some(exchange) = exchanges.get(name) else {
-                return Ok(());
+                return Ok(pending);
             };
             if if_unused && exchange.has_bindings() {
                 return Err(AmqpError::precondition_failed(format!(
@@ -187,14 +277,19 @@ impl VHost {
                 )));
             }
         }
-        self.remove_exchanges(vec![name.clone()], false);
-        Ok(())
+        self.remove_exchanges(vec![name.clone()], false, &mut pending);
+        Ok(pending)
     }
 
     /// Removes exchanges and the bindings to them; exchanges that lose their last binding that
     /// way and are auto-delete go too. With `only_unused_auto_delete`, a name is removed only if
-    /// it is an auto-delete exchange with no bindings left.
-    fn remove_exchanges(&self, mut names: Vec<ShortString>, only_unused_auto_delete: bool) {
+    /// it is an auto-delete exchange with no bindings left. Call with `changes` held.
+    fn remove_exchanges(
+        &self,
+        mut names: Vec<ShortString>,
+        only_unused_auto_delete: bool,
+        pending: &mut PendingWrites,
+    ) {
         let mut only_unused = only_unused_auto_delete;
         while !names.is_empty() {
             let mut next = Vec::new();
@@ -206,7 +301,17 @@ impl VHost {
                 if !removable {
                     continue;
                 }
-                exchanges.remove(&name);
+                let removed = exchanges.remove(&name).expect("invariant: checked above");
+                if removed.durable {
+                    // The metadata drops the bindings from and to it along with it.
+                    self.persist(
+                        MetadataCommand::DeleteExchange {
+                            vhost: self.name.to_string(),
+                            name: name.to_vec(),
+                        },
+                        pending,
+                    );
+                }
                 let key = DestinationKey::Exchange(name);
                 for other in exchanges.values() {
                     if other.unbind_destination(&key) > 0
@@ -222,32 +327,92 @@ impl VHost {
         }
     }
 
-    /// After a binding from `exchange` was removed: an auto-delete exchange with no bindings
-    /// left is deleted, as in RabbitMQ.
-    pub fn binding_removed(&self, exchange: &Exchange) {
-        if exchange.auto_delete && !exchange.has_bindings() {
-            self.remove_exchanges(vec![exchange.name.clone()], true);
-        }
-    }
-
-    /// Declares a queue, or checks that an existing one is equivalent. Returns the queue and
-    /// whether it was created.
+    /// Declares a queue, or checks that an existing one is equivalent. Returns the queue,
+    /// whether it was created, and the metadata writes to wait for (a new durable queue).
     pub fn declare_queue(
         self: &Arc<Self>,
         spec: QueueSpec,
         connection: u64,
-    ) -> Result<(QueueHandle, bool), AmqpError> {
+    ) -> Result<(QueueHandle, bool, PendingWrites), AmqpError> {
+        let mut pending = PendingWrites::default();
+        let _changes = self.changes.lock();
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(&spec.name) {
             self.check_queue_equivalence(existing, &spec, connection)?;
-            return Ok((existing.clone(), false));
+            return Ok((existing.clone(), false, pending));
         }
         // Arguments are validated only when the queue is created, as in RabbitMQ.
         let config = queue::arguments::parse(&spec.arguments, &spec.name, &self.name)?;
         let name = spec.name.clone();
-        let handle = queue::spawn(spec, config, self);
+        let id = self.store.next_queue_id();
+        if spec.durable {
+            self.persist(
+                MetadataCommand::DeclareQueue {
+                    vhost: self.name.to_string(),
+                    name: name.to_vec(),
+                    id,
+                    auto_delete: spec.auto_delete,
+                    arguments: encode_table(&spec.arguments),
+                },
+                &mut pending,
+            );
+        }
+        let handle = queue::spawn(spec, config, self, id, Vec::new());
         queues.insert(name, handle.clone());
-        Ok((handle, true))
+        Ok((handle, true, pending))
+    }
+
+    /// Recreates a durable queue from the metadata, with the messages recovered for it, at start.
+    pub(crate) fn restore_queue(
+        self: &Arc<Self>,
+        name: &[u8],
+        record: &QueueRecord,
+        messages: Vec<Queued>,
+    ) -> Result<QueueHandle, String> {
+        let name = ShortString::try_from(name).map_err(|error| error.to_string())?;
+        let arguments = decode_table(&record.arguments)?;
+        let config = queue::arguments::parse(&arguments, &name, &self.name)
+            .map_err(|error| error.to_string())?;
+        let spec = QueueSpec {
+            name: name.clone(),
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: record.auto_delete,
+            arguments,
+        };
+        let handle = queue::spawn(spec, config, self, record.id, messages);
+        self.queues.write().insert(name, handle.clone());
+        Ok(handle)
+    }
+
+    /// Recreates a durable binding from the metadata, at start.
+    pub(crate) fn restore_binding(&self, record: &BindingRecord) -> Result<(), String> {
+        let source = self
+            .exchange(&record.source)
+            .ok_or_else(|| "its source exchange is missing".to_string())?;
+        let destination = match &record.destination {
+            (true, name) => Destination::Queue(
+                self.queue(name)
+                    .ok_or_else(|| "its queue is missing".to_string())?,
+            ),
+            (false, name) => {
+                let name =
+                    ShortString::try_from(name.as_slice()).map_err(|error| error.to_string())?;
+                if self.exchange(&name).is_none() {
+                    return Err("its destination exchange is missing".into());
+                }
+                Destination::Exchange(name)
+            }
+        };
+        source
+            .bind(Binding {
+                destination,
+                routing_key: ShortString::try_from(record.routing_key.as_slice())
+                    .map_err(|error| error.to_string())?,
+                arguments: decode_table(&record.arguments)?,
+            })
+            .map(drop)
+            .map_err(|error| error.to_string())
     }
 
     fn check_queue_equivalence(
@@ -281,8 +446,11 @@ impl VHost {
         Ok(())
     }
 
-    /// Removes a deleted queue from the vhost and every binding to it. Called by the queue.
-    pub(crate) fn forget_queue(&self, queue: &QueueHandle) {
+    /// Removes a deleted queue from the vhost and every binding to it, and submits its deletion
+    /// (and that of auto-delete exchanges it leaves unbound) to the metadata log.
+    pub(crate) fn forget_queue(&self, queue: &QueueHandle) -> PendingWrites {
+        let mut pending = PendingWrites::default();
+        let _changes = self.changes.lock();
         {
             let mut queues = self.queues.write();
             if queues
@@ -291,6 +459,16 @@ impl VHost {
             {
                 queues.remove(&queue.name);
             }
+        }
+        if queue.durable {
+            self.persist(
+                MetadataCommand::DeleteQueue {
+                    vhost: self.name.to_string(),
+                    name: queue.name.to_vec(),
+                    id: queue.id(),
+                },
+                &mut pending,
+            );
         }
         let key = DestinationKey::Queue(queue.id());
         let emptied: Vec<ShortString> = self
@@ -305,25 +483,113 @@ impl VHost {
             .map(|exchange| exchange.name.clone())
             .collect();
         if !emptied.is_empty() {
-            self.remove_exchanges(emptied, true);
+            self.remove_exchanges(emptied, true, &mut pending);
+        }
+        pending
+    }
+
+    /// Forgets a deleted queue and waits until its deletion is durable. Called by the queue's
+    /// task before it answers `queue.delete`.
+    pub(crate) async fn delete_queue_durably(&self, queue: &QueueHandle) {
+        if let Err(error) = self.forget_queue(queue).wait().await {
+            // The queue is gone from memory; at the next start it would come back, empty of
+            // what was settled. Nothing better can be done without the disk.
+            tracing::error!(queue = %queue.name, "deletion not persisted: {error}");
         }
     }
 
-    /// Binds `destination` to `exchange`.
+    /// Whether a binding to `destination` is durable: both ends are.
+    fn is_durable_binding(&self, exchange: &Exchange, destination: &Destination) -> bool {
+        exchange.durable
+            && match destination {
+                Destination::Queue(queue) => queue.durable,
+                Destination::Exchange(name) => {
+                    self.exchange(name).is_some_and(|exchange| exchange.durable)
+                }
+            }
+    }
+
+    fn binding_command(
+        &self,
+        bind: bool,
+        exchange: &Exchange,
+        destination: &Destination,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> MetadataCommand {
+        let (vhost, source) = (self.name.to_string(), exchange.name.to_vec());
+        let destination = match destination {
+            Destination::Queue(queue) => BindingDestination::Queue(queue.name.to_vec()),
+            Destination::Exchange(name) => BindingDestination::Exchange(name.to_vec()),
+        };
+        let (routing_key, arguments) = (routing_key.to_vec(), encode_table(arguments));
+        if bind {
+            MetadataCommand::Bind {
+                vhost,
+                source,
+                destination,
+                routing_key,
+                arguments,
+            }
+        } else {
+            MetadataCommand::Unbind {
+                vhost,
+                source,
+                destination,
+                routing_key,
+                arguments,
+            }
+        }
+    }
+
+    /// Binds `destination` to `exchange`; a new binding between durable ends is submitted to the
+    /// metadata log.
     pub fn bind(
         &self,
         exchange: &Exchange,
         destination: Destination,
         routing_key: ShortString,
         arguments: FieldTable,
-    ) -> Result<(), AmqpError> {
-        exchange
-            .bind(Binding {
-                destination,
-                routing_key,
-                arguments,
-            })
-            .map(drop)
+    ) -> Result<PendingWrites, AmqpError> {
+        let mut pending = PendingWrites::default();
+        let _changes = self.changes.lock();
+        let durable = self.is_durable_binding(exchange, &destination);
+        let command = durable
+            .then(|| self.binding_command(true, exchange, &destination, &routing_key, &arguments));
+        let added = exchange.bind(Binding {
+            destination,
+            routing_key,
+            arguments,
+        })?;
+        if added && let Some(command) = command {
+            self.persist(command, &mut pending);
+        }
+        Ok(pending)
+    }
+
+    /// Removes a binding if it exists; an auto-delete exchange left without bindings goes, as in
+    /// RabbitMQ.
+    pub fn unbind(
+        &self,
+        exchange: &Exchange,
+        destination: &Destination,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> PendingWrites {
+        let mut pending = PendingWrites::default();
+        let _changes = self.changes.lock();
+        if !exchange.unbind(&destination.key(), routing_key, arguments) {
+            return pending;
+        }
+        if self.is_durable_binding(exchange, destination) {
+            let command =
+                self.binding_command(false, exchange, destination, routing_key, arguments);
+            self.persist(command, &mut pending);
+        }
+        if exchange.auto_delete && !exchange.has_bindings() {
+            self.remove_exchanges(vec![exchange.name.clone()], true, &mut pending);
+        }
+        pending
     }
 
     /// Appends the queues `message` routes to from `exchange` (the default exchange when

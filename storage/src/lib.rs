@@ -13,6 +13,7 @@
 //! or tokio; errors name the file and the operation that failed.
 
 pub mod error;
+mod live;
 mod lock;
 pub mod segment;
 pub mod wal;

@@ -55,7 +55,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("warren-lock-{}", std::process::id()));
         let first = DataDirLock::acquire(&dir).unwrap();
         let error = DataDirLock::acquire(&dir).unwrap_err();
-        assert!(error.to_string().contains("in use by another Warren node"), "{error}");
+        assert!(
+            error.to_string().contains("in use by another Warren node"),
+            "{error}"
+        );
         drop(first);
         DataDirLock::acquire(&dir).unwrap();
         std::fs::remove_dir_all(dir).unwrap();

@@ -52,7 +52,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u32>, StorageError> {
         let entry = entry.map_err(|error| StorageError::io("list", dir, error))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(number) = name.strip_suffix(".seg").and_then(|stem| stem.parse::<u32>().ok()) {
+        if let Some(number) = name
+            .strip_suffix(".seg")
+            .and_then(|stem| stem.parse::<u32>().ok())
+        {
             segments.push(number);
         }
     }
@@ -119,7 +122,8 @@ impl SegmentWriter {
                         .map_err(|error| StorageError::io("open", &path, error))?;
                     file.set_len(u64::from(valid))
                         .map_err(|error| StorageError::io("truncate", &path, error))?;
-                    file.sync_all().map_err(|error| StorageError::io("sync", &path, error))?;
+                    file.sync_all()
+                        .map_err(|error| StorageError::io("sync", &path, error))?;
                 } else {
                     tracing::error!(
                         "{}: damaged record at offset {valid}; the rest of this segment is skipped",
@@ -173,7 +177,8 @@ impl SegmentWriter {
 
     /// Appends a record (buffered until [`SegmentWriter::write`]); returns where it will be.
     pub fn append(&mut self, payload: &[u8]) -> Result<Position, StorageError> {
-        let length = u32::try_from(payload.len()).map_err(|_| StorageError::TooLarge(payload.len()))?;
+        let length =
+            u32::try_from(payload.len()).map_err(|_| StorageError::TooLarge(payload.len()))?;
         let size = RECORD_HEADER + length;
         if self.length > 0 && self.length.saturating_add(size) > self.max_segment_size {
             self.roll()?;
@@ -184,7 +189,8 @@ impl SegmentWriter {
             length,
         };
         self.buffer.extend_from_slice(&length.to_be_bytes());
-        self.buffer.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+        self.buffer
+            .extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
         self.buffer.extend_from_slice(payload);
         self.length += size;
         if self.unsynced.last() != Some(&self.active) {
@@ -238,9 +244,9 @@ impl SegmentWriter {
                 .map_err(|error| StorageError::io("sync", &self.dir, error))?;
         }
         if !self.unsynced.is_empty() {
-            self.file
-                .sync_data()
-                .map_err(|error| StorageError::io("sync", &segment_path(&self.dir, self.active), error))?;
+            self.file.sync_data().map_err(|error| {
+                StorageError::io("sync", &segment_path(&self.dir, self.active), error)
+            })?;
             self.unsynced.clear();
         }
         Ok(())
@@ -254,7 +260,8 @@ impl SegmentWriter {
                 break;
             }
             let path = segment_path(&self.dir, existing);
-            std::fs::remove_file(&path).map_err(|error| StorageError::io("delete", &path, error))?;
+            std::fs::remove_file(&path)
+                .map_err(|error| StorageError::io("delete", &path, error))?;
             deleted.push(existing);
         }
         Ok(deleted)
@@ -280,8 +287,10 @@ fn scan_file(
         .map_err(|error| StorageError::io("read", path, error))?;
     let mut offset = 0usize;
     while offset + RECORD_HEADER as usize <= data.len() {
-        let length = u32::from_be_bytes(data[offset..offset + 4].try_into().expect("4 bytes")) as usize;
-        let checksum = u32::from_be_bytes(data[offset + 4..offset + 8].try_into().expect("4 bytes"));
+        let length =
+            u32::from_be_bytes(data[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+        let checksum =
+            u32::from_be_bytes(data[offset + 4..offset + 8].try_into().expect("4 bytes"));
         let start = offset + RECORD_HEADER as usize;
         if length == 0 || start + length > data.len() {
             break;
@@ -325,7 +334,8 @@ impl SegmentReader {
             return Ok(file.clone());
         }
         let path = segment_path(&self.dir, segment);
-        let file = Arc::new(File::open(&path).map_err(|error| StorageError::io("open", &path, error))?);
+        let file =
+            Arc::new(File::open(&path).map_err(|error| StorageError::io("open", &path, error))?);
         self.files.lock().insert(segment, file.clone());
         Ok(file)
     }
@@ -335,7 +345,9 @@ impl SegmentReader {
         let file = self.file(position.segment)?;
         let mut data = vec![0u8; (RECORD_HEADER + position.length) as usize];
         file.read_exact_at(&mut data, u64::from(position.offset))
-            .map_err(|error| StorageError::io("read", &segment_path(&self.dir, position.segment), error))?;
+            .map_err(|error| {
+                StorageError::io("read", &segment_path(&self.dir, position.segment), error)
+            })?;
         let length = u32::from_be_bytes(data[0..4].try_into().expect("4 bytes"));
         let checksum = u32::from_be_bytes(data[4..8].try_into().expect("4 bytes"));
         let payload = Bytes::from(data).slice(RECORD_HEADER as usize..);
@@ -367,14 +379,18 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("warren-segment-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("warren-segment-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
 
     fn reopen(dir: &Path, max: u32) -> (SegmentWriter, ScanReport, Vec<(Position, Vec<u8>)>) {
         let mut seen = Vec::new();
-        let (writer, report) = SegmentWriter::open(dir, max, |position, payload| seen.push((position, payload.to_vec()))).unwrap();
+        let (writer, report) = SegmentWriter::open(dir, max, |position, payload| {
+            seen.push((position, payload.to_vec()))
+        })
+        .unwrap();
         (writer, report, seen)
     }
 
@@ -397,7 +413,12 @@ mod tests {
         drop(writer);
         let (mut writer, report, seen) = reopen(&dir, 100);
         assert_eq!(report.records, 20);
-        assert_eq!(seen.iter().map(|(position, _)| *position).collect::<Vec<_>>(), positions);
+        assert_eq!(
+            seen.iter()
+                .map(|(position, _)| *position)
+                .collect::<Vec<_>>(),
+            positions
+        );
         // Appending continues where it stopped.
         let next = writer.append(b"more").unwrap();
         assert!(next > *positions.last().unwrap());
@@ -448,10 +469,18 @@ mod tests {
         std::fs::write(&first, &data).unwrap();
         let (_, report, seen) = reopen(&dir, 60);
         assert_eq!(report.corrupt, vec![(1, 0)]);
-        assert_eq!(seen.len(), 4, "the damaged segment's records are skipped, the others read");
+        assert_eq!(
+            seen.len(),
+            4,
+            "the damaged segment's records are skipped, the others read"
+        );
         let reader = SegmentReader::new(&dir);
         assert!(matches!(
-            reader.read(Position { segment: 1, offset: 0, length: 20 }),
+            reader.read(Position {
+                segment: 1,
+                offset: 0,
+                length: 20
+            }),
             Err(StorageError::Corrupt { .. })
         ));
         std::fs::remove_dir_all(dir).unwrap();

@@ -28,6 +28,8 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::StorageError;
+use crate::live::LiveSegments;
+use crate::lock::DataDirLock;
 use crate::segment::{Position, ScanReport, SegmentReader, SegmentWriter};
 
 /// The streams of the WAL, each its own segment log.
@@ -62,6 +64,9 @@ pub struct PendingRecord {
     pub stream: Stream,
     /// Whether it must be synced before being reported done.
     pub sync: bool,
+    /// The owner that keeps the record alive until it releases it ([`Wal::release`]); `None` for
+    /// bookkeeping records that need not be kept.
+    pub owner: Option<u64>,
     /// The record.
     pub payload: Bytes,
 }
@@ -171,6 +176,7 @@ struct Shared {
     wake: Condvar,
     stats: WalStats,
     failing: AtomicBool,
+    live: [Mutex<LiveSegments>; 3],
 }
 
 /// What opening the WAL found.
@@ -187,6 +193,10 @@ pub struct Wal {
     readers: Vec<Arc<SegmentReader>>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
+    probe: std::sync::OnceLock<Producer>,
+    /// Dropped after the writer thread has stopped, so no other node can open the directory
+    /// while this one may still write to it.
+    _lock: DataDirLock,
 }
 
 impl Wal {
@@ -197,9 +207,11 @@ impl Wal {
         segment_size: u32,
         mut visit: impl FnMut(Stream, Position, &[u8]),
     ) -> Result<(Wal, Recovered), StorageError> {
+        let lock = DataDirLock::acquire(dir)?;
         let paging = dir.join(Stream::Paging.directory());
         if paging.exists() {
-            std::fs::remove_dir_all(&paging).map_err(|error| StorageError::io("clear", &paging, error))?;
+            std::fs::remove_dir_all(&paging)
+                .map_err(|error| StorageError::io("clear", &paging, error))?;
         }
         let mut recovered = Recovered::default();
         let mut writers = Vec::new();
@@ -209,14 +221,20 @@ impl Wal {
         for stream in [Stream::Metadata, Stream::Messages, Stream::Paging] {
             let stream_dir = dir.join(stream.directory());
             let (writer, report) =
-                SegmentWriter::open(&stream_dir, segment_size, |position, payload| visit(stream, position, payload))?;
+                SegmentWriter::open(&stream_dir, segment_size, |position, payload| {
+                    visit(stream, position, payload)
+                })?;
             if stream != Stream::Paging {
                 recovered.reports.push((stream, report));
             }
             opened[stream as usize] = Some(writer);
         }
         for stream in Stream::ALL {
-            writers.push(opened[stream as usize].take().expect("invariant: every stream opened above"));
+            writers.push(
+                opened[stream as usize]
+                    .take()
+                    .expect("invariant: every stream opened above"),
+            );
             readers.push(Arc::new(SegmentReader::new(&dir.join(stream.directory()))));
         }
         let shared = Arc::new(Shared {
@@ -224,6 +242,7 @@ impl Wal {
             wake: Condvar::new(),
             stats: WalStats::default(),
             failing: AtomicBool::new(false),
+            live: Default::default(),
         });
         let thread_shared = shared.clone();
         let thread_readers = readers.clone();
@@ -237,6 +256,8 @@ impl Wal {
                 readers,
                 thread: Some(thread),
                 dir: dir.to_path_buf(),
+                probe: std::sync::OnceLock::new(),
+                _lock: lock,
             },
             recovered,
         ))
@@ -265,6 +286,39 @@ impl Wal {
         self.shared.wake.notify_one();
     }
 
+    /// Counts a record found at recovery as live for `owner`.
+    pub fn retain(&self, stream: Stream, position: Position, owner: u64) {
+        self.shared.live[stream as usize]
+            .lock()
+            .retain(position.segment, owner);
+    }
+
+    /// The owner no longer needs the record at `position`.
+    pub fn release(&self, stream: Stream, position: Position, owner: u64) {
+        self.shared.live[stream as usize]
+            .lock()
+            .release(position.segment, owner);
+    }
+
+    /// Deletes the segments of `stream` that hold nothing live, from the oldest end.
+    pub fn collect(&self, stream: Stream) {
+        let end = self.shared.live[stream as usize].lock().dead_prefix_end();
+        self.delete_before(stream, end);
+    }
+
+    /// The oldest segment of `stream` when it is mostly dead and should be compacted, with the
+    /// owners of its remaining records (who move them forward by writing them again).
+    pub fn relocation_candidate(&self, stream: Stream) -> Option<(u32, Vec<u64>)> {
+        self.shared.live[stream as usize]
+            .lock()
+            .relocation_candidate(10, 2)
+    }
+
+    /// Records of `stream` still live.
+    pub fn live_records(&self, stream: Stream) -> u64 {
+        self.shared.live[stream as usize].lock().live_records()
+    }
+
     /// Counters.
     pub fn stats(&self) -> &WalStats {
         &self.shared.stats
@@ -273,6 +327,20 @@ impl Wal {
     /// Whether the last write failed (a full disk, usually).
     pub fn is_failing(&self) -> bool {
         self.shared.failing.load(Ordering::Acquire)
+    }
+
+    /// Writes a small throw-away record to the paging stream: after a failure, its success (the
+    /// disk has room again) clears [`Wal::is_failing`].
+    pub fn probe(&self) {
+        let producer = self.probe.get_or_init(|| self.producer(|| {}));
+        producer.take_done();
+        producer.push(PendingRecord {
+            tag: 0,
+            stream: Stream::Paging,
+            sync: false,
+            owner: None,
+            payload: Bytes::from_static(b"probe"),
+        });
     }
 
     /// The WAL's directory.
@@ -295,7 +363,9 @@ fn writer_loop(shared: &Shared, mut writers: Vec<SegmentWriter>, readers: &[Arc<
     loop {
         let (dirty, deletions, stop) = {
             let mut state = shared.state.lock();
-            while (state.paused || (state.dirty.is_empty() && state.deletions.is_empty())) && !state.stop {
+            while (state.paused || (state.dirty.is_empty() && state.deletions.is_empty()))
+                && !state.stop
+            {
                 shared.wake.wait(&mut state);
             }
             (
@@ -337,18 +407,28 @@ fn write_batch(shared: &Shared, writers: &mut [SegmentWriter], dirty: Vec<Arc<Pr
     let mut positions: Vec<Vec<Result<Position, StorageError>>> = Vec::with_capacity(batch.len());
     let mut needs_sync = [false; 3];
     let mut count = 0;
+    // A failed append (a roll-over that could not write or create a file) drops the records
+    // buffered before it: nothing of that stream in this batch may be reported written.
+    let mut stream_errors: [Option<WriteFailure>; 3] = [None, None, None];
     for (_, records) in &batch {
         let mut results = Vec::with_capacity(records.len());
         for record in records {
             let stream = record.stream as usize;
             needs_sync[stream] |= record.sync;
-            results.push(writers[stream].append(&record.payload));
+            let result = writers[stream].append(&record.payload);
+            if let Err(error) = &result {
+                tracing::error!("write-ahead log: {error}");
+                stream_errors[stream].get_or_insert(WriteFailure {
+                    no_space: error.is_no_space(),
+                    message: error.to_string(),
+                });
+            }
+            results.push(result);
             count += 1;
         }
         positions.push(results);
     }
     // Write every stream, then sync the ones that hold records asking for it.
-    let mut stream_errors: [Option<WriteFailure>; 3] = [None, None, None];
     for (index, writer) in writers.iter_mut().enumerate() {
         let result = if needs_sync[index] {
             let started = Instant::now();
@@ -364,7 +444,7 @@ fn write_batch(shared: &Shared, writers: &mut [SegmentWriter], dirty: Vec<Arc<Pr
         };
         if let Err(error) = result {
             tracing::error!("write-ahead log: {error}");
-            stream_errors[index] = Some(WriteFailure {
+            stream_errors[index].get_or_insert(WriteFailure {
                 no_space: error.is_no_space(),
                 message: error.to_string(),
             });
@@ -384,13 +464,23 @@ fn write_batch(shared: &Shared, writers: &mut [SegmentWriter], dirty: Vec<Arc<Pr
             for (record, result) in records.into_iter().zip(results) {
                 let result = match (result, &stream_errors[record.stream as usize]) {
                     (Ok(_), Some(failure)) => Err(failure.clone()),
-                    (Ok(position), None) => Ok(position),
+                    (Ok(position), None) => {
+                        if let Some(owner) = record.owner {
+                            shared.live[record.stream as usize]
+                                .lock()
+                                .retain(position.segment, owner);
+                        }
+                        Ok(position)
+                    }
                     (Err(error), _) => Err(WriteFailure {
                         no_space: error.is_no_space(),
                         message: error.to_string(),
                     }),
                 };
-                pending.done.push(Done { tag: record.tag, result });
+                pending.done.push(Done {
+                    tag: record.tag,
+                    result,
+                });
             }
         }
         (producer.notify)();
@@ -415,6 +505,7 @@ mod tests {
             tag,
             stream,
             sync: true,
+            owner: Some(1),
             payload: Bytes::from_static(payload),
         }
     }
@@ -434,13 +525,20 @@ mod tests {
             .collect();
         for (index, producer) in producers.iter().enumerate() {
             for tag in 0..50 {
-                producer.push(record(tag, Stream::Messages, if index % 2 == 0 { b"even" } else { b"odd" }));
+                producer.push(record(
+                    tag,
+                    Stream::Messages,
+                    if index % 2 == 0 { b"even" } else { b"odd" },
+                ));
             }
         }
         let mut done = 0;
         while done < 400 {
             receiver.recv_timeout(Duration::from_secs(10)).unwrap();
-            done += producers.iter().map(|producer| producer.take_done().len()).sum::<usize>();
+            done += producers
+                .iter()
+                .map(|producer| producer.take_done().len())
+                .sum::<usize>();
         }
         let syncs = wal.stats().syncs.load(Ordering::Relaxed);
         assert!(syncs < 400, "syncs were shared: {syncs} for 400 records");
@@ -480,11 +578,16 @@ mod tests {
         assert!(!producer.cancel(1), "already written");
         drop(wal);
         let mut payloads = Vec::new();
-        Wal::open(&dir, 1 << 20, |_, _, payload| payloads.push(payload.to_vec())).unwrap();
+        Wal::open(&dir, 1 << 20, |_, _, payload| {
+            payloads.push(payload.to_vec())
+        })
+        .unwrap();
         assert_eq!(payloads, [b"kept".to_vec()]);
-        assert!(std::fs::read_dir(dir.join("paging")).unwrap().all(|entry| {
-            std::fs::metadata(entry.unwrap().path()).unwrap().len() == 0
-        }));
+        assert!(
+            std::fs::read_dir(dir.join("paging"))
+                .unwrap()
+                .all(|entry| { std::fs::metadata(entry.unwrap().path()).unwrap().len() == 0 })
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

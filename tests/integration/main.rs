@@ -4,10 +4,15 @@
 //! - `extensions`: RabbitMQ's extensions (TTL, dead-lettering, limits, priorities...) via lapin;
 //! - `protocol`: handshake, framing and error handling with a raw client (what clients never send);
 //! - `pika`: the conformance script run through Python's pika (skipped outside CI without pika);
-//! - `process`: the `warren` binary as a child process: configuration errors, SIGTERM.
+//! - `process`: the `warren` binary as a child process: configuration errors, SIGTERM, the data
+//!   directory lock;
+//! - `durability`: what survives a restart; paging; segment deletion and compaction;
+//! - `faults`: kill -9 under load, damaged log tails, a full disk, memory and disk alarms.
 
 mod amqprs_client;
+mod durability;
 mod extensions;
+mod faults;
 mod lapin_client;
 mod pika;
 mod process;

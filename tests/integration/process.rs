@@ -1,11 +1,10 @@
 //! The `warren` binary as users run it: configuration errors stop it with a message naming the
-//! key, and SIGTERM closes client connections with 320 CONNECTION_FORCED and exits 0.
+//! key, SIGTERM closes client connections with 320 CONNECTION_FORCED and exits 0, and a data
+//! directory serves one node at a time.
 
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use warren_testkit::warren_binary;
+use warren_tests::node::{NodeOptions, NodeProcess};
 use warren_tests::{RawClient, promptly, unique};
 
 fn config_file(text: &str) -> std::path::PathBuf {
@@ -53,37 +52,10 @@ async fn a_bad_configuration_stops_the_node_naming_file_line_and_key() {
 
 #[tokio::test]
 async fn sigterm_closes_connections_with_320_and_exits_zero() {
-    let path = config_file("listeners.tcp.default = 127.0.0.1:0\nlog.console.level = info\n");
-    let mut child = Command::new(warren_binary())
-        .env("WARREN_CONFIG_FILE", &path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("warren starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let address = promptly("the listener to start", async {
-        while let Some(line) = lines.next_line().await.expect("read log") {
-            if let Some((_, address)) = line.split_once("started TCP listener on ") {
-                return address
-                    .trim()
-                    .parse::<std::net::SocketAddr>()
-                    .expect("an address");
-            }
-        }
-        panic!("warren exited before listening");
-    })
-    .await;
-    let mut client = RawClient::open(address, 0).await;
-    let pid = child.id().expect("pid").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(status.success());
+    let node = NodeProcess::start(&NodeOptions::new("")).await;
+    let data_dir = node.data_dir().to_path_buf();
+    let mut client = RawClient::open(node.address(), 0).await;
+    let terminated = tokio::spawn(node.terminate());
     let (code, text, _, _) = client.expect_connection_close().await;
     assert_eq!(
         (code, text.as_str()),
@@ -92,9 +64,26 @@ async fn sigterm_closes_connections_with_320_and_exits_zero() {
             "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
         )
     );
-    let exit = promptly("warren to exit", child.wait())
+    assert_eq!(terminated.await.expect("terminate"), Some(0));
+    std::fs::remove_dir_all(data_dir).expect("remove data");
+}
+
+#[tokio::test]
+async fn a_second_node_on_the_same_data_directory_refuses_to_start() {
+    let options = NodeOptions::new("");
+    let first = NodeProcess::start(&options).await;
+    let output = NodeProcess::try_start(&options)
         .await
-        .expect("exit status");
-    assert_eq!(exit.code(), Some(0));
-    std::fs::remove_file(path).expect("remove config");
+        .expect_err("the second node must not start");
+    let expected = format!(
+        "data directory {} is in use by another Warren node",
+        options.data_dir.display()
+    );
+    assert!(output.contains(&expected), "{output}");
+    // The first node is unharmed and, once stopped, lets another start.
+    RawClient::open(first.address(), 0).await;
+    assert_eq!(first.terminate().await, Some(0));
+    let again = NodeProcess::start(&options).await;
+    assert_eq!(again.terminate().await, Some(0));
+    std::fs::remove_dir_all(&options.data_dir).expect("remove data");
 }

@@ -15,7 +15,7 @@ use crate::auth::{Access, ResourceKind};
 use crate::connection::context::Context;
 use crate::direct_reply::{self, DirectReplies};
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Destination, DestinationKey, ExchangeKind};
+use crate::exchange::{Destination, ExchangeKind};
 use crate::names;
 use crate::queue::{QueueCommand, QueueSpec, QueueStats};
 use crate::vhost::ExchangeSpec;
@@ -35,7 +35,7 @@ fn default_exchange_refused() -> AmqpError {
 }
 
 impl Channel {
-    pub(super) fn exchange_declare(
+    pub(super) async fn exchange_declare(
         &mut self,
         ctx: &mut Context,
         declare: ExchangeDeclare,
@@ -67,7 +67,7 @@ impl Channel {
                 self.check(ctx, Access::Read, ResourceKind::Exchange, &declare.exchange)?;
                 self.check(ctx, Access::Write, ResourceKind::Exchange, &alternate)?;
             }
-            ctx.vhost.declare_exchange(ExchangeSpec {
+            let (_, pending) = ctx.vhost.declare_exchange(ExchangeSpec {
                 name: declare.exchange,
                 kind,
                 durable: declare.durable,
@@ -75,6 +75,7 @@ impl Channel {
                 internal: declare.internal,
                 arguments: declare.arguments,
             })?;
+            pending.wait().await?;
         }
         if !declare.no_wait {
             ctx.out.method(
@@ -85,7 +86,7 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn exchange_delete(
+    pub(super) async fn exchange_delete(
         &mut self,
         ctx: &mut Context,
         delete: ExchangeDelete,
@@ -107,7 +108,9 @@ impl Channel {
             &delete.exchange,
         )?;
         ctx.vhost
-            .delete_exchange(&delete.exchange, delete.if_unused)?;
+            .delete_exchange(&delete.exchange, delete.if_unused)?
+            .wait()
+            .await?;
         if !delete.no_wait {
             ctx.out.method(
                 self.number(),
@@ -117,7 +120,7 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn exchange_bind(
+    pub(super) async fn exchange_bind(
         &mut self,
         ctx: &mut Context,
         bind: ExchangeBind,
@@ -139,12 +142,15 @@ impl Channel {
         ctx.vhost
             .exchange(&bind.destination)
             .ok_or_else(|| AmqpError::no_exchange(&bind.destination, ctx.vhost.name()))?;
-        ctx.vhost.bind(
-            &source,
-            Destination::Exchange(bind.destination),
-            bind.routing_key,
-            bind.arguments,
-        )?;
+        ctx.vhost
+            .bind(
+                &source,
+                Destination::Exchange(bind.destination),
+                bind.routing_key,
+                bind.arguments,
+            )?
+            .wait()
+            .await?;
         if !bind.no_wait {
             ctx.out
                 .method(self.number(), &Method::ExchangeBindOk(ExchangeBindOk {}));
@@ -152,7 +158,7 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn exchange_unbind(
+    pub(super) async fn exchange_unbind(
         &mut self,
         ctx: &mut Context,
         unbind: ExchangeUnbind,
@@ -168,14 +174,16 @@ impl Channel {
         }
         self.check(ctx, Access::Read, ResourceKind::Exchange, &unbind.source)?;
         // Missing exchanges or bindings are not errors (RabbitMQ 4).
-        if let Some(source) = ctx.vhost.exchange(&unbind.source)
-            && source.unbind(
-                &DestinationKey::Exchange(unbind.destination),
-                &unbind.routing_key,
-                &unbind.arguments,
-            )
-        {
-            ctx.vhost.binding_removed(&source);
+        if let Some(source) = ctx.vhost.exchange(&unbind.source) {
+            ctx.vhost
+                .unbind(
+                    &source,
+                    &Destination::Exchange(unbind.destination),
+                    &unbind.routing_key,
+                    &unbind.arguments,
+                )
+                .wait()
+                .await?;
         }
         if !unbind.no_wait {
             ctx.out.method(
@@ -248,7 +256,8 @@ impl Channel {
             auto_delete: declare.auto_delete,
             arguments: declare.arguments,
         };
-        let (queue, created) = ctx.vhost.declare_queue(spec, ctx.id)?;
+        let (queue, created, pending) = ctx.vhost.declare_queue(spec, ctx.id)?;
+        pending.wait().await?;
         let stats = if created {
             if declare.exclusive {
                 ctx.exclusive_queues.push(queue.clone());
@@ -289,7 +298,11 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn queue_bind(&mut self, ctx: &mut Context, bind: QueueBind) -> AmqpResult<()> {
+    pub(super) async fn queue_bind(
+        &mut self,
+        ctx: &mut Context,
+        bind: QueueBind,
+    ) -> AmqpResult<()> {
         let name = self.queue_name(&bind.queue)?;
         refuse_volatile(&name)?;
         let routing_key = if bind.queue.is_empty() && bind.routing_key.is_empty() {
@@ -307,12 +320,15 @@ impl Channel {
             .exchange(&bind.exchange)
             .ok_or_else(|| AmqpError::no_exchange(&bind.exchange, ctx.vhost.name()))?;
         let queue = self.usable_queue(ctx, &name)?;
-        ctx.vhost.bind(
-            &exchange,
-            Destination::Queue(queue),
-            routing_key,
-            bind.arguments,
-        )?;
+        ctx.vhost
+            .bind(
+                &exchange,
+                Destination::Queue(queue),
+                routing_key,
+                bind.arguments,
+            )?
+            .wait()
+            .await?;
         if !bind.no_wait {
             ctx.out
                 .method(self.number(), &Method::QueueBindOk(QueueBindOk {}));
@@ -320,7 +336,7 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn queue_unbind(
+    pub(super) async fn queue_unbind(
         &mut self,
         ctx: &mut Context,
         unbind: QueueUnbind,
@@ -344,13 +360,15 @@ impl Channel {
             if queue.is_locked_for(ctx.id) {
                 return Err(AmqpError::exclusive_locked(&name, ctx.vhost.name()));
             }
-            if exchange.unbind(
-                &DestinationKey::Queue(queue.id()),
-                &routing_key,
-                &unbind.arguments,
-            ) {
-                ctx.vhost.binding_removed(&exchange);
-            }
+            ctx.vhost
+                .unbind(
+                    &exchange,
+                    &Destination::Queue(queue),
+                    &routing_key,
+                    &unbind.arguments,
+                )
+                .wait()
+                .await?;
         }
         ctx.out
             .method(self.number(), &Method::QueueUnbindOk(QueueUnbindOk {}));

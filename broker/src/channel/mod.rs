@@ -154,6 +154,11 @@ impl Channel {
         self.key.channel
     }
 
+    /// Whether a published message's header or body frames are still to come.
+    pub(crate) fn is_mid_content(&self) -> bool {
+        !matches!(self.content, Content::Idle)
+    }
+
     /// Whether the server closed the channel and awaits `close-ok`.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing
@@ -246,13 +251,13 @@ impl Channel {
             Method::BasicQos(qos) => self.qos(ctx, qos)?,
             Method::BasicRecover(recover) => self.recover(ctx, recover.requeue, true)?,
             Method::BasicRecoverAsync(recover) => self.recover(ctx, recover.requeue, false)?,
-            Method::ExchangeDeclare(declare) => self.exchange_declare(ctx, declare)?,
-            Method::ExchangeDelete(delete) => self.exchange_delete(ctx, delete)?,
-            Method::ExchangeBind(bind) => self.exchange_bind(ctx, bind)?,
-            Method::ExchangeUnbind(unbind) => self.exchange_unbind(ctx, unbind)?,
+            Method::ExchangeDeclare(declare) => self.exchange_declare(ctx, declare).await?,
+            Method::ExchangeDelete(delete) => self.exchange_delete(ctx, delete).await?,
+            Method::ExchangeBind(bind) => self.exchange_bind(ctx, bind).await?,
+            Method::ExchangeUnbind(unbind) => self.exchange_unbind(ctx, unbind).await?,
             Method::QueueDeclare(declare) => self.queue_declare(ctx, declare).await?,
-            Method::QueueBind(bind) => self.queue_bind(ctx, bind)?,
-            Method::QueueUnbind(unbind) => self.queue_unbind(ctx, unbind)?,
+            Method::QueueBind(bind) => self.queue_bind(ctx, bind).await?,
+            Method::QueueUnbind(unbind) => self.queue_unbind(ctx, unbind).await?,
             Method::QueuePurge(purge) => self.queue_purge(ctx, purge).await?,
             Method::QueueDelete(delete) => self.queue_delete(ctx, delete).await?,
             Method::ConfirmSelect(select) => self.confirm_select(ctx, select.no_wait)?,

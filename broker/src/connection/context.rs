@@ -24,6 +24,7 @@ use crate::vhost::VHost;
 pub(crate) struct Capabilities {
     pub consumer_cancel_notify: bool,
     pub authentication_failure_close: bool,
+    pub connection_blocked: bool,
 }
 
 impl Capabilities {
@@ -40,6 +41,7 @@ impl Capabilities {
         Capabilities {
             consumer_cancel_notify: flag("consumer_cancel_notify"),
             authentication_failure_close: flag("authentication_failure_close"),
+            connection_blocked: flag("connection.blocked"),
         }
     }
 }
@@ -223,6 +225,18 @@ impl Context {
     /// Sends the round's publishes and settlements, and returns delivery credit if the writer is
     /// keeping up.
     pub(crate) fn flush_queues(&mut self) {
+        // Settlements first: a queue then records this connection's acknowledgements before
+        // the publishes that followed them, so a confirm implies the earlier acks are on disk.
+        for batch in self.settles.drain(..) {
+            batch.queue.send(QueueCommand::Settle {
+                channel: ChannelKey {
+                    connection: self.id,
+                    channel: batch.channel,
+                },
+                message_ids: batch.message_ids,
+                outcome: batch.outcome,
+            });
+        }
         for (queue, messages) in self.publishes.drain(..) {
             let confirms: Vec<PublishOutcome> = messages
                 .iter()
@@ -241,16 +255,6 @@ impl Context {
                 // The queue was deleted meanwhile; RabbitMQ confirms such messages.
                 let _ = self.events.send(ConnectionEvent::Settled(confirms));
             }
-        }
-        for batch in self.settles.drain(..) {
-            batch.queue.send(QueueCommand::Settle {
-                channel: ChannelKey {
-                    connection: self.id,
-                    channel: batch.channel,
-                },
-                message_ids: batch.message_ids,
-                outcome: batch.outcome,
-            });
         }
         if !self.owed.is_empty() && self.out.backlog() < HIGH_WATER {
             for ((_, channel, tag), (queue, amount)) in self.owed.drain() {

@@ -32,13 +32,16 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use warren_wire::frame::{FRAME_MIN_SIZE, FRAME_OVERHEAD};
 use warren_wire::method::{
-    ChannelClose, ChannelCloseOk, ChannelOpenOk, ConnectionClose, ConnectionCloseOk,
-    ConnectionUpdateSecretOk,
+    ChannelClose, ChannelCloseOk, ChannelOpenOk, ConnectionBlocked, ConnectionClose,
+    ConnectionCloseOk, ConnectionUnblocked, ConnectionUpdateSecretOk,
 };
-use warren_wire::{Frame, FrameError, LongString, Method, decode_frame};
+use warren_wire::{Frame, FrameError, LongString, Method, ShortString, decode_frame};
+
+use crate::alarms::AlarmSet;
 
 use crate::broker::Broker;
 use crate::channel::{Channel, ChannelOutcome};
@@ -196,6 +199,13 @@ struct Connection {
     heartbeat: u16,
     last_read: Instant,
     state: State,
+    alarms: watch::Receiver<AlarmSet>,
+    /// Blocked by an alarm: not read until every alarm clears.
+    blocked: bool,
+    /// `connection.blocked` was sent and `connection.unblocked` is owed.
+    blocked_sent: bool,
+    /// A publish arrived during an alarm: block once its message is complete.
+    block_after_content: bool,
 }
 
 impl Connection {
@@ -211,6 +221,7 @@ impl Connection {
         // Unbounded on purpose; see `events`.
         let (events_sender, events) = mpsc::unbounded_channel();
         let id = broker.next_connection_id();
+        let alarms = broker.alarms.subscribe();
         let ctx = Context::new(
             broker,
             id,
@@ -233,12 +244,53 @@ impl Connection {
             heartbeat: session.heartbeat,
             last_read: Instant::now(),
             state: State::Open,
+            alarms,
+            blocked: false,
+            blocked_sent: false,
+            block_after_content: false,
+        }
+    }
+
+    /// A publish arrived while an alarm is raised and its message is complete: stop reading,
+    /// and say why if the client understands `connection.blocked`. As in RabbitMQ, a connection
+    /// is blocked at its first publish during an alarm, so consuming connections keep flowing;
+    /// unlike RabbitMQ, the message being published is taken whole first.
+    fn block(&mut self) {
+        if self.channels.values().any(Channel::is_mid_content) {
+            return;
+        }
+        self.block_after_content = false;
+        let alarms = *self.alarms.borrow();
+        if !alarms.any() || self.blocked {
+            return;
+        }
+        self.blocked = true;
+        if self.ctx.capabilities.connection_blocked && !self.blocked_sent {
+            let blocked = ConnectionBlocked {
+                reason: ShortString::try_from(alarms.reason().as_str())
+                    .expect("invariant: alarm reasons are short"),
+            };
+            self.ctx.out.method(0, &Method::ConnectionBlocked(blocked));
+            self.blocked_sent = true;
+        }
+    }
+
+    /// The alarms changed: once none is raised, a blocked connection is read again.
+    fn alarms_changed(&mut self) {
+        if self.alarms.borrow_and_update().any() || !self.blocked {
+            return;
+        }
+        self.blocked = false;
+        if std::mem::take(&mut self.blocked_sent) {
+            self.ctx
+                .out
+                .method(0, &Method::ConnectionUnblocked(ConnectionUnblocked {}));
         }
     }
 
     fn reading(&self) -> bool {
         match self.state {
-            State::Open => !self.ctx.is_starved(),
+            State::Open => !self.ctx.is_starved() && !self.blocked,
             State::Closing(_) => true,
             State::Closed => false,
         }
@@ -318,6 +370,11 @@ impl Connection {
                     }
                 }
                 _ = self.ctx.out.drained(), if self.ctx.holds_credit() => {}
+                changed = self.alarms.changed() => {
+                    if changed.is_ok() {
+                        self.alarms_changed();
+                    }
+                }
                 _ = writer.stopped() => break,
                 _ = heartbeat_check.tick(), if self.heartbeat > 0 => {
                     if !reading {
@@ -398,7 +455,12 @@ impl Connection {
                 let error = AmqpError::unexpected_frame("content frame on channel 0");
                 self.close_connection(error, true);
             }
-            frame => self.handle_channel_frame(frame).await,
+            frame => {
+                self.handle_channel_frame(frame).await;
+                if self.block_after_content {
+                    self.block();
+                }
+            }
         }
     }
 
@@ -443,6 +505,14 @@ impl Connection {
                 self.ctx.channel_max
             ));
             return self.close_connection(error, true);
+        }
+        if let Frame::Method {
+            method: Method::BasicPublish(_),
+            ..
+        } = &frame
+            && self.alarms.borrow().any()
+        {
+            self.block_after_content = true;
         }
         let Some(channel) = self.channels.get_mut(&number) else {
             return self.open_channel(number, frame);

@@ -1,15 +1,17 @@
 //! The task that drives one queue: takes commands off its mailbox in batches, applies them to
 //! the [`QueueState`], delivers, and sends what the batch produced.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use super::arguments::QueueConfig;
 use super::dead_letter::{self, Reason};
+use super::ready::Queued;
 use super::state::{Outbox, QueueState};
+use super::storage::{MessageReader, QueueStorage, WalStorage};
 use super::{Incoming, QueueCommand, QueueHandle, QueueShared, QueueSpec};
 use crate::vhost::VHost;
 
@@ -17,14 +19,23 @@ use crate::vhost::VHost;
 /// publisher can add to everyone else's deliveries.
 const BATCH: usize = 512;
 
-static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Creates a queue and starts its task; the queue removes itself from `vhost` when deleted.
-pub(crate) fn spawn(spec: QueueSpec, config: QueueConfig, vhost: &Arc<VHost>) -> QueueHandle {
+/// Creates a queue with the id `id` (and the messages recovered for it) and starts its task; the
+/// queue removes itself from `vhost` when deleted.
+pub(crate) fn spawn(
+    spec: QueueSpec,
+    config: QueueConfig,
+    vhost: &Arc<VHost>,
+    id: u64,
+    recovered: Vec<Queued>,
+) -> QueueHandle {
     // Unbounded: publishers are bounded by their credit, everything else by request-reply.
     let (commands, mailbox) = mpsc::unbounded_channel();
+    let notify = commands.clone();
+    let storage = WalStorage::new(&vhost.store().wal, id, move || {
+        let _ = notify.send(QueueCommand::Persisted);
+    });
     let handle = QueueHandle(Arc::new(QueueShared {
-        id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
+        id,
         name: spec.name,
         vhost: vhost.name_shared(),
         durable: spec.durable,
@@ -34,8 +45,16 @@ pub(crate) fn spawn(spec: QueueSpec, config: QueueConfig, vhost: &Arc<VHost>) ->
         config,
         commands,
     }));
-    let state = QueueState::new(handle.clone(), now_ms());
-    tokio::spawn(run(state, mailbox, Arc::downgrade(vhost)));
+    let reader = storage.reader();
+    let state = QueueState::new(handle.clone(), now_ms(), Box::new(storage), recovered);
+    let tasks = vhost.tasks();
+    tasks.tracker.spawn(run(
+        state,
+        mailbox,
+        Arc::downgrade(vhost),
+        reader,
+        tasks.stop.clone(),
+    ));
     handle
 }
 
@@ -51,6 +70,8 @@ async fn run(
     mut state: QueueState,
     mut mailbox: mpsc::UnboundedReceiver<QueueCommand>,
     vhost: Weak<VHost>,
+    reader: Option<MessageReader>,
+    stop: CancellationToken,
 ) {
     let mut outbox = Outbox::default();
     let mut batch = Vec::with_capacity(BATCH);
@@ -66,6 +87,12 @@ async fn run(
                 None => return,
             },
             _ = sleep_until_or_never(wakeup) => None,
+            _ = stop.cancelled() => {
+                // The node is stopping and its clients are gone: what is durable is written;
+                // the rest goes with the process.
+                state.finish_batch(&mut outbox);
+                return;
+            }
         };
         let now = now_ms();
         match command {
@@ -89,6 +116,7 @@ async fn run(
                         state.handle(command, now, &mut outbox);
                     }
                 }
+                state.write_bookkeeping();
                 for command in batch.drain(..) {
                     state.handle(command, now, &mut outbox);
                 }
@@ -98,7 +126,7 @@ async fn run(
         if state.is_deleted() {
             // Out of the vhost first, so that a client told "deleted" can declare the name anew.
             if let Some(vhost) = vhost.upgrade() {
-                vhost.forget_queue(state.queue());
+                vhost.delete_queue_durably(state.queue()).await;
             }
             mailbox.close();
             // Publishes that raced the deletion are confirmed, as RabbitMQ does; requests that
@@ -109,15 +137,37 @@ async fn run(
                 }
             }
             state.shut_down(&mut outbox);
+            state.finish_batch(&mut outbox);
             outbox.dead_letters.clear();
             outbox.flush(&state);
             tracing::debug!(queue = %state.queue().name, "queue deleted");
             return;
         }
         state.deliver(now, &mut outbox);
+        state.finish_batch(&mut outbox);
         dead_letter_all(&state, &vhost, &mut outbox, now);
+        page_in(&state, reader.as_ref(), &mut outbox);
         outbox.flush(&state);
     }
+}
+
+/// Reads messages back from disk off the queue's task; the queue hears back with `PagedIn`.
+fn page_in(state: &QueueState, reader: Option<&MessageReader>, outbox: &mut Outbox) {
+    if outbox.page_in.is_empty() {
+        return;
+    }
+    let requests = std::mem::take(&mut outbox.page_in);
+    let Some(reader) = reader.cloned() else {
+        return;
+    };
+    let queue = state.queue().clone();
+    tokio::task::spawn_blocking(move || {
+        let messages = requests
+            .into_iter()
+            .map(|(id, stream, position)| (id, reader.read(stream, position)))
+            .collect();
+        queue.send(QueueCommand::PagedIn { messages });
+    });
 }
 
 async fn sleep_until_or_never(deadline: Option<Instant>) {

@@ -28,6 +28,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Its code in stored records.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Reason::Rejected => 1,
+            Reason::Expired => 2,
+            Reason::Maxlen => 3,
+            Reason::DeliveryLimit => 4,
+        }
+    }
+
+    /// The reason a stored code stands for.
+    pub(crate) fn from_code(code: u8) -> Option<Reason> {
+        Some(match code {
+            1 => Reason::Rejected,
+            2 => Reason::Expired,
+            3 => Reason::Maxlen,
+            4 => Reason::DeliveryLimit,
+            _ => return None,
+        })
+    }
+
     /// The name in `x-death`.
     pub fn name(self) -> &'static str {
         match self {

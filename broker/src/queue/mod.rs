@@ -20,8 +20,9 @@
 mod actor;
 pub mod arguments;
 pub mod dead_letter;
-mod ready;
+pub(crate) mod ready;
 mod state;
+pub mod storage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,6 +37,7 @@ use crate::message::Message;
 pub(crate) use actor::spawn;
 pub use arguments::QueueConfig;
 pub use dead_letter::{Deaths, Reason};
+pub(crate) use ready::Queued;
 pub use state::QueueState;
 
 /// Messages a publishing connection may send to a queue before the queue grants more.
@@ -44,6 +46,16 @@ pub const PUBLISH_CREDIT_INITIAL: u32 = 400;
 pub const PUBLISH_CREDIT_MORE_AFTER: u32 = 200;
 /// Deliveries a queue may send a consumer before the consumer's connection returns credit.
 pub const DELIVERY_CREDIT: u32 = 2000;
+
+/// The node's queue tasks: tracked so that shutdown can stop them and wait until their storage
+/// is let go.
+#[derive(Debug, Clone, Default)]
+pub struct QueueTasks {
+    /// Every queue task.
+    pub tracker: tokio_util::task::TaskTracker,
+    /// Cancelled when the node stops, after client connections have closed.
+    pub stop: tokio_util::sync::CancellationToken,
+}
 
 /// What a queue is, as declared.
 #[derive(Debug)]
@@ -331,6 +343,20 @@ pub enum QueueCommand {
     Return {
         /// The messages.
         messages: Vec<ReturnedMessage>,
+    },
+    /// The write-ahead log reported on the queue's writes.
+    Persisted,
+    /// Messages read back from disk.
+    PagedIn {
+        /// (id, message or why it could not be read).
+        messages: Vec<(u64, Result<Message, String>)>,
+    },
+    /// Move the queue's records out of an old segment of `stream`.
+    Relocate {
+        /// The stream.
+        stream: warren_storage::Stream,
+        /// The segment.
+        segment: u32,
     },
 }
 

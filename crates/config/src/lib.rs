@@ -206,6 +206,55 @@ pub struct Config {
     pub log: LogConfig,
     /// The configuration file read, if any.
     pub source: Option<PathBuf>,
+    /// The node's name (`WARREN_NODENAME` / `RABBITMQ_NODENAME`), `warren@<hostname>` by
+    /// default.
+    pub node_name: String,
+    /// The data directory (`WARREN_DATA_DIR`, `RABBITMQ_MNESIA_DIR`, or
+    /// `RABBITMQ_MNESIA_BASE/<node name>`); `warren-data/<node name>` under the working
+    /// directory by default.
+    pub data_dir: PathBuf,
+    /// `vm_memory_high_watermark.absolute`, in bytes; wins over the relative setting.
+    pub memory_high_watermark_absolute: Option<u64>,
+    /// `vm_memory_high_watermark.relative`: a fraction of total memory (default 0.4).
+    pub memory_high_watermark_relative: f64,
+    /// `disk_free_limit.absolute`, in bytes; wins over the relative setting.
+    pub disk_free_limit_absolute: Option<u64>,
+    /// `disk_free_limit.relative`: a multiple of total memory.
+    pub disk_free_limit_relative: Option<f64>,
+    /// Size of the write-ahead log's segment files (not a `rabbitmq.conf` key; tests lower it).
+    pub segment_size: u32,
+}
+
+/// Size of the write-ahead log's segment files.
+pub const DEFAULT_SEGMENT_SIZE: u32 = 64 * 1024 * 1024;
+
+/// RabbitMQ's default `disk_free_limit.absolute`: 50 MB.
+pub const DEFAULT_DISK_FREE_LIMIT: u64 = 50_000_000;
+
+impl Config {
+    /// Memory use (bytes) above which publishers are blocked, given the machine's total memory.
+    pub fn memory_limit(&self, total: u64) -> u64 {
+        self.memory_high_watermark_absolute
+            .unwrap_or((total as f64 * self.memory_high_watermark_relative) as u64)
+    }
+
+    /// Free disk space (bytes) below which publishers are blocked, given total memory.
+    pub fn disk_limit(&self, total_memory: u64) -> u64 {
+        match (self.disk_free_limit_absolute, self.disk_free_limit_relative) {
+            (Some(absolute), _) => absolute,
+            (None, Some(relative)) => (total_memory as f64 * relative) as u64,
+            (None, None) => DEFAULT_DISK_FREE_LIMIT,
+        }
+    }
+}
+
+/// The host's name, for the default node name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// RabbitMQ 4's default and ceiling for `max_message_size`.
@@ -238,7 +287,15 @@ impl Default for Config {
                 file_level: LogLevel::Info,
             },
             source: None,
+            node_name: format!("warren@{}", hostname()),
+            data_dir: PathBuf::new(),
+            memory_high_watermark_absolute: None,
+            memory_high_watermark_relative: 0.4,
+            disk_free_limit_absolute: None,
+            disk_free_limit_relative: None,
+            segment_size: DEFAULT_SEGMENT_SIZE,
         }
+        .with_default_data_dir()
     }
 }
 
@@ -286,6 +343,17 @@ impl Config {
         if let Some((_, vhost)) = var(&["WARREN_DEFAULT_VHOST", "RABBITMQ_DEFAULT_VHOST"]) {
             config.default_vhost = vhost;
         }
+        if let Some((_, name)) = var(&["WARREN_NODENAME", "RABBITMQ_NODENAME"]) {
+            config.node_name = name;
+        }
+        config.data_dir = match (
+            var(&["WARREN_DATA_DIR", "RABBITMQ_MNESIA_DIR"]),
+            var(&["RABBITMQ_MNESIA_BASE"]),
+        ) {
+            (Some((_, dir)), _) => PathBuf::from(dir),
+            (None, Some((_, base))) => Path::new(&base).join(&config.node_name),
+            (None, None) => Config::default_data_dir(&config.node_name),
+        };
         if let Some((_, file)) = var(&["WARREN_CONFIG_FILE", "RABBITMQ_CONFIG_FILE"]) {
             let path = resolve_config_path(Path::new(&file));
             let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
@@ -296,6 +364,15 @@ impl Config {
             config.source = Some(path);
         }
         Ok(config)
+    }
+
+    fn default_data_dir(node_name: &str) -> PathBuf {
+        Path::new("warren-data").join(node_name)
+    }
+
+    fn with_default_data_dir(mut self) -> Config {
+        self.data_dir = Config::default_data_dir(&self.node_name);
+        self
     }
 
     /// The configuration from `text` on top of the defaults, as if read from `file`.

@@ -97,6 +97,30 @@ const KEYS: &[(&str, Apply)] = &[
             integer(&setting.value, 1, u64::from(MAX_MESSAGE_SIZE_LIMIT))? as u32;
         Ok(())
     }),
+    ("vm_memory_high_watermark.relative", |config, setting, _| {
+        let value = float(&setting.value)?;
+        if !(0.0..=1.0).contains(&value) {
+            return Err("expected a fraction of total memory from 0.0 to 1.0".into());
+        }
+        config.memory_high_watermark_relative = value;
+        Ok(())
+    }),
+    ("vm_memory_high_watermark.absolute", |config, setting, _| {
+        config.memory_high_watermark_absolute = Some(information_unit(&setting.value)?);
+        Ok(())
+    }),
+    ("disk_free_limit.absolute", |config, setting, _| {
+        config.disk_free_limit_absolute = Some(information_unit(&setting.value)?);
+        Ok(())
+    }),
+    ("disk_free_limit.relative", |config, setting, _| {
+        let value = float(&setting.value)?;
+        if value < 0.0 {
+            return Err("expected a non-negative multiple of total memory".into());
+        }
+        config.disk_free_limit_relative = Some(value);
+        Ok(())
+    }),
     ("log.console", |config, setting, _| {
         config.log.console = boolean(&setting.value)?;
         Ok(())
@@ -134,9 +158,8 @@ const RABBITMQ_ONLY: &[&str] = &[
     "cluster_formation",
     "cluster_name",
     "cluster_partition_handling",
-    "vm_memory_high_watermark",
+    "vm_memory_high_watermark_paging_ratio",
     "vm_memory_calculation_strategy",
-    "disk_free_limit",
     "auth_backends",
     "auth_mechanisms",
     "auth_ldap",
@@ -262,6 +285,47 @@ fn integer(value: &str, min: u64, max: u64) -> Result<u64, String> {
         Ok(number) if (min..=max).contains(&number) => Ok(number),
         _ => Err(format!("expected an integer from {min} to {max}")),
     }
+}
+
+fn float(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|number| number.is_finite())
+        .ok_or_else(|| "expected a number such as 0.4".into())
+}
+
+/// Bytes, with RabbitMQ's units (`rabbit_resource_monitor_misc:parse_information_unit`):
+/// `k`, `kB`, `M`, `MB`, `G`, `GB`, `T`, `TB`, `P`, `PB` are powers of 1000 (as Kubernetes
+/// reads them, since RabbitMQ 3.13); `Ki`, `KiB`, `Mi`, `MiB`... powers of 1024. Case does not
+/// matter.
+fn information_unit(value: &str) -> Result<u64, String> {
+    const EXPECTED: &str = "expected bytes, optionally with a unit: 500MB, 500MiB, 10GB, 10GiB, 2TB, 2TiB, 10000000000";
+    let digits = value
+        .trim_end()
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    let (number, unit) = value.trim_end().split_at(digits);
+    let number: u64 = number.parse().map_err(|_| EXPECTED.to_string())?;
+    let unit = unit.to_ascii_lowercase();
+    let multiplier: u64 = match unit.as_str() {
+        "" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1000u64.pow(2),
+        "g" | "gb" => 1000u64.pow(3),
+        "t" | "tb" => 1000u64.pow(4),
+        "p" | "pb" => 1000u64.pow(5),
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        "pi" | "pib" => 1 << 50,
+        _ => return Err(EXPECTED.into()),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| EXPECTED.to_string())
 }
 
 fn level(value: &str) -> Result<LogLevel, String> {
@@ -437,5 +501,73 @@ mod tests {
                 .to_string()
                 .starts_with("cannot read configuration file /nonexistent/w.conf")
         );
+    }
+
+    #[test]
+    fn resource_limits_take_rabbitmq_units_and_absolute_wins() {
+        let config = Config::default();
+        let gib = 1 << 30;
+        assert_eq!(config.memory_limit(10 * gib), 4 * gib);
+        assert_eq!(config.disk_limit(10 * gib), 50_000_000);
+        let config = load(
+            "vm_memory_high_watermark.relative = 0.6\n\
+             vm_memory_high_watermark.absolute = 2GiB\n\
+             disk_free_limit.relative = 1.5\n",
+        )
+        .unwrap();
+        assert_eq!(config.memory_limit(10 * gib), 2 * gib, "absolute wins");
+        assert_eq!(config.disk_limit(10 * gib), 15 * gib, "relative to memory");
+        for (text, bytes) in [
+            ("500MB", 500_000_000),
+            ("500MiB", 500 << 20),
+            ("10gb", 10_000_000_000),
+            ("2Ti", 2 << 40),
+            ("1k", 1000),
+            ("123", 123),
+        ] {
+            let config = load(&format!("disk_free_limit.absolute = {text}\n")).unwrap();
+            assert_eq!(config.disk_limit(0), bytes, "{text}");
+        }
+        let error = load("vm_memory_high_watermark.absolute = lots\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("invalid value 'lots' for 'vm_memory_high_watermark.absolute'"),
+            "{error}"
+        );
+        let error = load("vm_memory_high_watermark.relative = 1.5\n").unwrap_err();
+        assert!(error.to_string().contains("from 0.0 to 1.0"), "{error}");
+    }
+
+    #[test]
+    fn the_data_directory_follows_rabbitmqs_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.to_string())
+            }
+        };
+        let config = Config::load_with(env(&[("RABBITMQ_NODENAME", "rabbit@box")])).unwrap();
+        assert_eq!(config.node_name, "rabbit@box");
+        assert_eq!(config.data_dir, Path::new("warren-data/rabbit@box"));
+        let config = Config::load_with(env(&[
+            ("WARREN_NODENAME", "w1@box"),
+            ("RABBITMQ_MNESIA_BASE", "/var/lib/rabbitmq/mnesia"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.data_dir,
+            Path::new("/var/lib/rabbitmq/mnesia/w1@box")
+        );
+        let config = Config::load_with(env(&[
+            ("RABBITMQ_MNESIA_DIR", "/data/rabbit"),
+            ("RABBITMQ_MNESIA_BASE", "/ignored"),
+        ]))
+        .unwrap();
+        assert_eq!(config.data_dir, Path::new("/data/rabbit"));
+        let config = Config::load_with(env(&[("WARREN_DATA_DIR", "/data/warren")])).unwrap();
+        assert_eq!(config.data_dir, Path::new("/data/warren"));
     }
 }

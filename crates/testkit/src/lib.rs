@@ -10,13 +10,16 @@
 //! # }
 //! ```
 //!
-//! Each broker listens on its own port on 127.0.0.1 (port 0, so tests run in parallel) and lives
-//! in the test's tokio runtime. [`TestBroker::builder`] changes the configuration, with the same
-//! keys as `rabbitmq.conf`.
+//! Each broker listens on its own port on 127.0.0.1 (port 0, so tests run in parallel), keeps its
+//! data in a fresh temporary directory (removed when it stops) and lives in the test's tokio
+//! runtime. [`TestBroker::builder`] changes the configuration, with the same keys as
+//! `rabbitmq.conf`; [`TestBrokerBuilder::data_dir`] keeps the data somewhere of your choosing,
+//! to restart a broker on it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use warren_broker::{Broker, Node};
@@ -29,12 +32,27 @@ pub struct TestBroker {
     address: SocketAddr,
     user: String,
     password: String,
+    /// A temporary data directory to remove when the broker stops.
+    temporary_dir: Option<PathBuf>,
+}
+
+/// A fresh directory under the system's temporary directory.
+pub fn temporary_dir(purpose: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "warren-{purpose}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// Builds a [`TestBroker`] with a configuration of your choosing.
 #[derive(Debug, Clone)]
 pub struct TestBrokerBuilder {
     config: Config,
+    data_dir: Option<PathBuf>,
 }
 
 impl TestBrokerBuilder {
@@ -60,21 +78,53 @@ impl TestBrokerBuilder {
         Ok(self)
     }
 
+    /// Keeps the broker's data in `dir` (created if needed, never removed): start another broker
+    /// on it to test what survives a restart.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     /// Starts the broker.
     pub async fn start(self) -> TestBroker {
+        self.try_start().await.expect("test broker starts")
+    }
+
+    /// Starts the broker, or says why it could not.
+    pub async fn try_start(mut self) -> Result<TestBroker, warren_broker::StartError> {
         let user = self.config.default_user.clone();
         let password = self.config.default_pass.clone();
-        let node = Node::start(self.config).await.expect("test broker starts");
+        let temporary_dir = match self.data_dir.take() {
+            Some(dir) => {
+                self.config.data_dir = dir;
+                None
+            }
+            None => {
+                let dir = temporary_dir("data");
+                self.config.data_dir = dir.clone();
+                Some(dir)
+            }
+        };
+        let node = match Node::start(self.config).await {
+            Ok(node) => node,
+            Err(error) => {
+                if let Some(dir) = temporary_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(error);
+            }
+        };
         let address = *node
             .amqp_addresses()
             .first()
             .expect("test broker has an AMQP listener");
-        TestBroker {
+        Ok(TestBroker {
             node: Some(node),
             address,
             user,
             password,
-        }
+            temporary_dir,
+        })
     }
 }
 
@@ -93,6 +143,7 @@ impl TestBroker {
     pub fn builder() -> TestBrokerBuilder {
         TestBrokerBuilder {
             config: TestBroker::default_config(),
+            data_dir: None,
         }
     }
 
@@ -128,7 +179,8 @@ impl TestBroker {
             .broker()
     }
 
-    /// Closes every connection (320 CONNECTION_FORCED) and stops the broker.
+    /// Closes every connection (320 CONNECTION_FORCED), stops the queues and lets go of the
+    /// data directory (so another broker may start on it).
     pub async fn stop(mut self) {
         if let Some(node) = self.node.take() {
             node.shutdown(Duration::from_secs(5)).await;
@@ -140,6 +192,10 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         if let Some(node) = &self.node {
             node.broker().shutdown.cancel();
+            node.broker().queues.stop.cancel();
+        }
+        if let Some(dir) = self.temporary_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -1,27 +1,35 @@
-//! The state of one classic queue and its rules, with no I/O.
+//! The state of one classic queue and its rules, with no I/O of its own.
 //!
 //! [`QueueState::handle`] applies a command, [`QueueState::tick`] applies the passage of time
 //! (message TTL at the head, queue expiry) and [`QueueState::deliver`] hands ready messages to
 //! consumers that have room. All three take `now` (wall-clock milliseconds) and write what must be
-//! told to connections, and what must be dead-lettered, into an [`Outbox`], which the queue's task
-//! acts on once per batch. Invariants:
+//! told to connections, and what must be dead-lettered or read from disk, into an [`Outbox`],
+//! which the queue's task acts on once per batch; writes go to its [`QueueStorage`]. Invariants:
 //! - a message is in exactly one of `ready` and `unacked`, or gone;
 //! - within a priority, `ready` is ordered by message id, so a requeued message goes back to where
 //!   it was;
 //! - a consumer never holds more unacknowledged deliveries than its prefetch, nor its channel more
 //!   than the channel's, and never receives more than its delivery credit allows;
 //! - only the head can expire (RabbitMQ's classic-queue rule), so expiring a million messages with
-//!   the same TTL costs what expiring them does, not a scan of the queue each time.
+//!   the same TTL costs what expiring them does, not a scan of the queue each time;
+//! - a persistent message of a durable queue is confirmed only once its record is synced, or once
+//!   it is settled before the writer took it (then it is never written).
+//!
+//! Persistence and paging live in [`persist`].
 
-use std::collections::HashMap;
+mod persist;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
+use warren_storage::{Position, Stream};
 use warren_wire::ShortString;
 
 use super::arguments::{Overflow, QueueConfig};
 use super::dead_letter::Reason;
-use super::ready::{Queued, Ready};
+use super::ready::{Queued, REDELIVERED, Ready};
+use super::storage::QueueStorage;
 use super::{
     ConsumerSpec, DELIVERY_CREDIT, GetResult, Incoming, PUBLISH_CREDIT_MORE_AFTER, QueueCommand,
     QueueHandle, QueueStats, Settlement,
@@ -31,6 +39,9 @@ use crate::events::{
     ChannelKey, ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome,
 };
 use crate::message::Message;
+
+/// Memory a queue may use for resident message bodies before it pages its tail out to disk.
+pub(crate) const MEMORY_BUDGET: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug)]
 struct Unacked {
@@ -64,7 +75,7 @@ struct Publisher {
     processed: u32,
 }
 
-/// What a batch of commands produced for connections and for dead-lettering.
+/// What a batch of commands produced for connections, for dead-lettering and for reads.
 #[derive(Debug, Default)]
 pub struct Outbox {
     deliveries: Vec<(ConnectionId, EventSender, Vec<Delivery>)>,
@@ -73,6 +84,8 @@ pub struct Outbox {
     notices: Vec<(EventSender, ConnectionEvent)>,
     /// Messages to dead-letter, with why.
     pub dead_letters: Vec<(Arc<Message>, Reason)>,
+    /// Messages to read back from disk: (id, stream, position).
+    pub page_in: Vec<(u64, Stream, Position)>,
 }
 
 impl Outbox {
@@ -130,6 +143,7 @@ impl Outbox {
 #[derive(Debug)]
 pub struct QueueState {
     handle: QueueHandle,
+    storage: Box<dyn QueueStorage>,
     ready: Ready,
     unacked: HashMap<u64, Unacked>,
     consumers: Vec<Consumer>,
@@ -144,26 +158,60 @@ pub struct QueueState {
     last_used: u64,
     deleted: bool,
     delete_reply: Option<(oneshot::Sender<AmqpResult<u32>>, u32)>,
+    /// Publishes waiting for their record to be synced: id -> (publisher, channel and sequence).
+    awaiting_sync: HashMap<u64, (ConnectionId, (u16, u64))>,
+    /// Messages settled while their write was in the writer's hands: id -> stream.
+    settled_while_writing: HashMap<u64, Stream>,
+    /// Ids of durable messages that left the queue in this batch (one record per batch).
+    settled_ids: Vec<u64>,
+    /// Ids of durable messages delivered in this batch.
+    delivered_ids: Vec<u64>,
+    /// Leading entries of `ready` that are resident (FIFO queues page out the rest).
+    resident: usize,
+    /// Bytes of resident messages (bodies, properties and a fixed overhead).
+    resident_bytes: u64,
+    /// Ids being read back from disk.
+    reading: HashSet<u64>,
+    /// Publisher confirms decided outside a command that has the outbox at hand.
+    confirmations: Vec<(ConnectionId, (u16, u64), bool)>,
 }
 
 impl QueueState {
-    /// An empty queue.
-    pub fn new(handle: QueueHandle, now: u64) -> QueueState {
-        let ready = Ready::new(handle.config.max_priority);
+    /// A queue with the messages recovered from disk (oldest first), if any.
+    pub(crate) fn new(
+        handle: QueueHandle,
+        now: u64,
+        storage: Box<dyn QueueStorage>,
+        recovered: Vec<Queued>,
+    ) -> QueueState {
+        let mut ready = Ready::new(handle.config.max_priority);
+        let next_message_id = recovered.last().map_or(0, |last| last.id + 1);
+        for queued in recovered {
+            ready.push(queued);
+        }
         QueueState {
             handle,
+            storage,
             ready,
             unacked: HashMap::new(),
             consumers: Vec::new(),
             active: None,
             next_consumer: 0,
             next_consumer_id: 0,
-            next_message_id: 0,
+            next_message_id,
             publishers: HashMap::new(),
             had_consumers: false,
             last_used: now,
             deleted: false,
             delete_reply: None,
+            awaiting_sync: HashMap::new(),
+            settled_while_writing: HashMap::new(),
+            settled_ids: Vec::new(),
+            delivered_ids: Vec::new(),
+            resident: 0,
+            resident_bytes: 0,
+            reading: HashSet::new(),
+            confirmations: Vec::new(),
         }
     }
 
@@ -264,7 +312,7 @@ impl QueueState {
             } => {
                 self.last_used = now;
                 self.expire_heads(now, outbox);
-                let _ = reply.send(self.get(channel, no_ack));
+                let _ = reply.send(self.get(channel, no_ack, outbox));
             }
             QueueCommand::Stats { renew, reply } => {
                 if renew {
@@ -273,8 +321,14 @@ impl QueueState {
                 let _ = reply.send(self.stats());
             }
             QueueCommand::Purge { reply } => {
-                let purged = self.ready.drain().len() as u32;
-                let _ = reply.send(purged);
+                let purged = self.ready.drain();
+                let count = purged.len() as u32;
+                self.resident = 0;
+                self.resident_bytes = 0;
+                for queued in purged {
+                    self.forget(queued);
+                }
+                let _ = reply.send(count);
             }
             QueueCommand::Delete {
                 if_unused,
@@ -308,16 +362,26 @@ impl QueueState {
             QueueCommand::Return { messages } => {
                 let returned = messages
                     .into_iter()
-                    .map(|returned| Queued {
-                        id: returned.message_id,
-                        message: returned.message,
-                        redelivered: returned.redelivered,
-                        expires_at: 0,
+                    .map(|returned| {
+                        let mut queued = Queued::new(returned.message_id, returned.message, 0);
+                        queued.set(REDELIVERED, returned.redelivered);
+                        queued
                     })
-                    .collect();
-                // The client never saw them: back to their place, flags unchanged.
+                    .collect::<Vec<_>>();
+                // The client never saw them: back to their place, flags unchanged. No-ack
+                // deliveries had left the queue for good, so they are not durable any more.
+                for queued in &returned {
+                    self.resident_bytes += Self::cost(queued);
+                }
+                self.resident += returned.len();
                 self.ready.requeue(returned);
             }
+            QueueCommand::Persisted => {
+                let done = self.storage.take_done();
+                self.persisted(done, outbox);
+            }
+            QueueCommand::PagedIn { messages } => self.paged_in(messages),
+            QueueCommand::Relocate { stream, segment } => self.relocate(stream, segment),
         }
     }
 
@@ -380,15 +444,19 @@ impl QueueState {
             }
             let id = self.next_id();
             let expires_at = self.expiry(&incoming.message, now);
-            self.ready.push(Queued {
-                id,
-                message: incoming.message,
-                redelivered: false,
-                expires_at,
-            });
-            outbox.settle(publisher, incoming.confirm, true);
+            let durable = self.handle.durable && incoming.message.is_persistent();
+            let mut queued = Queued::new(id, incoming.message, expires_at);
+            if durable {
+                self.write_durable(&mut queued);
+                if let Some(confirm) = incoming.confirm {
+                    self.awaiting_sync.insert(id, (publisher, confirm));
+                }
+            } else {
+                outbox.settle(publisher, incoming.confirm, true);
+            }
+            self.enqueue(queued);
             if limited && overflow == Overflow::DropHead {
-                self.drop_head_while_over_limit(outbox);
+                self.drop_head_while_over_limit(now, outbox);
             }
         }
         if let Some(entry) = self.publishers.get_mut(&publisher) {
@@ -400,21 +468,37 @@ impl QueueState {
         }
     }
 
-    fn drop_head_while_over_limit(&mut self, outbox: &mut Outbox) {
+    fn drop_head_while_over_limit(&mut self, now: u64, outbox: &mut Outbox) {
         while self.is_over_limit() {
-            let Some(head) = self.ready.pop() else {
+            let Some(head) = self.pop_ready() else {
                 return;
             };
-            self.dead_letter(head.message, Reason::Maxlen, outbox);
+            self.dead_letter_queued(head, Reason::Maxlen, now, outbox);
         }
     }
 
     /// Removes expired messages from the head (dead-lettering them if the queue has a DLX).
     fn expire_heads(&mut self, now: u64, outbox: &mut Outbox) {
         while self.ready.head().is_some_and(|head| head.is_expired(now)) {
-            let head = self.ready.pop().expect("invariant: head checked above");
-            self.dead_letter(head.message, Reason::Expired, outbox);
+            let head = self.pop_ready().expect("invariant: head checked above");
+            self.dead_letter_queued(head, Reason::Expired, now, outbox);
         }
+    }
+
+    /// Dead-letters (or drops, without a DLX) a message that is leaving the queue.
+    fn dead_letter_queued(
+        &mut self,
+        mut queued: Queued,
+        reason: Reason,
+        _now: u64,
+        outbox: &mut Outbox,
+    ) {
+        if self.config().dead_letter_exchange.is_some()
+            && let Some(message) = self.resident_message(&mut queued)
+        {
+            self.dead_letter(message, reason, outbox);
+        }
+        self.forget(queued);
     }
 
     /// Hands a message to the queue's task for dead-lettering, or drops it without a DLX.
@@ -515,9 +599,9 @@ impl QueueState {
                 consumer.unacked = consumer.unacked.saturating_sub(1);
             }
             match outcome {
-                Settlement::Ack => {}
+                Settlement::Ack => self.forget(unacked.queued),
                 Settlement::Discard => {
-                    self.dead_letter(unacked.queued.message, Reason::Rejected, outbox)
+                    self.dead_letter_queued(unacked.queued, Reason::Rejected, now, outbox)
                 }
                 Settlement::Requeue => requeue.push(unacked.queued),
             }
@@ -532,24 +616,35 @@ impl QueueState {
             return;
         }
         for queued in messages.iter_mut() {
-            queued.redelivered = true;
+            queued.set(REDELIVERED, true);
         }
+        // Delivered messages are resident and older than any paged one: they rejoin the front.
+        self.resident += messages.len();
+        self.resident_bytes += messages.iter().map(Self::cost).sum::<u64>();
         self.ready.requeue(messages);
         if self.config().is_limited() && self.config().overflow == Overflow::DropHead {
-            self.drop_head_while_over_limit(outbox);
+            self.drop_head_while_over_limit(now, outbox);
         }
         self.expire_heads(now, outbox);
     }
 
-    fn get(&mut self, channel: ChannelKey, no_ack: bool) -> Option<GetResult> {
-        let queued = self.ready.pop()?;
+    fn get(&mut self, channel: ChannelKey, no_ack: bool, outbox: &mut Outbox) -> Option<GetResult> {
+        let mut queued = self.pop_ready()?;
+        let Some(message) = self.resident_message(&mut queued) else {
+            // Unreadable: it cannot be delivered; drop it rather than wedge the queue.
+            self.forget(queued);
+            return None;
+        };
         let result = GetResult {
             message_id: queued.id,
-            message: queued.message.clone(),
-            redelivered: queued.redelivered,
+            message,
+            redelivered: queued.is(REDELIVERED),
             remaining: self.ready.len() as u32,
         };
-        if !no_ack {
+        if no_ack {
+            self.forget(queued);
+        } else {
+            self.note_delivered(&queued);
             self.unacked.insert(
                 queued.id,
                 Unacked {
@@ -559,6 +654,7 @@ impl QueueState {
                 },
             );
         }
+        self.request_page_in(outbox);
         Some(result)
     }
 
@@ -584,7 +680,8 @@ impl QueueState {
     }
 
     /// Tells consumers and publishers that the queue is gone, answers the deletion request if
-    /// there was one, and drops every message.
+    /// there was one, and drops every message (their records are released; the queue's deletion
+    /// in the metadata makes the rest of its records dead at the next start).
     pub fn shut_down(&mut self, outbox: &mut Outbox) {
         if let Some((reply, count)) = self.delete_reply.take() {
             let _ = reply.send(Ok(count));
@@ -606,8 +703,20 @@ impl QueueState {
                 },
             ));
         }
-        self.ready.drain();
-        self.unacked.clear();
+        // Publishes waiting for a sync are confirmed: the queue is gone, as RabbitMQ does.
+        for (_, (publisher, confirm)) in self.awaiting_sync.drain() {
+            outbox.settle(publisher, Some(confirm), true);
+        }
+        let ready = self.ready.drain();
+        let unacked: Vec<Queued> = self
+            .unacked
+            .drain()
+            .map(|(_, unacked)| unacked.queued)
+            .collect();
+        for queued in ready.into_iter().chain(unacked) {
+            self.release_quietly(queued);
+        }
+        self.settled_ids.clear();
         self.deleted = true;
     }
 
@@ -628,56 +737,64 @@ impl QueueState {
     }
 
     /// Hands ready messages to consumers with room: the highest consumer priority first,
-    /// round-robin among equals; with single active consumer, only the active one.
+    /// round-robin among equals; with single active consumer, only the active one. Stops at a
+    /// head that is on disk until it is read back.
     pub fn deliver(&mut self, now: u64, outbox: &mut Outbox) {
-        if self.consumers.is_empty() {
-            return;
-        }
-        loop {
-            self.expire_heads(now, outbox);
-            if self.ready.is_empty() {
-                return;
-            }
-            let Some(index) = self.next_consumer_with_room() else {
-                return;
-            };
-            let queued = self
-                .ready
-                .pop()
-                .expect("invariant: checked non-empty above");
-            let consumer = &mut self.consumers[index];
-            consumer.credit -= 1;
-            let needs_ack = !consumer.spec.no_ack;
-            if needs_ack {
-                consumer.unacked += 1;
-            }
-            let delivery = Delivery {
-                channel: consumer.spec.channel.channel,
-                consumer_tag: consumer.spec.tag.clone(),
-                queue: Some(self.handle.clone()),
-                message_id: queued.id,
-                message: queued.message.clone(),
-                redelivered: queued.redelivered,
-                needs_ack,
-            };
-            outbox.deliver(
-                consumer.spec.channel.connection,
-                &consumer.spec.events,
-                delivery,
-            );
-            if needs_ack {
-                let channel = consumer.spec.channel;
-                let consumer = Some(consumer.id);
-                self.unacked.insert(
-                    queued.id,
-                    Unacked {
-                        queued,
-                        channel,
-                        consumer,
-                    },
+        if !self.consumers.is_empty() {
+            loop {
+                self.expire_heads(now, outbox);
+                let Some(head) = self.ready.head() else { break };
+                if !head.is_resident() && self.ready.is_fifo() {
+                    break;
+                }
+                let Some(index) = self.next_consumer_with_room() else {
+                    break;
+                };
+                let mut queued = self
+                    .pop_ready()
+                    .expect("invariant: checked non-empty above");
+                let Some(message) = self.resident_message(&mut queued) else {
+                    self.forget(queued);
+                    continue;
+                };
+                let consumer = &mut self.consumers[index];
+                consumer.credit -= 1;
+                let needs_ack = !consumer.spec.no_ack;
+                if needs_ack {
+                    consumer.unacked += 1;
+                }
+                let delivery = Delivery {
+                    channel: consumer.spec.channel.channel,
+                    consumer_tag: consumer.spec.tag.clone(),
+                    queue: Some(self.handle.clone()),
+                    message_id: queued.id,
+                    message,
+                    redelivered: queued.is(REDELIVERED),
+                    needs_ack,
+                };
+                let (connection, events) = (
+                    consumer.spec.channel.connection,
+                    consumer.spec.events.clone(),
                 );
+                let channel = consumer.spec.channel;
+                let consumer_id = consumer.id;
+                outbox.deliver(connection, &events, delivery);
+                if needs_ack {
+                    self.note_delivered(&queued);
+                    self.unacked.insert(
+                        queued.id,
+                        Unacked {
+                            queued,
+                            channel,
+                            consumer: Some(consumer_id),
+                        },
+                    );
+                } else {
+                    self.forget(queued);
+                }
             }
         }
+        self.request_page_in(outbox);
     }
 
     fn next_consumer_with_room(&mut self) -> Option<usize> {
@@ -698,30 +815,26 @@ impl QueueState {
             .filter(|consumer| consumer.has_room())
             .map(|consumer| consumer.priority)
             .max()?;
-        for offset in 0..count {
-            let index = (self.next_consumer + offset) % count;
-            let consumer = &self.consumers[index];
-            if consumer.priority != top || !consumer.has_room() {
-                continue;
+        for pass in [true, false] {
+            for offset in 0..count {
+                let index = (self.next_consumer + offset) % count;
+                let consumer = &self.consumers[index];
+                // First pass: the top priority; second: lower ones, when every top consumer's
+                // channel is at its prefetch.
+                let eligible = if pass {
+                    consumer.priority == top
+                } else {
+                    consumer.priority < top
+                };
+                if !eligible || !consumer.has_room() {
+                    continue;
+                }
+                if !consumer.spec.no_ack && !consumer.spec.gate.try_acquire() {
+                    continue;
+                }
+                self.next_consumer = (index + 1) % count;
+                return Some(index);
             }
-            if !consumer.spec.no_ack && !consumer.spec.gate.try_acquire() {
-                continue;
-            }
-            self.next_consumer = (index + 1) % count;
-            return Some(index);
-        }
-        // Every top-priority consumer's channel is at its prefetch: lower priorities may take it.
-        for offset in 0..count {
-            let index = (self.next_consumer + offset) % count;
-            let consumer = &self.consumers[index];
-            if consumer.priority >= top || !consumer.has_room() {
-                continue;
-            }
-            if !consumer.spec.no_ack && !consumer.spec.gate.try_acquire() {
-                continue;
-            }
-            self.next_consumer = (index + 1) % count;
-            return Some(index);
         }
         None
     }

@@ -1,0 +1,239 @@
+//! The node's persistent store: the data directory, its write-ahead log, the durable metadata,
+//! and what a restart recovers.
+//!
+//! ```text
+//!  <data dir>/warren.lock      one node per directory
+//!  <data dir>/metadata/*.seg   metadata commands and snapshots
+//!  <data dir>/messages/*.seg   persistent messages of durable queues, settlements, deliveries
+//!  <data dir>/paging/*.seg     transient messages paged out of memory (cleared at start)
+//! ```
+//!
+//! Recovery reads the metadata stream into the durable state, then the messages stream into each
+//! durable queue's messages: enqueued minus settled, in id order, marked redelivered if they had
+//! been delivered. Bodies stay on disk; queues read them back as they deliver.
+
+pub mod metadata;
+pub mod model;
+pub mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use warren_storage::{Position, StorageError, Stream, Wal};
+use warren_wire::RawProperties;
+
+use crate::queue::Queued;
+use crate::queue::ready::{DURABLE, REDELIVERED};
+use metadata::{MetadataCommand, MetadataLog};
+use model::DurableState;
+use records::Record;
+
+/// What a restart found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Durable metadata.
+    pub state: DurableState,
+    /// Messages of each durable queue, by persistent id, in id order.
+    pub(crate) messages: HashMap<u64, Vec<Queued>>,
+    /// Messages recovered in all.
+    pub message_count: u64,
+}
+
+/// The data directory and everything written in it.
+#[derive(Debug)]
+pub struct Store {
+    /// The write-ahead log.
+    pub wal: Arc<Wal>,
+    /// Durable metadata.
+    pub metadata: MetadataLog,
+    next_queue_id: AtomicU64,
+    dir: PathBuf,
+}
+
+#[derive(Debug)]
+struct Entry {
+    position: Position,
+    body_length: u32,
+    priority: u8,
+    expires_at: u64,
+    flags: u8,
+}
+
+/// Reads what recovery needs from an enqueue record without copying its body.
+fn index_enqueue(payload: &[u8]) -> Option<(u64, u64, Entry)> {
+    let mut at = 1usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let slice = payload.get(at..at + n)?;
+        at += n;
+        Some(slice)
+    };
+    let queue = u64::from_be_bytes(take(8)?.try_into().ok()?);
+    let id = u64::from_be_bytes(take(8)?.try_into().ok()?);
+    let flags = take(1)?[0];
+    let expires_at = u64::from_be_bytes(take(8)?.try_into().ok()?);
+    for _ in 0..2 {
+        let length = take(1)?[0] as usize;
+        take(length)?;
+    }
+    for _ in 0..2 {
+        let count = u16::from_be_bytes(take(2)?.try_into().ok()?);
+        for _ in 0..count {
+            let length = take(1)?[0] as usize;
+            take(length)?;
+        }
+    }
+    let properties_length = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+    let properties = RawProperties::from_bytes(Bytes::copy_from_slice(take(properties_length)?));
+    let priority = properties.summary().ok()?.priority.unwrap_or(0);
+    let body_length = u32::from_be_bytes(take(4)?.try_into().ok()?);
+    Some((
+        queue,
+        id,
+        Entry {
+            position: crate::queue::ready::NOWHERE,
+            body_length,
+            priority,
+            expires_at,
+            flags,
+        },
+    ))
+}
+
+impl Store {
+    /// Opens the data directory (the WAL takes its lock) and recovers what it holds.
+    pub fn open(dir: &Path, segment_size: u32) -> Result<(Store, Recovered), StorageError> {
+        let started = Instant::now();
+        let mut commands = Vec::new();
+        let mut queues: HashMap<u64, BTreeMap<u64, Entry>> = HashMap::new();
+        let mut max_queue_id = 0;
+        let mut malformed = 0u64;
+        let (wal, report) = Wal::open(
+            dir,
+            segment_size,
+            |stream, position, payload| match stream {
+                Stream::Metadata => match MetadataCommand::decode(payload) {
+                    Ok(command) => commands.push(command),
+                    Err(_) => malformed += 1,
+                },
+                Stream::Messages => match records::peek(payload) {
+                    Some((1, _)) => match index_enqueue(payload) {
+                        Some((queue, id, mut entry)) => {
+                            entry.position = position;
+                            max_queue_id = max_queue_id.max(queue);
+                            queues.entry(queue).or_default().insert(id, entry);
+                        }
+                        None => malformed += 1,
+                    },
+                    Some(_) => match records::decode(Bytes::copy_from_slice(payload)) {
+                        Ok(Record::Settled { queue, ranges }) => {
+                            if let Some(messages) = queues.get_mut(&queue) {
+                                for (first, last) in ranges {
+                                    let ids: Vec<u64> =
+                                        messages.range(first..=last).map(|(id, _)| *id).collect();
+                                    for id in ids {
+                                        messages.remove(&id);
+                                    }
+                                }
+                            }
+                        }
+                        Ok(Record::Delivered { queue, ranges }) => {
+                            if let Some(messages) = queues.get_mut(&queue) {
+                                for (first, last) in ranges {
+                                    for (_, entry) in messages.range_mut(first..=last) {
+                                        entry.flags |= records::REDELIVERED;
+                                    }
+                                }
+                            }
+                        }
+                        Ok(Record::Enqueue(_)) | Err(_) => malformed += 1,
+                    },
+                    None => malformed += 1,
+                },
+                Stream::Paging => {}
+            },
+        )?;
+        if malformed > 0 {
+            tracing::warn!(
+                "{malformed} records in the data directory could not be decoded and were skipped"
+            );
+        }
+        for (stream, scan) in &report.reports {
+            if scan.truncated_bytes > 0 || !scan.corrupt.is_empty() {
+                tracing::warn!("{stream:?} log: {scan:?}");
+            }
+        }
+        let wal = Arc::new(wal);
+        let (state, since_snapshot) = metadata::replay(&commands);
+        max_queue_id = state
+            .queues
+            .values()
+            .map(|queue| queue.id)
+            .fold(max_queue_id, u64::max);
+        // Only queues the metadata still has keep their messages; the rest are dead.
+        let live_ids: std::collections::HashSet<u64> =
+            state.queues.values().map(|queue| queue.id).collect();
+        let mut messages = HashMap::new();
+        let mut message_count = 0;
+        for (queue, entries) in queues {
+            if !live_ids.contains(&queue) {
+                continue;
+            }
+            let recovered: Vec<Queued> = entries
+                .into_iter()
+                .map(|(id, entry)| {
+                    wal.retain(Stream::Messages, entry.position, queue);
+                    let mut queued = Queued {
+                        id,
+                        expires_at: entry.expires_at,
+                        message: None,
+                        position: entry.position,
+                        body_length: entry.body_length,
+                        flags: DURABLE,
+                        priority: entry.priority,
+                    };
+                    queued.set(REDELIVERED, entry.flags & records::REDELIVERED != 0);
+                    queued
+                })
+                .collect();
+            message_count += recovered.len() as u64;
+            messages.insert(queue, recovered);
+        }
+        // Segments holding only dead records can go now.
+        wal.collect(Stream::Messages);
+        if message_count > 0 || !state.is_blank() {
+            tracing::info!(
+                "recovered {} durable queues with {message_count} messages in {:?}",
+                state.queues.len(),
+                started.elapsed()
+            );
+        }
+        let metadata = MetadataLog::new(&wal, state.clone(), since_snapshot);
+        Ok((
+            Store {
+                wal,
+                metadata,
+                next_queue_id: AtomicU64::new(max_queue_id + 1),
+                dir: dir.to_path_buf(),
+            },
+            Recovered {
+                state,
+                messages,
+                message_count,
+            },
+        ))
+    }
+
+    /// A new queue id, never used before in this data directory.
+    pub fn next_queue_id(&self) -> u64 {
+        self.next_queue_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
