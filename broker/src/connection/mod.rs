@@ -192,7 +192,9 @@ enum State {
 
 struct Connection {
     ctx: Context,
-    channels: HashMap<u16, Channel>,
+    /// Boxed: most connections have a channel or two, and an idle connection should cost
+    /// little more than its socket.
+    channels: HashMap<u16, Box<Channel>>,
     reader: OwnedReadHalf,
     buf: BytesMut,
     events: EventReceiver,
@@ -256,7 +258,11 @@ impl Connection {
     /// is blocked at its first publish during an alarm, so consuming connections keep flowing;
     /// unlike RabbitMQ, the message being published is taken whole first.
     fn block(&mut self) {
-        if self.channels.values().any(Channel::is_mid_content) {
+        if self
+            .channels
+            .values()
+            .any(|channel| channel.is_mid_content())
+        {
             return;
         }
         self.block_after_content = false;
@@ -311,6 +317,11 @@ impl Connection {
             self.process_buffered().await;
             self.ctx.flush_queues();
             self.ctx.out.flush();
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                // Everything read was handled: let the buffer go rather than hold up to 64 KiB per
+                // idle connection; the next read makes room again.
+                self.buf = BytesMut::new();
+            }
             if std::mem::take(&mut input) {
                 // A busy publisher always has more to read; without yielding it would keep its
                 // worker thread until tokio's budget runs out (thousands of messages), and the
@@ -579,7 +590,7 @@ impl Connection {
             } => {
                 // Numbers above channel_max are refused before this, so the count stays within it.
                 self.channels
-                    .insert(number, Channel::new(self.ctx.channel_key(number)));
+                    .insert(number, Box::new(Channel::new(self.ctx.channel_key(number))));
                 let open_ok = ChannelOpenOk {
                     channel_id: LongString::default(),
                 };

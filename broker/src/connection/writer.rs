@@ -87,7 +87,7 @@ impl Outbound {
         let shared = Arc::new(WriterShared::default());
         tasks.spawn(run(socket, receiver, shared.clone()));
         Outbound {
-            buf: BytesMut::with_capacity(1024),
+            buf: BytesMut::new(),
             pieces: Vec::new(),
             pending: 0,
             shared,
@@ -106,6 +106,7 @@ impl Outbound {
 
     /// A method frame.
     pub(crate) fn method(&mut self, channel: u16, method: &Method) {
+        self.room();
         frame::encode_method(channel, method, &mut self.buf);
     }
 
@@ -118,6 +119,7 @@ impl Outbound {
         body: &Bytes,
         frame_max: u32,
     ) {
+        self.room();
         frame::encode_method(channel, method, &mut self.buf);
         frame::encode_header(channel, body.len() as u64, properties, &mut self.buf);
         let max_payload = frame::max_body_frame_payload(frame_max);
@@ -156,7 +158,15 @@ impl Outbound {
         self.pending = 0;
         let pieces = std::mem::take(&mut self.pieces);
         let _ = self.commands.send(WriterCommand::Data(pieces));
-        if self.buf.capacity() < 512 {
+        // The rest of the buffer's allocation would stay with this connection until its next
+        // frame, which for an idle connection is never: start afresh next time.
+        self.buf = BytesMut::new();
+    }
+
+    /// Makes room for a few frames: done when encoding rather than after each flush, so that an
+    /// idle connection holds no buffer.
+    fn room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < 512 {
             self.buf.reserve(4096);
         }
     }

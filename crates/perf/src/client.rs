@@ -276,7 +276,7 @@ pub(crate) fn encode_publish(
     properties: &warren_wire::RawProperties,
     body: &[u8],
     frame_max: u32,
-) {
+) -> usize {
     let publish = Method::BasicPublish(warren_wire::method::BasicPublish {
         ticket: 0,
         exchange: exchange.clone(),
@@ -287,21 +287,30 @@ pub(crate) fn encode_publish(
     warren_wire::frame::encode_method(1, &publish, buf);
     warren_wire::frame::encode_header(1, body.len() as u64, properties, buf);
     let max = warren_wire::frame::max_body_frame_payload(frame_max);
-    for chunk in body.chunks(max) {
+    let mut body_start = buf.len();
+    for (index, chunk) in body.chunks(max).enumerate() {
         warren_wire::frame::encode_body_frame_start(1, chunk.len(), buf);
+        if index == 0 {
+            body_start = buf.len();
+        }
         buf.extend_from_slice(chunk);
         buf.extend_from_slice(&[warren_wire::frame::FRAME_END]);
     }
+    body_start
 }
 
-/// A body of `size` bytes starting with the send time (nanoseconds since `base`).
-pub(crate) fn stamp(body: &mut [u8], nanos: u64) {
-    if body.len() >= 8 {
-        body[..8].copy_from_slice(&nanos.to_be_bytes());
+/// Writes `nanos` as the send time into each body starting at `offsets` of `buf` (bodies of at
+/// least 8 bytes), just before `buf` goes to the socket: latency counts from the write, not
+/// from when the message was encoded.
+pub(crate) fn restamp(buf: &mut [u8], offsets: &mut Vec<usize>, nanos: u64) {
+    for offset in offsets.drain(..) {
+        if let Some(slot) = buf.get_mut(offset..offset + 8) {
+            slot.copy_from_slice(&nanos.to_be_bytes());
+        }
     }
 }
 
-/// The send time written by [`stamp`].
+/// The send time written by [`restamp`].
 pub(crate) fn read_stamp(body: &Bytes) -> Option<u64> {
     (body.len() >= 8).then(|| u64::from_be_bytes(body[..8].try_into().expect("8 bytes")))
 }

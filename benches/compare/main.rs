@@ -1,0 +1,424 @@
+//! `compare`: Warren and RabbitMQ side by side, same machine, same load generator, one run.
+//!
+//! ```text
+//!  compare ──starts──> warren (127.0.0.1:5674)        ──┐
+//!          ──starts──> epmd, rabbitmq-server (:5673)  ──┼── warren-perf --json, per scenario
+//!          ──reads───> /proc/<pid>/status (RSS)       ──┘
+//!          ──writes──> docs/benchmarks.md (between the compare markers)
+//! ```
+//!
+//! Usage: `cargo build --release --workspace --bins && target/release/compare [--seconds N]
+//! [--only 1,3,9] [--write docs/benchmarks.md]`. Debian's `rabbitmq-server` is installed with
+//! apt-get when missing (as root). Everything binds to loopback, every process started is stopped
+//! by its pid, and the whole run takes about ten minutes with the default 10 s per scenario.
+
+mod brokers;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use brokers::{Broker, Kind};
+use report::{Figure, Report};
+
+/// What `warren-perf --json` printed.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PerfResult {
+    pub(crate) publish_rate: f64,
+    pub(crate) confirm_rate: f64,
+    pub(crate) consume_rate: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    pub(crate) perf_cpu_percent: f64,
+}
+
+fn number(json: &str, key: &str) -> f64 {
+    let pattern = format!("\"{key}\":");
+    json.find(&pattern)
+        .map(|at| &json[at + pattern.len()..])
+        .and_then(|rest| {
+            let end = rest
+                .find([',', '}'])
+                .unwrap_or(rest.len());
+            rest[..end].trim().parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+impl PerfResult {
+    fn parse(json: &str) -> PerfResult {
+        PerfResult {
+            publish_rate: number(json, "publish_rate"),
+            confirm_rate: number(json, "confirm_rate"),
+            consume_rate: number(json, "consume_rate"),
+            p50_us: number(json, "p50"),
+            p99_us: number(json, "p99"),
+            p999_us: number(json, "p999"),
+            perf_cpu_percent: number(json, "perf_cpu_percent"),
+        }
+    }
+}
+
+pub(crate) struct Tools {
+    perf: PathBuf,
+    warren: PathBuf,
+    work: PathBuf,
+}
+
+impl Tools {
+    /// Runs warren-perf against `broker` with `arguments` and parses its JSON.
+    fn perf(&self, broker: &Broker, arguments: &[&str]) -> PerfResult {
+        let output = Command::new(&self.perf)
+            .arg("--uri")
+            .arg(broker.uri())
+            .args(arguments)
+            .arg("--json")
+            .output()
+            .expect("warren-perf runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() || !stderr.trim().is_empty() {
+            eprintln!(
+                "  warren-perf {}: {}",
+                arguments.join(" "),
+                stderr.lines().next().unwrap_or("failed")
+            );
+        }
+        let json = stdout.lines().last().unwrap_or("{}");
+        PerfResult::parse(json)
+    }
+}
+
+struct Settings {
+    seconds: u64,
+    only: Option<Vec<u32>>,
+    write: Option<PathBuf>,
+}
+
+fn settings() -> Settings {
+    let mut settings = Settings {
+        seconds: 10,
+        only: None,
+        write: None,
+    };
+    let mut arguments = std::env::args().skip(1);
+    while let Some(flag) = arguments.next() {
+        let mut value = || arguments.next().unwrap_or_else(|| usage(&flag));
+        match flag.as_str() {
+            "--seconds" => {
+                settings.seconds = value().parse().unwrap_or_else(|_| usage("--seconds"))
+            }
+            "--only" => {
+                settings.only = Some(
+                    value()
+                        .split(',')
+                        .map(|scenario| scenario.parse().unwrap_or_else(|_| usage("--only")))
+                        .collect(),
+                )
+            }
+            "--write" => settings.write = Some(PathBuf::from(value())),
+            _ => usage(&flag),
+        }
+    }
+    settings
+}
+
+fn usage(flag: &str) -> ! {
+    eprintln!(
+        "compare: bad argument near '{flag}'\nusage: compare [--seconds N] [--only 1,2,...] [--write docs/benchmarks.md]"
+    );
+    std::process::exit(2);
+}
+
+fn main() {
+    let settings = settings();
+    let bin_dir = std::env::current_exe()
+        .expect("own path")
+        .parent()
+        .expect("target directory")
+        .to_path_buf();
+    let tools = Tools {
+        perf: bin_dir.join("warren-perf"),
+        warren: bin_dir.join("warren"),
+        work: std::env::temp_dir().join(format!("warren-compare-{}", std::process::id())),
+    };
+    for binary in [&tools.perf, &tools.warren] {
+        if !binary.exists() {
+            eprintln!(
+                "compare: {} is missing; run `cargo build --release --workspace --bins` first",
+                binary.display()
+            );
+            std::process::exit(2);
+        }
+    }
+    brokers::ensure_rabbitmq();
+    let _ = std::fs::remove_dir_all(&tools.work);
+    std::fs::create_dir_all(&tools.work).expect("work directory");
+    let epmd = brokers::Epmd::start();
+    let started = Instant::now();
+    let mut report = Report::new(&tools, settings.seconds);
+    let wanted = |scenario: u32| {
+        settings
+            .only
+            .as_ref()
+            .is_none_or(|only| only.contains(&scenario))
+    };
+    let seconds = settings.seconds.to_string();
+    let secs = seconds.as_str();
+    let mut peaks = [0.0f64; 2];
+    for (index, kind) in [Kind::Warren, Kind::RabbitMq].into_iter().enumerate() {
+        eprintln!("== {}", kind.name());
+        // A fresh broker per scenario: what one leaves behind (queues with messages, memory
+        // the allocator keeps) must not weigh on the next.
+        let fresh = |label: &str| Broker::start(kind, &tools, label);
+        {
+            let broker = fresh("base");
+            std::thread::sleep(Duration::from_secs(2));
+            report.add(kind, Figure::BaseRss(broker.rss()));
+            broker.stop();
+        }
+        if wanted(1) || wanted(8) {
+            let broker = fresh("s1");
+            eprintln!("  1. transient 16 B, 1 producer, 1 consumer, auto-ack");
+            let result = tools.perf(
+                &broker,
+                &[
+                    "-x", "1", "-y", "1", "-s", "16", "-a", "-z", secs, "-u", "s1-%d",
+                ],
+            );
+            peaks[index] = result.consume_rate;
+            report.add(kind, Figure::Rate(1, result));
+            broker.stop();
+        }
+        if wanted(2) {
+            let broker = fresh("s2");
+            eprintln!("  2. transient 1 KiB, 4x4, 4 queues, acks, prefetch 200");
+            let result = tools.perf(
+                &broker,
+                &[
+                    "-x", "4", "-y", "4", "--queues", "4", "-s", "1024", "-q", "200", "-z", secs,
+                    "-u", "s2-%d",
+                ],
+            );
+            report.add(kind, Figure::Rate(2, result));
+            broker.stop();
+        }
+        if wanted(3) {
+            let broker = fresh("s3");
+            eprintln!("  3. persistent 1 KiB, durable queue, confirms (window 100), acks");
+            let result = tools.perf(
+                &broker,
+                &[
+                    "-x",
+                    "1",
+                    "-y",
+                    "1",
+                    "-s",
+                    "1024",
+                    "-f",
+                    "--durable",
+                    "-c",
+                    "100",
+                    "-q",
+                    "200",
+                    "-z",
+                    secs,
+                    "-u",
+                    "s3-%d",
+                ],
+            );
+            report.add(kind, Figure::Rate(3, result));
+            broker.stop();
+        }
+        if wanted(4) {
+            let broker = fresh("s4");
+            eprintln!("  4. fan-out to 10 queues, 1 KiB");
+            let result = tools.perf(
+                &broker,
+                &[
+                    "-x",
+                    "1",
+                    "-y",
+                    "10",
+                    "--queues",
+                    "10",
+                    "-e",
+                    "s4-fanout",
+                    "-t",
+                    "fanout",
+                    "-s",
+                    "1024",
+                    "-a",
+                    "-z",
+                    secs,
+                    "-u",
+                    "s4-%d",
+                ],
+            );
+            report.add(kind, Figure::Rate(4, result));
+            broker.stop();
+        }
+        if wanted(5) {
+            let broker = fresh("s5");
+            eprintln!("  5. topic routing with 10k bindings");
+            let result = tools.perf(
+                &broker,
+                &[
+                    "-x",
+                    "1",
+                    "-y",
+                    "1",
+                    "-e",
+                    "s5-topic",
+                    "-t",
+                    "topic",
+                    "-k",
+                    "orders.eu.created",
+                    "--extra-bindings",
+                    "10000",
+                    "-s",
+                    "16",
+                    "-a",
+                    "-z",
+                    secs,
+                    "-u",
+                    "s5-%d",
+                ],
+            );
+            report.add(kind, Figure::Rate(5, result));
+            broker.stop();
+        }
+        if wanted(8) && peaks[index] > 0.0 {
+            let broker = fresh("s8");
+            let rate = format!("{:.0}", peaks[index] / 2.0);
+            eprintln!("  8. latency at half of scenario 1's peak ({rate} msg/s)");
+            let result = tools.perf(
+                &broker,
+                &[
+                    "-x", "1", "-y", "1", "-s", "16", "-a", "-r", &rate, "-z", secs, "-u", "s8-%d",
+                ],
+            );
+            report.add(kind, Figure::Latency(result));
+            broker.stop();
+        }
+        if wanted(6) {
+            let broker = fresh("s6");
+            eprintln!("  6. backlog of 1M x 16 B, then drain");
+            let before = broker.rss();
+            let publish = tools.perf(
+                &broker,
+                &[
+                    "-x", "1", "-y", "0", "-s", "16", "-C", "1000000", "-c", "1000", "-u", "s6-%d",
+                ],
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            let loaded = broker.rss();
+            let drain = tools.perf(
+                &broker,
+                &[
+                    "-x",
+                    "0",
+                    "-y",
+                    "1",
+                    "-D",
+                    "1000000",
+                    "--predeclared",
+                    "-a",
+                    "-u",
+                    "s6-%d",
+                ],
+            );
+            let after = broker.rss();
+            report.add(
+                kind,
+                Figure::Backlog {
+                    before,
+                    loaded,
+                    after,
+                    publish_rate: publish.confirm_rate,
+                    drain_rate: drain.consume_rate,
+                },
+            );
+            broker.stop();
+        }
+        if wanted(7) {
+            let broker = fresh("s7");
+            eprintln!("  7. 10k idle connections");
+            let before = broker.rss();
+            let held = brokers::hold_idle_connections(&tools, &broker, 10_000);
+            report.add(kind, Figure::Idle { before, held });
+            broker.stop();
+        }
+        if wanted(9) {
+            eprintln!("  9. restart with 1M persistent messages");
+            let broker = Broker::start(kind, &tools, "restart");
+            let empty_boot = broker.boot_time;
+            tools.perf(
+                &broker,
+                &[
+                    "-x",
+                    "1",
+                    "-y",
+                    "0",
+                    "-s",
+                    "16",
+                    "-f",
+                    "--durable",
+                    "-C",
+                    "1000000",
+                    "-c",
+                    "1000",
+                    "-u",
+                    "s9-%d",
+                ],
+            );
+            broker.stop();
+            let restart = Broker::start(kind, &tools, "restart");
+            let served = restart.time_to_first_message(&tools, "s9-0");
+            restart.stop();
+            report.add(kind, Figure::Restart { empty_boot, served });
+        }
+    }
+    if wanted(8) && peaks[1] > 0.0 {
+        // The same offered load for both: half of RabbitMQ's peak, for Warren too.
+        let rate = format!("{:.0}", peaks[1] / 2.0);
+        eprintln!("== Warren\n  8. latency at half of RabbitMQ's scenario 1 peak ({rate} msg/s)");
+        let broker = Broker::start(Kind::Warren, &tools, "s8b");
+        let result = tools.perf(
+            &broker,
+            &[
+                "-x", "1", "-y", "1", "-s", "16", "-a", "-r", &rate, "-z", secs, "-u", "s8b-%d",
+            ],
+        );
+        broker.stop();
+        report.add(Kind::Warren, Figure::LatencyAtRabbitRate(result));
+    }
+    drop(epmd);
+    let _ = std::fs::remove_dir_all(&tools.work);
+    let text = report.render(started.elapsed());
+    println!("{text}");
+    if let Some(path) = settings.write {
+        write_section(&path, &text);
+        eprintln!("wrote {}", path.display());
+    }
+}
+
+const BEGIN: &str = "<!-- compare:begin -->";
+const END: &str = "<!-- compare:end -->";
+
+/// Replaces the text between the compare markers of `path` (or appends it with them).
+fn write_section(path: &Path, text: &str) {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!("{BEGIN}\n{text}\n{END}");
+    let updated = match (existing.find(BEGIN), existing.find(END)) {
+        (Some(begin), Some(end)) if end > begin => format!(
+            "{}{section}{}",
+            &existing[..begin],
+            &existing[end + END.len()..]
+        ),
+        _ => format!("{}\n{section}\n", existing.trim_end()),
+    };
+    std::fs::write(path, updated).expect("write the benchmark document");
+}

@@ -1,0 +1,290 @@
+//! The figures of one run, and the Markdown table of Warren / RabbitMQ ratios they make.
+
+use std::time::Duration;
+
+use crate::brokers::{self, Kind};
+use crate::{PerfResult, Tools};
+
+/// One measurement.
+pub(crate) enum Figure {
+    /// RSS of the freshly started broker.
+    BaseRss(u64),
+    /// A throughput scenario.
+    Rate(u32, PerfResult),
+    /// Scenario 8.
+    Latency(PerfResult),
+    /// Scenario 8, Warren at RabbitMQ's rate.
+    LatencyAtRabbitRate(PerfResult),
+    /// Scenario 6.
+    Backlog {
+        before: u64,
+        loaded: u64,
+        after: u64,
+        publish_rate: f64,
+        drain_rate: f64,
+    },
+    /// Scenario 7.
+    Idle { before: u64, held: u64 },
+    /// Scenario 9.
+    Restart {
+        empty_boot: Duration,
+        served: Duration,
+    },
+}
+
+pub(crate) struct Report {
+    warren: Vec<Figure>,
+    rabbitmq: Vec<Figure>,
+    versions: (String, String),
+    seconds: u64,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1024.0 / 1024.0)
+}
+
+fn rate(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{:.1}k msg/s", value / 1000.0)
+    } else {
+        format!("{value:.0} msg/s")
+    }
+}
+
+impl Report {
+    pub(crate) fn new(tools: &Tools, seconds: u64) -> Report {
+        Report {
+            warren: Vec::new(),
+            rabbitmq: Vec::new(),
+            versions: brokers::versions(tools),
+            seconds,
+        }
+    }
+
+    pub(crate) fn add(&mut self, kind: Kind, figure: Figure) {
+        match kind {
+            Kind::Warren => self.warren.push(figure),
+            Kind::RabbitMq => self.rabbitmq.push(figure),
+        }
+    }
+
+    pub(crate) fn render(&self, took: Duration) -> String {
+        let mut rows: Vec<[String; 5]> = Vec::new();
+        let mut row =
+            |name: &str, warren: String, rabbitmq: String, ratio: String, target: &str| {
+                rows.push([name.into(), warren, rabbitmq, ratio, target.into()]);
+            };
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}x", a / b)
+            } else {
+                "–".into()
+            }
+        };
+        let names = [
+            (1, "1. transient 16 B, 1p/1c, auto-ack (received)", ">= 5x"),
+            (
+                2,
+                "2. transient 1 KiB, 4p/4c, 4 queues, acks, prefetch 200 (received)",
+                ">= 3x",
+            ),
+            (
+                3,
+                "3. persistent 1 KiB, confirms window 100, acks (confirmed)",
+                ">= 2x",
+            ),
+            (4, "4. fan-out, 10 queues, 1 KiB (deliveries)", ""),
+            (5, "5. topic, 10k bindings, 16 B (received)", ""),
+        ];
+        for (scenario, name, target) in names {
+            let find = |figures: &[Figure]| {
+                figures.iter().find_map(|figure| match figure {
+                    Figure::Rate(number, result) if *number == scenario => Some(result.clone()),
+                    _ => None,
+                })
+            };
+            if let (Some(w), Some(r)) = (find(&self.warren), find(&self.rabbitmq)) {
+                let pick = |result: &PerfResult| {
+                    if scenario == 3 {
+                        result.confirm_rate
+                    } else {
+                        result.consume_rate
+                    }
+                };
+                row(
+                    name,
+                    rate(pick(&w)),
+                    rate(pick(&r)),
+                    ratio(pick(&w), pick(&r)),
+                    target,
+                );
+            }
+        }
+        let backlog = |figures: &[Figure]| {
+            figures.iter().find_map(|figure| match figure {
+                Figure::Backlog {
+                    before,
+                    loaded,
+                    after,
+                    publish_rate,
+                    drain_rate,
+                } => Some((*before, *loaded, *after, *publish_rate, *drain_rate)),
+                _ => None,
+            })
+        };
+        if let (Some(w), Some(r)) = (backlog(&self.warren), backlog(&self.rabbitmq)) {
+            let per_message = |(before, loaded, ..): (u64, u64, u64, f64, f64)| {
+                loaded.saturating_sub(before) as f64 / 1_000_000.0
+            };
+            row(
+                "6. backlog 1M x 16 B: RSS per queued message",
+                format!("{:.0} B", per_message(w)),
+                format!("{:.0} B", per_message(r)),
+                ratio(per_message(w), per_message(r)),
+                "<= 0.10x",
+            );
+            row(
+                "6. backlog: RSS before / loaded / drained",
+                format!("{} / {} / {}", mib(w.0), mib(w.1), mib(w.2)),
+                format!("{} / {} / {}", mib(r.0), mib(r.1), mib(r.2)),
+                String::new(),
+                "",
+            );
+            row(
+                "6. backlog: publish rate (confirms window 1000)",
+                rate(w.3),
+                rate(r.3),
+                ratio(w.3, r.3),
+                "",
+            );
+            row(
+                "6. backlog: drain rate",
+                rate(w.4),
+                rate(r.4),
+                ratio(w.4, r.4),
+                "",
+            );
+        }
+        let idle = |figures: &[Figure]| {
+            figures.iter().find_map(|figure| match figure {
+                Figure::Idle { before, held } => Some(held.saturating_sub(*before)),
+                _ => None,
+            })
+        };
+        if let (Some(w), Some(r)) = (idle(&self.warren), idle(&self.rabbitmq)) {
+            row(
+                "7. 10k idle connections: RSS added",
+                format!("{} ({:.1} KiB each)", mib(w), w as f64 / 1024.0 / 10_000.0),
+                format!("{} ({:.1} KiB each)", mib(r), r as f64 / 1024.0 / 10_000.0),
+                ratio(w as f64, r as f64),
+                "<= 0.25x",
+            );
+        }
+        let latency = |figures: &[Figure]| {
+            figures.iter().find_map(|figure| match figure {
+                Figure::Latency(result) => Some(result.clone()),
+                _ => None,
+            })
+        };
+        if let (Some(w), Some(r)) = (latency(&self.warren), latency(&self.rabbitmq)) {
+            let text = |result: &PerfResult| {
+                format!(
+                    "p99 {:.0} µs (p50 {:.0}, p99.9 {:.0}) at {}",
+                    result.p99_us,
+                    result.p50_us,
+                    result.p999_us,
+                    rate(result.publish_rate)
+                )
+            };
+            row(
+                "8. latency at half of each broker's own scenario 1 peak",
+                text(&w),
+                text(&r),
+                String::new(),
+                "p99 <= 1 ms",
+            );
+            let same_rate = self.warren.iter().find_map(|figure| match figure {
+                Figure::LatencyAtRabbitRate(result) => Some(result.clone()),
+                _ => None,
+            });
+            if let Some(same) = same_rate {
+                row(
+                    "8. latency at the same rate (half of RabbitMQ's peak)",
+                    text(&same),
+                    text(&r),
+                    ratio(same.p99_us, r.p99_us),
+                    "p99 <= 1 ms",
+                );
+            }
+        }
+        let restart = |figures: &[Figure]| {
+            figures.iter().find_map(|figure| match figure {
+                Figure::Restart { empty_boot, served } => Some((*empty_boot, *served)),
+                _ => None,
+            })
+        };
+        if let (Some(w), Some(r)) = (restart(&self.warren), restart(&self.rabbitmq)) {
+            row(
+                "9. restart with 1M persistent messages: start to first delivery",
+                format!(
+                    "{:.2} s (empty: {:.2} s)",
+                    w.1.as_secs_f64(),
+                    w.0.as_secs_f64()
+                ),
+                format!(
+                    "{:.2} s (empty: {:.2} s)",
+                    r.1.as_secs_f64(),
+                    r.0.as_secs_f64()
+                ),
+                ratio(w.1.as_secs_f64(), r.1.as_secs_f64()),
+                "<= 0.20x",
+            );
+        }
+        let base = |figures: &[Figure]| {
+            figures.iter().find_map(|figure| match figure {
+                Figure::BaseRss(bytes) => Some(*bytes),
+                _ => None,
+            })
+        };
+        if let (Some(w), Some(r)) = (base(&self.warren), base(&self.rabbitmq)) {
+            row(
+                "RSS of a freshly started node",
+                mib(w),
+                mib(r),
+                ratio(w as f64, r as f64),
+                "",
+            );
+        }
+        let perf_cpu = self
+            .warren
+            .iter()
+            .chain(&self.rabbitmq)
+            .filter_map(|figure| match figure {
+                Figure::Rate(_, result) => Some(result.perf_cpu_percent),
+                _ => None,
+            })
+            .fold(0.0f64, f64::max);
+        let mut text = String::new();
+        text.push_str(&format!(
+            "Machine: {}. {} vs {}; {} s per scenario; the whole run took {:.0} s.\n",
+            brokers::machine(),
+            self.versions.0,
+            self.versions.1,
+            self.seconds,
+            took.as_secs_f64()
+        ));
+        text.push_str(
+            "Command: `cargo build --release --workspace --bins && target/release/compare --write docs/benchmarks.md`\n\n",
+        );
+        text.push_str("| scenario | Warren | RabbitMQ | Warren / RabbitMQ | target |\n|---|---|---|---|---|\n");
+        for [name, warren, rabbitmq, ratio, target] in rows {
+            text.push_str(&format!(
+                "| {name} | {warren} | {rabbitmq} | {ratio} | {target} |\n"
+            ));
+        }
+        text.push_str(&format!(
+            "\nwarren-perf used at most {perf_cpu:.0}% of one core in any scenario (it shares the machine's cores with the broker).\n"
+        ));
+        text
+    }
+}
