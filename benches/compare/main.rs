@@ -39,9 +39,7 @@ fn number(json: &str, key: &str) -> f64 {
     json.find(&pattern)
         .map(|at| &json[at + pattern.len()..])
         .and_then(|rest| {
-            let end = rest
-                .find([',', '}'])
-                .unwrap_or(rest.len());
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
             rest[..end].trim().parse().ok()
         })
         .unwrap_or(0.0)

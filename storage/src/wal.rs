@@ -101,6 +101,8 @@ type Notify = Box<dyn Fn() + Send + Sync>;
 struct ProducerShared {
     pending: Mutex<Pending>,
     notify: Notify,
+    /// Bytes pushed and neither reported written (or failed) nor cancelled.
+    unwritten: AtomicU64,
 }
 
 impl std::fmt::Debug for ProducerShared {
@@ -119,6 +121,9 @@ pub struct Producer {
 impl Producer {
     /// Queues a record for the next batch.
     pub fn push(&self, record: PendingRecord) {
+        self.shared
+            .unwritten
+            .fetch_add(record.payload.len() as u64, Ordering::AcqRel);
         let mut pending = self.shared.pending.lock();
         pending.records.push(record);
         if !pending.dirty {
@@ -131,15 +136,30 @@ impl Producer {
     }
 
     /// Removes a record the writer has not taken yet; true if it was still pending.
+    /// Cancelled records stay in place with an empty payload, which the writer skips (removing
+    /// them would shift every record behind: acknowledgements cancel from the front).
     pub fn cancel(&self, tag: u64) -> bool {
         let mut pending = self.shared.pending.lock();
-        match pending.records.iter().position(|record| record.tag == tag) {
-            Some(index) => {
-                pending.records.remove(index);
+        let found = pending
+            .records
+            .iter_mut()
+            .find(|record| record.tag == tag && !record.payload.is_empty());
+        match found {
+            Some(record) => {
+                let payload = std::mem::take(&mut record.payload);
+                self.shared
+                    .unwritten
+                    .fetch_sub(payload.len() as u64, Ordering::AcqRel);
                 true
             }
             None => false,
         }
+    }
+
+    /// Bytes pushed and not yet reported written (or failed), for back-pressure: a queue stops
+    /// granting publishers credit while too much of what it wrote is still waiting for the disk.
+    pub fn unwritten_bytes(&self) -> u64 {
+        self.shared.unwritten.load(Ordering::Acquire)
     }
 
     /// Outcomes reported since the last call.
@@ -269,6 +289,7 @@ impl Wal {
             shared: Arc::new(ProducerShared {
                 pending: Mutex::new(Pending::default()),
                 notify: Box::new(notify),
+                unwritten: AtomicU64::new(0),
             }),
             wal: self.shared.clone(),
         }
@@ -400,7 +421,9 @@ fn write_batch(shared: &Shared, writers: &mut [SegmentWriter], dirty: Vec<Arc<Pr
         let records = {
             let mut pending = producer.pending.lock();
             pending.dirty = false;
-            std::mem::take(&mut pending.records)
+            let mut records = std::mem::take(&mut pending.records);
+            records.retain(|record| !record.payload.is_empty());
+            records
         };
         batch.push((producer, records));
     }
@@ -459,6 +482,10 @@ fn write_batch(shared: &Shared, writers: &mut [SegmentWriter], dirty: Vec<Arc<Pr
         if records.is_empty() {
             continue;
         }
+        let bytes: u64 = records
+            .iter()
+            .map(|record| record.payload.len() as u64)
+            .sum();
         {
             let mut pending = producer.pending.lock();
             for (record, result) in records.into_iter().zip(results) {
@@ -482,6 +509,7 @@ fn write_batch(shared: &Shared, writers: &mut [SegmentWriter], dirty: Vec<Arc<Pr
                     result,
                 });
             }
+            producer.unwritten.fetch_sub(bytes, Ordering::AcqRel);
         }
         (producer.notify)();
     }

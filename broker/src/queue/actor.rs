@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use warren_storage::{Position, Stream};
 
 use super::arguments::QueueConfig;
 use super::dead_letter::{self, Reason};
@@ -162,10 +163,17 @@ fn page_in(state: &QueueState, reader: Option<&MessageReader>, outbox: &mut Outb
     };
     let queue = state.queue().clone();
     tokio::task::spawn_blocking(move || {
-        let messages = requests
-            .into_iter()
-            .map(|(id, stream, position)| (id, reader.read(stream, position)))
-            .collect();
+        let mut messages = Vec::with_capacity(requests.len());
+        for stream in [Stream::Messages, Stream::Paging] {
+            let (ids, positions): (Vec<u64>, Vec<Position>) = requests
+                .iter()
+                .filter(|(_, of, _)| *of == stream)
+                .map(|(id, _, position)| (*id, *position))
+                .unzip();
+            if !ids.is_empty() {
+                messages.extend(ids.into_iter().zip(reader.read_many(stream, &positions)));
+            }
+        }
         queue.send(QueueCommand::PagedIn { messages });
     });
 }

@@ -28,6 +28,8 @@ pub trait QueueStorage: Send + fmt::Debug {
     fn reader(&self) -> Option<MessageReader>;
     /// Outcomes of writes since the last call.
     fn take_done(&self) -> Vec<Done>;
+    /// Bytes written and not yet reported done.
+    fn unwritten_bytes(&self) -> u64;
 }
 
 /// Reads message records from any thread.
@@ -38,17 +40,42 @@ pub struct MessageReader {
 }
 
 impl MessageReader {
-    /// Reads and decodes the message at `position` of `stream`.
-    pub fn read(&self, stream: Stream, position: Position) -> Result<Message, String> {
-        let reader = match stream {
+    fn of(&self, stream: Stream) -> &warren_storage::SegmentReader {
+        match stream {
             Stream::Paging => &self.paging,
             _ => &self.messages,
-        };
-        let payload = reader.read(position).map_err(|error| error.to_string())?;
-        match records::decode(payload).map_err(|error| error.to_string())? {
-            Record::Enqueue(record) => Ok(record.message),
-            _ => Err(format!("no message at {position:?}")),
         }
+    }
+
+    /// Reads and decodes the message at `position` of `stream`.
+    pub fn read(&self, stream: Stream, position: Position) -> Result<Message, String> {
+        decode_message(self.of(stream).read(position), position)
+    }
+
+    /// Reads and decodes many messages of `stream`, in the order given; neighbouring records
+    /// are read together.
+    pub fn read_many(
+        &self,
+        stream: Stream,
+        positions: &[Position],
+    ) -> Vec<Result<Message, String>> {
+        self.of(stream)
+            .read_many(positions)
+            .into_iter()
+            .zip(positions)
+            .map(|(payload, position)| decode_message(payload, *position))
+            .collect()
+    }
+}
+
+fn decode_message(
+    payload: Result<Bytes, warren_storage::StorageError>,
+    position: Position,
+) -> Result<Message, String> {
+    let payload = payload.map_err(|error| error.to_string())?;
+    match records::decode(payload).map_err(|error| error.to_string())? {
+        Record::Enqueue(record) => Ok(record.message),
+        _ => Err(format!("no message at {position:?}")),
     }
 }
 
@@ -116,5 +143,9 @@ impl QueueStorage for WalStorage {
 
     fn take_done(&self) -> Vec<Done> {
         self.producer.take_done()
+    }
+
+    fn unwritten_bytes(&self) -> u64 {
+        self.producer.unwritten_bytes()
     }
 }

@@ -40,6 +40,10 @@ use crate::events::{
 };
 use crate::message::Message;
 
+/// Bytes of this queue's records that may wait for the disk before publishers stop getting
+/// credit.
+const WRITE_BACKLOG: u64 = 16 * 1024 * 1024;
+
 /// Memory a queue may use for resident message bodies before it pages its tail out to disk.
 pub(crate) const MEMORY_BUDGET: u64 = 16 * 1024 * 1024;
 
@@ -379,6 +383,7 @@ impl QueueState {
             QueueCommand::Persisted => {
                 let done = self.storage.take_done();
                 self.persisted(done, outbox);
+                self.grant_credit(None, outbox);
             }
             QueueCommand::PagedIn { messages } => self.paged_in(messages),
             QueueCommand::Relocate { stream, segment } => self.relocate(stream, segment),
@@ -461,8 +466,23 @@ impl QueueState {
         }
         if let Some(entry) = self.publishers.get_mut(&publisher) {
             entry.processed += count;
+        }
+        self.grant_credit(Some(publisher), outbox);
+    }
+
+    /// Grants publishers (one, or all) the credit they have earned, unless too much of what this
+    /// queue wrote still waits for the disk: then publishers wait too, and a slow disk slows
+    /// publishing instead of filling memory with records on their way to it.
+    pub(super) fn grant_credit(&mut self, only: Option<ConnectionId>, outbox: &mut Outbox) {
+        if self.storage.unwritten_bytes() > WRITE_BACKLOG {
+            return;
+        }
+        for (publisher, entry) in &mut self.publishers {
+            if only.is_some_and(|only| only != *publisher) {
+                continue;
+            }
             if entry.processed >= PUBLISH_CREDIT_MORE_AFTER {
-                outbox.credit.push((publisher, entry.processed));
+                outbox.credit.push((*publisher, entry.processed));
                 entry.processed = 0;
             }
         }
