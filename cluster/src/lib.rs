@@ -1,0 +1,20 @@
+//! Clustering: who a node is, how nodes prove they belong together, how they talk, and the Raft
+//! groups they share.
+//!
+//! ```text
+//!  identity   warren@host names, short and long
+//!  secret     the cluster secret (the Erlang cookie's role) and challenge-response proofs
+//!  transport  one authenticated TCP link per node pair on port 25672: requests, responses and
+//!             one-way messages of registered services, batched per link, bounded
+//! ```
+//!
+//! This crate never imports the broker: the broker registers services on the transport and hands
+//! Raft groups their state machines.
+
+pub mod identity;
+pub mod secret;
+pub mod transport;
+
+pub use identity::NodeName;
+pub use secret::Secret;
+pub use transport::{Transport, TransportConfig};
