@@ -6,12 +6,14 @@
 //!  secret     the cluster secret (the Erlang cookie's role) and challenge-response proofs
 //!  transport  one authenticated TCP link per node pair on port 25672: requests, responses and
 //!             one-way messages of registered services, batched per link, bounded
+//!  raft       openraft groups: log in the WAL, RPCs on the transport, an application state machine
 //! ```
 //!
 //! This crate never imports the broker: the broker registers services on the transport and hands
 //! Raft groups their state machines.
 
 pub mod identity;
+pub mod raft;
 pub mod secret;
 pub mod transport;
 

@@ -1,0 +1,221 @@
+//! Raft RPCs over the inter-node transport: the client side openraft calls, and the service that
+//! answers peers.
+//!
+//! A member's address is its node name, kept in openraft's `BasicNode::addr`; the transport
+//! resolves and authenticates it. A peer that cannot be reached is reported `Unreachable`, so
+//! openraft backs off instead of spinning.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use openraft::BasicNode;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse};
+use openraft::raft::{VoteRequest, VoteResponse};
+use openraft::{OptionalSend, alias::SnapshotMetaOf};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{GroupInner, TypeConfig};
+use crate::identity::NodeName;
+use crate::transport::{BoxFuture, Service, Transport, TransportError};
+
+/// The transport service number of the metadata Raft group.
+pub const RAFT_SERVICE: u16 = 10;
+
+/// What peers ask of a group.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Rpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot {
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        data: Vec<u8>,
+    },
+    /// Propose a command (to the leader); answered with (index, response).
+    Propose(Vec<u8>),
+    /// Add a member (to the leader).
+    AddMember {
+        id: u64,
+        name: String,
+    },
+    /// Remove a member (to the leader).
+    RemoveMember {
+        id: u64,
+    },
+    /// Who is in the group, as this node sees it.
+    Status,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(postcard::to_stdvec(value).expect("invariant: raft messages always serialize"))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(body).map_err(|error| format!("malformed raft message: {error}"))
+}
+
+/// Makes a client per peer.
+pub(crate) struct Network {
+    pub(crate) transport: Transport,
+}
+
+/// One peer.
+pub(crate) struct Peer {
+    transport: Transport,
+    name: NodeName,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            transport: self.transport.clone(),
+            name: NodeName::new_unchecked(node.addr.clone()),
+        }
+    }
+}
+
+impl Peer {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        rpc: &Rpc,
+        option: &RPCOption,
+    ) -> Result<T, TransportError> {
+        let body = self
+            .transport
+            .request_within(&self.name, RAFT_SERVICE, encode(rpc), option.hard_ttl())
+            .await?;
+        decode(&body).map_err(|reason| TransportError::Failed {
+            node: self.name.clone(),
+            reason,
+        })
+    }
+}
+
+fn rpc_error(error: TransportError) -> RPCError<TypeConfig> {
+    match error {
+        TransportError::Unreachable { .. } | TransportError::Lost(_) => {
+            RPCError::Unreachable(Unreachable::new(&error))
+        }
+        _ => RPCError::Network(NetworkError::new(&error)),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Peer {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&Rpc::Append(rpc), &option)
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&Rpc::Vote(rpc), &option).await.map_err(rpc_error)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&Rpc::PreVote(rpc), &option)
+            .await
+            .map_err(rpc_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let rpc = Rpc::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
+        self.call(&rpc, &option).await.map_err(|error| match error {
+            TransportError::Unreachable { .. } | TransportError::Lost(_) => {
+                StreamingError::Unreachable(Unreachable::new(&error))
+            }
+            _ => StreamingError::Network(NetworkError::new(&error)),
+        })
+    }
+}
+
+/// Answers peers' RPCs for one group.
+pub(crate) struct RaftService {
+    pub(crate) group: Weak<GroupInner>,
+}
+
+impl Service for RaftService {
+    fn request(&self, _from: NodeName, body: Bytes) -> BoxFuture<Result<Bytes, String>> {
+        let group = self.group.clone();
+        Box::pin(async move {
+            let group: Arc<GroupInner> = group
+                .upgrade()
+                .ok_or_else(|| "the node is stopping".to_string())?;
+            let rpc: Rpc = decode(&body)?;
+            let raft = group.raft();
+            match rpc {
+                Rpc::Append(rpc) => raft
+                    .append_entries(rpc)
+                    .await
+                    .map(|response| encode(&response))
+                    .map_err(|error| error.to_string()),
+                Rpc::Vote(rpc) => raft
+                    .vote(rpc)
+                    .await
+                    .map(|response| encode(&response))
+                    .map_err(|error| error.to_string()),
+                Rpc::PreVote(rpc) => raft
+                    .pre_vote(rpc)
+                    .await
+                    .map(|response| encode(&response))
+                    .map_err(|error| error.to_string()),
+                Rpc::Snapshot { vote, meta, data } => {
+                    let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+                        meta,
+                        snapshot: data,
+                    };
+                    raft.install_full_snapshot(vote, snapshot)
+                        .await
+                        .map(|response| encode(&response))
+                        .map_err(|error| error.to_string())
+                }
+                Rpc::Propose(command) => group
+                    .write_as_leader(command)
+                    .await
+                    .map(|outcome| encode(&outcome)),
+                Rpc::AddMember { id, name } => group
+                    .add_member_as_leader(id, NodeName::new_unchecked(name))
+                    .await
+                    .map(|()| Bytes::new()),
+                Rpc::RemoveMember { id } => group
+                    .remove_member_as_leader(id)
+                    .await
+                    .map(|()| Bytes::new()),
+                Rpc::Status => Ok(encode(&group.status())),
+            }
+        })
+    }
+
+    fn message(&self, _from: NodeName, _body: Bytes) {}
+}
