@@ -20,9 +20,13 @@ use crate::auth::{PasswordHash, User, Users};
 use crate::direct_reply::DirectReplies;
 use crate::events::ConnectionId;
 use crate::queue::{QueueCommand, QueueHandle, QueueTasks};
+use crate::store::metadata::MetadataMachine;
 use crate::store::metadata::{MetadataCommand, PendingWrites};
-use crate::store::{Recovered, Store};
+use crate::store::{Recovered, Scanned, Store};
 use crate::vhost::VHost;
+use warren_cluster::raft::log::RaftLog;
+use warren_cluster::raft::{GroupConfig, RaftGroup};
+use warren_cluster::{NodeName, Secret, Transport, TransportConfig};
 
 /// Everything connections share.
 #[derive(Debug)]
@@ -108,12 +112,65 @@ async fn maintain_storage(broker: Weak<Broker>, stop: CancellationToken) {
     }
 }
 
+/// How long a restarting node waits for its metadata group to apply what it logged.
+const METADATA_RECOVERY: Duration = Duration::from_secs(30);
+
+/// Starts the metadata Raft group on `log`: a node that never belonged to a group makes itself a
+/// group of one; then it waits until the group has applied what it had logged.
+async fn start_metadata_group(
+    config: &Config,
+    store: &Store,
+    log: RaftLog,
+    machine: Arc<MetadataMachine>,
+) -> Result<RaftGroup, SetupError> {
+    let failed = |error: &dyn std::fmt::Display| SetupError::Persist(error.to_string());
+    let secret = Secret::load(
+        std::env::var("WARREN_ERLANG_COOKIE")
+            .or_else(|_| std::env::var("RABBITMQ_ERLANG_COOKIE"))
+            .ok(),
+        store.dir(),
+    )
+    .map_err(|error| SetupError::Persist(format!("cluster secret: {error}")))?;
+    // The inter-node listener opens when clustering does; until then the group has no peers
+    // and the transport only dials.
+    let transport_config = TransportConfig::new(
+        NodeName::new_unchecked(config.node_name.clone()),
+        secret,
+        None,
+        25672,
+    );
+    let transport = Transport::start(transport_config)
+        .await
+        .map_err(|error| failed(&error))?;
+    let group = RaftGroup::start(&transport, log, machine, GroupConfig::default())
+        .await
+        .map_err(|error| failed(&error))?;
+    group
+        .initialize_alone()
+        .await
+        .map_err(|error| failed(&error))?;
+    if let Err(error) = group.wait_caught_up(METADATA_RECOVERY).await {
+        tracing::warn!("metadata store: {error}; starting with what has been applied");
+    }
+    Ok(group)
+}
+
 impl Broker {
     /// Opens the data directory named in `config`, recovers what it holds (or sets up the default
     /// vhost and user on a blank one) and starts the recovered queues.
     pub async fn open(config: Config) -> Result<Arc<Broker>, SetupError> {
-        let (store, recovered) = Store::open(&config.data_dir, config.segment_size)?;
+        let started = Instant::now();
+        let origin = fastrand::u64(1..);
+        let (store, scanned) = Store::open(&config.data_dir, config.segment_size, origin)?;
         let store = Arc::new(store);
+        let Scanned { raft, messages } = scanned;
+        let log = RaftLog::open(&store.wal, raft)
+            .await
+            .map_err(|error| SetupError::Persist(error.to_string()))?;
+        let machine = Arc::new(MetadataMachine::new(origin));
+        let group = start_metadata_group(&config, &store, log, machine.clone()).await?;
+        let state = machine.state();
+        let recovered = store.recover(state, messages, started);
         let broker = Arc::new(Broker {
             users: Users::default(),
             vhosts: RwLock::new(HashMap::new()),
@@ -126,11 +183,13 @@ impl Broker {
             alarms: Arc::new(Alarms::new(&config)),
             config: Arc::new(config),
         });
+        store.metadata.start(group);
         if recovered.state.is_blank() {
             broker.set_up_defaults().await?;
         } else {
             broker.restore(recovered)?;
         }
+        machine.mark_started();
         Ok(broker)
     }
 

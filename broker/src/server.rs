@@ -99,6 +99,7 @@ impl Node {
         {
             tracing::warn!("some queues did not stop within {grace:?}");
         }
+        self.broker.store().metadata.shutdown().await;
     }
 }
 

@@ -347,13 +347,19 @@ async fn a_torn_metadata_tail_loses_only_the_last_change() {
     declare_durable(&channel, "first", FieldTable::default()).await;
     declare_durable(&channel, "second", FieldTable::default()).await;
     broker.stop().await;
+    // Tear the log inside the record that holds the second declaration (later records, such
+    // as the commit marker after it, go with it, as they would in a crash).
     let segment = newest_segment(&dir.join("metadata"));
-    let length = std::fs::metadata(&segment).expect("stat").len();
+    let bytes = std::fs::read(&segment).expect("read");
+    let at = bytes
+        .windows(6)
+        .rposition(|window| window == b"second")
+        .expect("the declaration is in the newest segment");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&segment)
         .expect("open")
-        .set_len(length - 3)
+        .set_len(at as u64 + 2)
         .expect("truncate");
     let broker = TestBroker::builder().data_dir(&dir).start().await;
     let queues: Vec<String> = broker

@@ -12,8 +12,10 @@ use warren_testkit::TestBroker;
 use warren_tests::require;
 
 async fn pika_available() -> bool {
+    // From a neutral directory: in this crate's own, `tests/pika/` passes for a namespace package.
     Command::new("python3")
         .args(["-c", "import pika"])
+        .current_dir(std::env::temp_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

@@ -1,25 +1,20 @@
-//! Durable metadata: vhosts, users, permissions, durable exchanges, queues and bindings, as a log
-//! of commands in the WAL's metadata stream, with snapshots.
+//! Durable metadata: vhosts, users, permissions, durable exchanges, queues and bindings, as the
+//! commands of the metadata Raft group.
 //!
-//! Every change to a durable entity is one [`MetadataCommand`], written and synced before the
-//! client hears it succeeded. Replaying the stream from its last snapshot rebuilds the durable
-//! state; a snapshot is written every [`SNAPSHOT_EVERY`] commands, after which the segments before
-//! it are deleted. (With clustering, the same commands become the entries of the metadata Raft
-//! group.)
+//! Every change to a durable entity is one [`MetadataCommand`], proposed to the group and
+//! committed (written and synced through the WAL on a majority) before the client hears it
+//! succeeded. The group's state machine keeps the durable state those commands describe; its
+//! snapshots are that state as a [`MetadataCommand::Snapshot`]. A lone node is a group of one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
-use warren_storage::{PendingRecord, Position, Producer, Stream, Wal};
+use tokio::sync::{mpsc, oneshot};
+use warren_cluster::raft::{RaftGroup, StateMachine};
 
 use super::model::DurableState;
 use crate::error::AmqpError;
-
-/// Commands between snapshots.
-pub const SNAPSHOT_EVERY: u64 = 10_000;
 
 /// Where a durable binding leads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,151 +151,200 @@ impl MetadataCommand {
     }
 }
 
-type Waiters = Mutex<HashMap<u64, oneshot::Sender<Result<Position, String>>>>;
-
-/// Writes metadata commands through the WAL, waits for each to be durable, keeps the durable
-/// state they describe, and snapshots it now and then.
-#[derive(Debug)]
-pub struct MetadataLog {
-    producer: Arc<OnceLock<Producer>>,
-    waiters: Arc<Waiters>,
-    next_tag: Mutex<u64>,
-    since_snapshot: Mutex<u64>,
-    state: Mutex<DurableState>,
-    wal: Arc<Wal>,
+/// A command as proposed to the metadata Raft group: who proposed it, and what.
+#[derive(Debug, Serialize, Deserialize)]
+struct Proposal {
+    /// The proposing node's incarnation (random at every start).
+    origin: u64,
+    command: MetadataCommand,
 }
 
-type WriteOutcome = oneshot::Receiver<Result<Position, String>>;
+type Outcome = oneshot::Receiver<Result<(), String>>;
 
 /// Metadata commands handed to the log, to wait for before telling a client they succeeded.
 #[derive(Debug, Default)]
 #[must_use = "a client may hear of a change only once it is durable"]
 pub struct PendingWrites {
-    writes: Vec<WriteOutcome>,
-    snapshot: Option<(WriteOutcome, Arc<Wal>)>,
+    writes: Vec<Outcome>,
 }
 
 impl PendingWrites {
     /// Whether nothing was submitted.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.snapshot.is_none()
+        self.writes.is_empty()
     }
 
-    /// Waits until every command is on disk; a snapshot among them lets the segments before it go.
+    /// Waits until every command is committed by the metadata store.
     pub async fn wait(self) -> Result<(), AmqpError> {
-        let outcome =
-            |result: Result<Result<Position, String>, oneshot::error::RecvError>| match result {
-                Ok(Ok(position)) => Ok(position),
-                Ok(Err(message)) => Err(AmqpError::internal_error(format!(
-                    "cannot persist metadata: {message}"
-                ))),
-                Err(_) => Err(AmqpError::internal_error(
-                    "cannot persist metadata: the log has stopped",
-                )),
-            };
         for write in self.writes {
-            outcome(write.await)?;
-        }
-        if let Some((snapshot, wal)) = self.snapshot {
-            let position = outcome(snapshot.await)?;
-            // Everything before the snapshot is superseded by it.
-            wal.delete_before(Stream::Metadata, position.segment);
+            match write.await {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    return Err(AmqpError::internal_error(format!(
+                        "cannot persist metadata: {message}"
+                    )));
+                }
+                Err(_) => {
+                    return Err(AmqpError::internal_error(
+                        "cannot persist metadata: the metadata store has stopped",
+                    ));
+                }
+            }
         }
         Ok(())
     }
 }
 
+type Queued = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+
+/// Hands metadata commands to the metadata Raft group, in the order they are submitted.
+///
+/// The node changes its memory first (under the vhost's change lock) and submits the command;
+/// one task proposes submitted commands in order, and each submitter waits for its own to be
+/// committed. The durable state is what the group's state machine ([`MetadataMachine`]) has
+/// applied.
+#[derive(Debug)]
+pub struct MetadataLog {
+    origin: u64,
+    queue: mpsc::UnboundedSender<Queued>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    group: OnceLock<RaftGroup>,
+}
+
 impl MetadataLog {
-    /// A log writing through `wal`, starting from the replayed `state`; `since_snapshot`
-    /// commands were replayed after the last snapshot.
-    pub fn new(wal: &Arc<Wal>, state: DurableState, since_snapshot: u64) -> MetadataLog {
-        let producer: Arc<OnceLock<Producer>> = Arc::new(OnceLock::new());
-        let waiters: Arc<Waiters> = Arc::new(Mutex::new(HashMap::new()));
-        let (for_notify, waiters_for_notify) = (producer.clone(), waiters.clone());
-        let created = wal.producer(move || {
-            let Some(producer) = for_notify.get() else {
-                return;
-            };
-            let mut waiters = waiters_for_notify.lock();
-            for done in producer.take_done() {
-                if let Some(waiter) = waiters.remove(&done.tag) {
-                    let _ = waiter.send(done.result.map_err(|failure| failure.message));
+    /// A log for this incarnation of the node; nothing is proposed until [`MetadataLog::start`].
+    pub fn new(origin: u64) -> MetadataLog {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        MetadataLog {
+            origin,
+            queue,
+            receiver: Mutex::new(Some(receiver)),
+            group: OnceLock::new(),
+        }
+    }
+
+    /// Starts proposing through `group`.
+    pub fn start(&self, group: RaftGroup) {
+        let _ = self.group.set(group.clone());
+        let Some(mut receiver) = self.receiver.lock().take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            // Whatever was submitted while the previous batch was in flight goes as one batch.
+            let mut batch = Vec::new();
+            while receiver.recv_many(&mut batch, 1024).await > 0 {
+                let (commands, waiters): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+                let outcomes = group.propose_many(commands).await;
+                for (outcome, done) in outcomes.into_iter().zip(waiters) {
+                    let _ = done.send(outcome.map(drop).map_err(|error| error.to_string()));
                 }
             }
         });
-        let _ = producer.set(created);
-        MetadataLog {
-            producer,
-            waiters,
-            next_tag: Mutex::new(0),
-            since_snapshot: Mutex::new(since_snapshot),
-            state: Mutex::new(state),
-            wal: wal.clone(),
-        }
     }
 
-    fn push(&self, command: &MetadataCommand) -> oneshot::Receiver<Result<Position, String>> {
-        let tag = {
-            let mut next = self.next_tag.lock();
-            *next += 1;
-            *next
-        };
-        let (sender, receiver) = oneshot::channel();
-        self.waiters.lock().insert(tag, sender);
-        self.producer
-            .get()
-            .expect("invariant: set in new")
-            .push(PendingRecord {
-                tag,
-                stream: Stream::Metadata,
-                sync: true,
-                owner: None,
-                payload: command.encode().into(),
-            });
-        receiver
+    /// The metadata Raft group, once started.
+    pub fn group(&self) -> Option<&RaftGroup> {
+        self.group.get()
     }
 
-    /// Applies `command` to the durable state and hands it to the log, without waiting. Callers
-    /// submit while holding the lock that orders the in-memory change, so the log's order is the
-    /// order the state changed in; they wait for durability afterwards, with no lock held.
+    /// Hands `command` to the store, without waiting. Callers submit while holding the lock that
+    /// orders the in-memory change, so the log's order is the order the state changed in; they
+    /// wait for the commit afterwards, with no lock held.
     pub fn submit(&self, command: MetadataCommand, pending: &mut PendingWrites) {
-        let mut state = self.state.lock();
-        state.apply(&command);
-        pending.writes.push(self.push(&command));
-        let mut since = self.since_snapshot.lock();
-        *since += 1;
-        if *since >= SNAPSHOT_EVERY {
-            *since = 0;
-            let snapshot = MetadataCommand::Snapshot(state.to_commands());
-            pending.snapshot = Some((self.push(&snapshot), self.wal.clone()));
+        let proposal = Proposal {
+            origin: self.origin,
+            command,
+        };
+        let bytes = postcard::to_stdvec(&proposal).expect("invariant: proposals always serialize");
+        let (sender, receiver) = oneshot::channel();
+        if self.queue.send((bytes, sender)).is_ok() {
+            pending.writes.push(receiver);
+        } else {
+            let (failed, receiver) = oneshot::channel();
+            let _ = failed.send(Err("the metadata store has stopped".to_string()));
+            pending.writes.push(receiver);
         }
     }
 
-    /// Writes one command and waits until it is on disk.
+    /// Writes one command and waits until it is committed.
     pub async fn write(&self, command: MetadataCommand) -> Result<(), AmqpError> {
         let mut pending = PendingWrites::default();
         self.submit(command, &mut pending);
         pending.wait().await
     }
 
+    /// Stops the Raft group.
+    pub async fn shutdown(&self) {
+        if let Some(group) = self.group.get() {
+            group.shutdown().await;
+        }
+    }
+}
+
+/// The metadata group's state machine: the durable state, as committed.
+///
+/// Commands this node proposed in this incarnation are already in its memory. Commands from
+/// elsewhere (an earlier incarnation's, replayed at start) only change the durable state, from
+/// which the broker builds its memory at start.
+#[derive(Debug)]
+pub struct MetadataMachine {
+    origin: u64,
+    state: Mutex<DurableState>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl MetadataMachine {
+    /// An empty machine for the incarnation `origin`.
+    pub fn new(origin: u64) -> MetadataMachine {
+        MetadataMachine {
+            origin,
+            state: Mutex::new(DurableState::default()),
+            started: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// A copy of the durable state.
     pub fn state(&self) -> DurableState {
         self.state.lock().clone()
     }
+
+    /// Marks the node's memory as built: later commands from other origins are reported.
+    pub fn mark_started(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
-/// Replays metadata records into the durable state; returns it with the number of commands
-/// after the last snapshot.
-pub fn replay(records: &[MetadataCommand]) -> (DurableState, u64) {
-    let start = records
-        .iter()
-        .rposition(|command| matches!(command, MetadataCommand::Snapshot(_)))
-        .unwrap_or(0);
-    let mut state = DurableState::default();
-    for command in &records[start..] {
-        state.apply(command);
+impl StateMachine for MetadataMachine {
+    fn apply(&self, index: u64, command: &[u8]) -> Vec<u8> {
+        let proposal: Proposal = match postcard::from_bytes(command) {
+            Ok(proposal) => proposal,
+            Err(error) => {
+                tracing::error!("metadata entry {index} is unreadable and was skipped: {error}");
+                return Vec::new();
+            }
+        };
+        self.state.lock().apply(&proposal.command);
+        if proposal.origin != self.origin && self.started.load(std::sync::atomic::Ordering::Acquire)
+        {
+            tracing::warn!(
+                "metadata entry {index} from another node is durable but not yet in this node's memory"
+            );
+        }
+        Vec::new()
     }
-    (state, (records.len() - start) as u64)
+
+    fn snapshot(&self) -> Vec<u8> {
+        MetadataCommand::Snapshot(self.state.lock().to_commands()).encode()
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
+        let command = MetadataCommand::decode(snapshot).map_err(|error| error.to_string())?;
+        let mut state = DurableState::default();
+        state.apply(&command);
+        *self.state.lock() = state;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -308,7 +352,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commands_round_trip_and_replay_starts_at_the_last_snapshot() {
+    fn commands_round_trip_and_a_snapshot_restores_the_state() {
         let command = MetadataCommand::DeclareQueue {
             vhost: "/".into(),
             name: b"orders".to_vec(),
@@ -317,17 +361,19 @@ mod tests {
             arguments: vec![0, 0, 0, 0],
         };
         assert_eq!(MetadataCommand::decode(&command.encode()).unwrap(), command);
+        let machine = MetadataMachine::new(1);
         let put = |name: &str| MetadataCommand::PutVHost { name: name.into() };
-        let records = vec![
-            put("old"),
-            MetadataCommand::Snapshot(vec![put("a"), put("b")]),
-            put("c"),
-        ];
-        let (state, since) = replay(&records);
+        for (origin, command) in [(2, put("a")), (1, put("b")), (2, command.clone())] {
+            let proposal = postcard::to_stdvec(&Proposal { origin, command }).unwrap();
+            machine.apply(1, &proposal);
+        }
+        let copy = MetadataMachine::new(3);
+        copy.restore(&machine.snapshot()).unwrap();
+        assert_eq!(copy.state(), machine.state());
         assert_eq!(
-            state.vhosts.iter().cloned().collect::<Vec<_>>(),
-            ["a", "b", "c"]
+            copy.state().vhosts.iter().cloned().collect::<Vec<_>>(),
+            ["a", "b"]
         );
-        assert_eq!(since, 2);
+        assert_eq!(copy.state().queues.len(), 1);
     }
 }

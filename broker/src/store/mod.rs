@@ -3,14 +3,15 @@
 //!
 //! ```text
 //!  <data dir>/warren.lock      one node per directory
-//!  <data dir>/metadata/*.seg   metadata commands and snapshots
+//!  <data dir>/metadata/*.seg   the metadata Raft group's log and checkpoints
 //!  <data dir>/messages/*.seg   persistent messages of durable queues, settlements, deliveries
 //!  <data dir>/paging/*.seg     transient messages paged out of memory (cleared at start)
 //! ```
 //!
-//! Recovery reads the metadata stream into the durable state, then the messages stream into each
-//! durable queue's messages: enqueued minus settled, in id order, marked redelivered if they had
-//! been delivered. Bodies stay on disk; queues read them back as they deliver.
+//! Recovery reads the metadata stream into the Raft log (the broker then lets the group apply it to
+//! get the durable state), and indexes the messages stream: each durable queue's messages are
+//! enqueued minus settled, in id order, marked redelivered if they had been delivered. Bodies stay
+//! on disk; queues read them back as they deliver.
 
 pub mod metadata;
 pub mod model;
@@ -28,9 +29,10 @@ use warren_wire::RawProperties;
 
 use crate::queue::Queued;
 use crate::queue::ready::{DURABLE, REDELIVERED};
-use metadata::{MetadataCommand, MetadataLog};
+use metadata::MetadataLog;
 use model::DurableState;
 use records::Record;
+use warren_cluster::raft::log::Recovered as RaftRecovered;
 
 /// What a restart found.
 #[derive(Debug, Default)]
@@ -41,6 +43,15 @@ pub struct Recovered {
     pub(crate) messages: HashMap<u64, Vec<Queued>>,
     /// Messages recovered in all.
     pub message_count: u64,
+}
+
+/// What a scan of the data directory found, before the metadata is known.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// The metadata Raft group's log.
+    pub raft: RaftRecovered,
+    /// Persistent messages by queue id, then message id.
+    pub(crate) messages: HashMap<u64, BTreeMap<u64, Entry>>,
 }
 
 /// The data directory and everything written in it.
@@ -54,8 +65,9 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// Where a recovered message is and what recovery needs of it.
 #[derive(Debug)]
-struct Entry {
+pub struct Entry {
     position: Position,
     body_length: u32,
     priority: u8,
@@ -104,10 +116,13 @@ fn index_enqueue(payload: &[u8]) -> Option<(u64, u64, Entry)> {
 }
 
 impl Store {
-    /// Opens the data directory (the WAL takes its lock) and recovers what it holds.
-    pub fn open(dir: &Path, segment_size: u32) -> Result<(Store, Recovered), StorageError> {
-        let started = Instant::now();
-        let mut commands = Vec::new();
+    /// Opens the data directory (the WAL takes its lock) and scans what it holds.
+    pub fn open(
+        dir: &Path,
+        segment_size: u32,
+        origin: u64,
+    ) -> Result<(Store, Scanned), StorageError> {
+        let mut raft = RaftRecovered::default();
         let mut queues: HashMap<u64, BTreeMap<u64, Entry>> = HashMap::new();
         let mut max_queue_id = 0;
         let mut malformed = 0u64;
@@ -115,10 +130,7 @@ impl Store {
             dir,
             segment_size,
             |stream, position, payload| match stream {
-                Stream::Metadata => match MetadataCommand::decode(payload) {
-                    Ok(command) => commands.push(command),
-                    Err(_) => malformed += 1,
-                },
+                Stream::Metadata => raft.replay(payload),
                 Stream::Messages => match records::peek(payload) {
                     Some((1, _)) => match index_enqueue(payload) {
                         Some((queue, id, mut entry)) => {
@@ -166,19 +178,47 @@ impl Store {
                 tracing::warn!("{stream:?} log: {scan:?}");
             }
         }
-        let wal = Arc::new(wal);
-        let (state, since_snapshot) = metadata::replay(&commands);
-        max_queue_id = state
+        if raft.malformed > 0 {
+            tracing::warn!(
+                "{} metadata records could not be read and were skipped",
+                raft.malformed
+            );
+        }
+        Ok((
+            Store {
+                wal: Arc::new(wal),
+                metadata: MetadataLog::new(origin),
+                next_queue_id: AtomicU64::new(max_queue_id + 1),
+                dir: dir.to_path_buf(),
+            },
+            Scanned {
+                raft,
+                messages: queues,
+            },
+        ))
+    }
+
+    /// The messages of the queues `state` still has (the rest are dead and their segments may
+    /// go), once the metadata group has rebuilt the durable state.
+    pub fn recover(
+        &self,
+        state: DurableState,
+        index: HashMap<u64, BTreeMap<u64, Entry>>,
+        started: Instant,
+    ) -> Recovered {
+        let wal = &self.wal;
+        let max_id = state
             .queues
             .values()
             .map(|queue| queue.id)
-            .fold(max_queue_id, u64::max);
-        // Only queues the metadata still has keep their messages; the rest are dead.
+            .max()
+            .unwrap_or(0);
+        self.next_queue_id.fetch_max(max_id + 1, Ordering::Relaxed);
         let live_ids: std::collections::HashSet<u64> =
             state.queues.values().map(|queue| queue.id).collect();
         let mut messages = HashMap::new();
         let mut message_count = 0;
-        for (queue, entries) in queues {
+        for (queue, entries) in index {
             if !live_ids.contains(&queue) {
                 continue;
             }
@@ -211,20 +251,11 @@ impl Store {
                 started.elapsed()
             );
         }
-        let metadata = MetadataLog::new(&wal, state.clone(), since_snapshot);
-        Ok((
-            Store {
-                wal,
-                metadata,
-                next_queue_id: AtomicU64::new(max_queue_id + 1),
-                dir: dir.to_path_buf(),
-            },
-            Recovered {
-                state,
-                messages,
-                message_count,
-            },
-        ))
+        Recovered {
+            state,
+            messages,
+            message_count,
+        }
     }
 
     /// A new queue id, never used before in this data directory.

@@ -83,7 +83,10 @@ impl LogRecord {
 /// What replaying the metadata stream found.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// The newest checkpoint with the records after it applied; its `entries` are kept in
+    /// `entries` meanwhile, so each record costs what it changes.
     state: Option<Checkpoint>,
+    entries: BTreeMap<u64, Entry>,
     /// Records that could not be decoded.
     pub malformed: u64,
 }
@@ -95,7 +98,11 @@ impl Recovered {
             self.malformed += 1;
             return;
         };
-        if let LogRecord::Checkpoint(checkpoint) = record {
+        if let LogRecord::Checkpoint(mut checkpoint) = record {
+            self.entries = std::mem::take(&mut checkpoint.entries)
+                .into_iter()
+                .map(|entry| (entry.index(), entry))
+                .collect();
             self.state = Some(*checkpoint);
             return;
         }
@@ -104,12 +111,7 @@ impl Recovered {
             self.malformed += 1;
             return;
         };
-        let mut entries: BTreeMap<u64, Entry> = std::mem::take(&mut state.entries)
-            .into_iter()
-            .map(|entry| (entry.index(), entry))
-            .collect();
-        apply_record(state, &mut entries, record);
-        state.entries = entries.into_values().collect();
+        apply_record(state, &mut self.entries, record);
     }
 
     /// Whether the directory held a log at all.
@@ -120,14 +122,8 @@ impl Recovered {
 
 fn apply_record(state: &mut Checkpoint, entries: &mut BTreeMap<u64, Entry>, record: LogRecord) {
     match record {
-        LogRecord::Checkpoint(checkpoint) => {
-            *entries = checkpoint
-                .entries
-                .iter()
-                .map(|entry| (entry.index(), entry.clone()))
-                .collect();
-            *state = *checkpoint;
-        }
+        // Replay starts over at a checkpoint before calling this.
+        LogRecord::Checkpoint(_) => {}
         LogRecord::Vote(vote) => state.vote = Some(vote),
         LogRecord::Entries(appended) => {
             for entry in appended {
@@ -195,6 +191,7 @@ impl RaftLog {
     /// when the directory held none.
     pub async fn open(wal: &Arc<Wal>, recovered: Recovered) -> io::Result<RaftLog> {
         let blank = recovered.state.is_none();
+        let entries = recovered.entries;
         let state = recovered.state.unwrap_or_else(|| Checkpoint {
             node_id: new_node_id(),
             ..Checkpoint::default()
@@ -228,11 +225,7 @@ impl RaftLog {
                 vote: state.vote,
                 committed: state.committed,
                 purged: state.purged,
-                entries: state
-                    .entries
-                    .into_iter()
-                    .map(|entry| (entry.index(), entry))
-                    .collect(),
+                entries,
                 snapshot: state.snapshot,
                 next_tag: 0,
             })),

@@ -29,7 +29,6 @@ use std::time::Duration;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -139,7 +138,7 @@ pub struct Status {
 }
 
 pub(crate) struct GroupInner {
-    raft: RwLock<Raft<TypeConfig, Machine>>,
+    raft: Raft<TypeConfig, Machine>,
     progress: watch::Receiver<u64>,
     transport: Transport,
     config: GroupConfig,
@@ -166,7 +165,7 @@ fn stopped(error: impl std::fmt::Display) -> RaftGroupError {
 
 impl GroupInner {
     fn raft(&self) -> Raft<TypeConfig, Machine> {
-        self.raft.read().clone()
+        self.raft.clone()
     }
 
     /// Writes as the leader, if this node is one.
@@ -276,7 +275,7 @@ impl RaftGroup {
             .await
             .map_err(stopped)?;
         let inner = Arc::new(GroupInner {
-            raft: RwLock::new(raft),
+            raft,
             progress,
             transport: transport.clone(),
             config,
@@ -380,6 +379,42 @@ impl RaftGroup {
         }
     }
 
+    /// Proposes several commands in order, in one batch when this node is the leader (one log
+    /// append, one sync); otherwise one after another through the leader. Returns each one's
+    /// response, in order.
+    pub async fn propose_many(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> Vec<Result<Vec<u8>, RaftGroupError>> {
+        let mut outcomes = Vec::with_capacity(commands.len());
+        if self.is_leader() && commands.len() > 1 {
+            let deadline = Instant::now() + self.inner.config.propose_timeout;
+            let raft = self.inner.raft();
+            let batch = commands.iter().cloned().map(Command);
+            if let Ok(mut stream) = raft.client_write_many(batch).await {
+                use futures_util::StreamExt;
+                while outcomes.len() < commands.len() {
+                    match tokio::time::timeout_at(deadline, stream.next()).await {
+                        Ok(Some(Ok(Ok(written)))) => outcomes.push(Ok(written.response)),
+                        // Not the leader after all, or the stream ended: the rest go one by one.
+                        Ok(Some(Ok(Err(_)))) | Ok(None) | Ok(Some(Err(_))) => break,
+                        Err(_) => {
+                            let timeout = self.inner.config.propose_timeout;
+                            while outcomes.len() < commands.len() {
+                                outcomes.push(Err(RaftGroupError::NoMajority(timeout)));
+                            }
+                            return outcomes;
+                        }
+                    }
+                }
+            }
+        }
+        for command in commands.into_iter().skip(outcomes.len()) {
+            outcomes.push(self.propose(command).await);
+        }
+        outcomes
+    }
+
     /// Waits until this node has applied the entry at `index`.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), RaftGroupError> {
         let mut progress = self.inner.progress.clone();
@@ -391,6 +426,27 @@ impl RaftGroup {
             Err(_) => Err(RaftGroupError::NoMajority(
                 self.inner.config.propose_timeout,
             )),
+        }
+    }
+
+    /// Waits until this node knows a leader and has applied every entry in its log (at start,
+    /// what it had logged before).
+    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<(), RaftGroupError> {
+        let mut metrics = self.inner.raft().metrics();
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let now = metrics.borrow_watched();
+                let applied = now.last_applied.map_or(0, |id| id.index);
+                if now.current_leader.is_some() && applied >= now.last_log_index.unwrap_or(0) {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(stopped("the Raft node has stopped")),
+                Err(_) => return Err(RaftGroupError::NoMajority(timeout)),
+            }
         }
     }
 
