@@ -242,11 +242,6 @@ impl MetadataLog {
         });
     }
 
-    /// The metadata Raft group, once started.
-    pub fn group(&self) -> Option<&RaftGroup> {
-        self.group.get()
-    }
-
     /// Hands `command` to the store, without waiting. Callers submit while holding the lock that
     /// orders the in-memory change, so the log's order is the order the state changed in; they
     /// wait for the commit afterwards, with no lock held.
@@ -264,13 +259,6 @@ impl MetadataLog {
             let _ = failed.send(Err("the metadata store has stopped".to_string()));
             pending.writes.push(receiver);
         }
-    }
-
-    /// Writes one command and waits until it is committed.
-    pub async fn write(&self, command: MetadataCommand) -> Result<(), AmqpError> {
-        let mut pending = PendingWrites::default();
-        self.submit(command, &mut pending);
-        pending.wait().await
     }
 
     /// Stops the Raft group.

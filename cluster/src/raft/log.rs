@@ -113,11 +113,6 @@ impl Recovered {
         };
         apply_record(state, &mut self.entries, record);
     }
-
-    /// Whether the directory held a log at all.
-    pub fn is_blank(&self) -> bool {
-        self.state.is_none()
-    }
 }
 
 fn apply_record(state: &mut Checkpoint, entries: &mut BTreeMap<u64, Entry>, record: LogRecord) {
@@ -279,11 +274,7 @@ impl RaftLog {
             let mut inner = self.inner.lock();
             self.push(&mut inner, &record, true, Some(Waiter::Done(sender)));
         }
-        match receiver.await {
-            Ok(Ok(position)) => Ok(position),
-            Ok(Err(message)) => Err(io_error(message)),
-            Err(_) => Err(io_error("the WAL has stopped")),
-        }
+        written(receiver).await
     }
 
     /// Writes the whole state (with `snapshot` as the newest, if given) and, once it is synced,
@@ -311,13 +302,18 @@ impl RaftLog {
             }));
             self.push(&mut inner, &record, true, Some(Waiter::Done(sender)));
         }
-        let position = match receiver.await {
-            Ok(Ok(position)) => position,
-            Ok(Err(message)) => return Err(io_error(message)),
-            Err(_) => return Err(io_error("the WAL has stopped")),
-        };
+        let position = written(receiver).await?;
         self.wal.delete_before(Stream::Metadata, position.segment);
         Ok(())
+    }
+}
+
+/// Where a pushed record was written, once it is.
+async fn written(receiver: oneshot::Receiver<Result<Position, String>>) -> io::Result<Position> {
+    match receiver.await {
+        Ok(Ok(position)) => Ok(position),
+        Ok(Err(message)) => Err(io_error(message)),
+        Err(_) => Err(io_error("the WAL has stopped")),
     }
 }
 
