@@ -71,6 +71,14 @@ impl NodeProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Its own inter-node port, unless the test picks one: tests run side by side.
+        if !options
+            .env
+            .iter()
+            .any(|(name, _)| name == "WARREN_DIST_PORT")
+        {
+            command.env("WARREN_DIST_PORT", "0");
+        }
         for (name, value) in &options.env {
             command.env(name, value);
         }

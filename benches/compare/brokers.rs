@@ -193,7 +193,9 @@ fn warren_command(tools: &Tools, dir: &Path) -> Command {
     std::fs::write(
         &config,
         format!(
-            "listeners.tcp.default = 127.0.0.1:{}\nlog.console.level = warning\n",
+            "listeners.tcp.default = 127.0.0.1:{}\nlog.console.level = warning\n\
+             distribution.listener.interface = 127.0.0.1\n\
+             distribution.listener.port_range.min = 0\n",
             Kind::Warren.port()
         ),
     )

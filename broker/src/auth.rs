@@ -243,6 +243,12 @@ impl Users {
         Ok(())
     }
 
+    /// Removes a user and its permissions.
+    pub fn remove(&self, name: &str) {
+        self.users.write().remove(name);
+        self.permissions.write().retain(|(user, _), _| user != name);
+    }
+
     /// Removes a user's permissions on a vhost.
     pub fn clear_permissions(&self, user: &str, vhost: &str) {
         self.permissions

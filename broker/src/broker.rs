@@ -26,7 +26,8 @@ use crate::store::{Recovered, Scanned, Store};
 use crate::vhost::VHost;
 use warren_cluster::raft::log::RaftLog;
 use warren_cluster::raft::{GroupConfig, RaftGroup};
-use warren_cluster::{NodeName, Secret, Transport, TransportConfig};
+use warren_cluster::{NodeName, Transport};
+use warren_config::DiscoveryBackend;
 
 /// Everything connections share.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub struct Broker {
     pub queues: QueueTasks,
     /// Memory and disk alarms.
     pub alarms: Arc<Alarms>,
+    node: NodeName,
+    transport: Transport,
 }
 
 /// Why the broker could not be set up.
@@ -62,6 +65,9 @@ pub enum SetupError {
     /// The first metadata could not be written.
     #[error("data directory: {0}")]
     Persist(String),
+    /// The node could not join or form a cluster.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// How often memory and disk are checked.
@@ -115,50 +121,98 @@ async fn maintain_storage(broker: Weak<Broker>, stop: CancellationToken) {
 /// How long a restarting node waits for its metadata group to apply what it logged.
 const METADATA_RECOVERY: Duration = Duration::from_secs(30);
 
-/// Starts the metadata Raft group on `log`: a node that never belonged to a group makes itself a
-/// group of one; then it waits until the group has applied what it had logged.
+/// How a starting node comes to belong to a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Formation {
+    /// As configured: a node with data rejoins the members it knew; a blank node runs peer
+    /// discovery (`cluster_formation.*`), or forms a cluster of one when there is none.
+    Configured,
+    /// Join the cluster this node is in (`warrenctl join_cluster`); the node is blank.
+    Join(NodeName),
+    /// Form a cluster of one (after `warrenctl reset`).
+    Alone,
+}
+
+/// Why the broker could not join a cluster.
+fn join_failed(error: impl std::fmt::Display) -> SetupError {
+    SetupError::Cluster(error.to_string())
+}
+
+/// Starts the metadata Raft group on `log` and makes the node a member of a cluster as
+/// `formation` says; then waits until the group has applied what it had logged. Says whether
+/// the node formed a new cluster (only such a node sets up the default vhost and user).
 async fn start_metadata_group(
     config: &Config,
-    store: &Store,
+    transport: &Transport,
     log: RaftLog,
     machine: Arc<MetadataMachine>,
-) -> Result<RaftGroup, SetupError> {
-    let failed = |error: &dyn std::fmt::Display| SetupError::Persist(error.to_string());
-    let secret = Secret::load(
-        std::env::var("WARREN_ERLANG_COOKIE")
-            .or_else(|_| std::env::var("RABBITMQ_ERLANG_COOKIE"))
-            .ok(),
-        store.dir(),
-    )
-    .map_err(|error| SetupError::Persist(format!("cluster secret: {error}")))?;
-    // The inter-node listener opens when clustering does; until then the group has no peers
-    // and the transport only dials.
-    let transport_config = TransportConfig::new(
-        NodeName::new_unchecked(config.node_name.clone()),
-        secret,
-        None,
-        25672,
-    );
-    let transport = Transport::start(transport_config)
+    formation: &Formation,
+) -> Result<(RaftGroup, bool), SetupError> {
+    let group = RaftGroup::start(transport, log, machine, GroupConfig::default())
         .await
-        .map_err(|error| failed(&error))?;
-    let group = RaftGroup::start(&transport, log, machine, GroupConfig::default())
-        .await
-        .map_err(|error| failed(&error))?;
-    group
-        .initialize_alone()
-        .await
-        .map_err(|error| failed(&error))?;
+        .map_err(|error| SetupError::Persist(error.to_string()))?;
+    let was_member = match group.is_initialized().await {
+        Ok(initialized) => initialized,
+        Err(error) => {
+            group.shutdown().await;
+            return Err(SetupError::Persist(error.to_string()));
+        }
+    };
+    let formed = match formation {
+        Formation::Join(peer) => warren_cluster::formation::join(transport, &group, peer)
+            .await
+            .map_err(join_failed),
+        Formation::Alone => group.initialize_alone().await.map_err(join_failed),
+        Formation::Configured => match &config.cluster.discovery {
+            DiscoveryBackend::None => group.initialize_alone().await.map_err(join_failed),
+            DiscoveryBackend::ClassicConfig(nodes) => {
+                let mut peers = Vec::new();
+                for node in nodes {
+                    let name = NodeName::parse(node, config.cluster.use_longname, "").map_err(
+                        |error| {
+                            SetupError::Cluster(format!(
+                                "cluster_formation.classic_config.nodes: {error}"
+                            ))
+                        },
+                    )?;
+                    peers.push(name);
+                }
+                warren_cluster::formation::classic_config(
+                    transport,
+                    &group,
+                    &peers,
+                    config.cluster.discovery_retry_limit,
+                    config.cluster.discovery_retry_interval,
+                )
+                .await
+                .map(drop)
+                .map_err(join_failed)
+            }
+        },
+    };
+    if let Err(error) = formed {
+        group.shutdown().await;
+        return Err(error);
+    }
     if let Err(error) = group.wait_caught_up(METADATA_RECOVERY).await {
         tracing::warn!("metadata store: {error}; starting with what has been applied");
     }
-    Ok(group)
+    let new_cluster = !was_member && !matches!(formation, Formation::Join(_)) && {
+        let status = group.status();
+        status.members.len() == 1 && status.members[0].id == group.id()
+    };
+    Ok((group, new_cluster))
 }
 
 impl Broker {
-    /// Opens the data directory named in `config`, recovers what it holds (or sets up the default
-    /// vhost and user on a blank one) and starts the recovered queues.
-    pub async fn open(config: Config) -> Result<Arc<Broker>, SetupError> {
+    /// Opens the data directory named in `config`, makes the node a member of a cluster as
+    /// `formation` says, recovers what the directory holds (or sets up the default vhost and
+    /// user on a blank cluster) and starts the recovered queues.
+    pub async fn open(
+        config: Config,
+        transport: &Transport,
+        formation: &Formation,
+    ) -> Result<Arc<Broker>, SetupError> {
         let started = Instant::now();
         let origin = fastrand::u64(1..);
         let (store, scanned) = Store::open(&config.data_dir, config.segment_size, origin)?;
@@ -168,9 +222,8 @@ impl Broker {
             .await
             .map_err(|error| SetupError::Persist(error.to_string()))?;
         let machine = Arc::new(MetadataMachine::new(origin));
-        let group = start_metadata_group(&config, &store, log, machine.clone()).await?;
-        let state = machine.state();
-        let recovered = store.recover(state, messages, started);
+        let (group, new_cluster) =
+            start_metadata_group(&config, transport, log, machine.clone(), formation).await?;
         let broker = Arc::new(Broker {
             users: Users::default(),
             vhosts: RwLock::new(HashMap::new()),
@@ -181,16 +234,46 @@ impl Broker {
             direct_replies: DirectReplies::default(),
             queues: QueueTasks::default(),
             alarms: Arc::new(Alarms::new(&config)),
+            node: transport.node().clone(),
+            transport: transport.clone(),
             config: Arc::new(config),
         });
         store.metadata.start(group);
-        if recovered.state.is_blank() {
+        let weak = Arc::downgrade(&broker);
+        let blank = machine.start_with(
+            |state| {
+                let recovered = store.recover(state.clone(), messages, started);
+                if recovered.state.is_blank() {
+                    return true;
+                }
+                broker.restore(recovered);
+                false
+            },
+            Box::new(move |command| {
+                if let Some(broker) = weak.upgrade() {
+                    broker.apply_foreign(command);
+                }
+            }),
+        );
+        if blank && new_cluster {
             broker.set_up_defaults().await?;
-        } else {
-            broker.restore(recovered)?;
         }
-        machine.mark_started();
         Ok(broker)
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    /// The inter-node transport.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The metadata Raft group.
+    pub fn metadata_group(&self) -> Option<&RaftGroup> {
+        self.store.metadata.group()
     }
 
     /// A blank node: the default vhost and user from the configuration, persisted.
@@ -241,7 +324,7 @@ impl Broker {
     /// A node that has run before: vhosts, users, permissions, durable exchanges, queues (with
     /// their messages) and bindings as they were. An entity that cannot be restored is logged
     /// and skipped; the rest of the node still starts.
-    fn restore(&self, recovered: Recovered) -> Result<(), SetupError> {
+    fn restore(&self, recovered: Recovered) {
         let Recovered {
             state,
             mut messages,
@@ -291,6 +374,10 @@ impl Broker {
             let Some(vhost) = self.vhost(vhost) else {
                 continue;
             };
+            if record.home != self.node.as_str() {
+                vhost.add_remote_queue(name, record);
+                continue;
+            }
             let queued = messages.remove(&record.id).unwrap_or_default();
             if let Err(error) = vhost.restore_queue(name, record, queued) {
                 tracing::error!(
@@ -312,7 +399,62 @@ impl Broker {
                 );
             }
         }
-        Ok(())
+    }
+
+    /// Brings memory in line with a committed command another node proposed.
+    fn apply_foreign(&self, command: &MetadataCommand) {
+        match command {
+            MetadataCommand::PutVHost { name } => {
+                self.add_vhost(name);
+            }
+            MetadataCommand::DeleteVHost { name } => {
+                self.vhosts.write().remove(name);
+            }
+            MetadataCommand::PutUser {
+                name,
+                password_hash,
+                tags,
+            } => {
+                let password = password_hash.as_deref().and_then(PasswordHash::from_base64);
+                self.users.insert(User {
+                    name: name.clone(),
+                    password,
+                    tags: tags.clone(),
+                });
+            }
+            MetadataCommand::DeleteUser { name } => self.users.remove(name),
+            MetadataCommand::SetPermissions {
+                user,
+                vhost,
+                configure,
+                write,
+                read,
+            } => {
+                if let Err(error) = self
+                    .users
+                    .set_permissions(user, vhost, configure, write, read)
+                {
+                    tracing::error!("permissions of '{user}' on vhost '{vhost}': {error}");
+                }
+            }
+            MetadataCommand::Snapshot(commands) => {
+                // A snapshot installed on a running node: what it adds is applied; what it
+                // lost since the node fell behind is picked up at the next start.
+                for command in commands {
+                    self.apply_foreign(command);
+                }
+            }
+            MetadataCommand::DeclareExchange { vhost, .. }
+            | MetadataCommand::DeleteExchange { vhost, .. }
+            | MetadataCommand::DeclareQueue { vhost, .. }
+            | MetadataCommand::DeleteQueue { vhost, .. }
+            | MetadataCommand::Bind { vhost, .. }
+            | MetadataCommand::Unbind { vhost, .. } => {
+                if let Some(vhost) = self.vhost(vhost) {
+                    vhost.apply_foreign(command, self.node.as_str());
+                }
+            }
+        }
     }
 
     /// The node's store.
@@ -353,7 +495,14 @@ impl Broker {
         self.vhosts
             .write()
             .entry(name.to_string())
-            .or_insert_with(|| VHost::new(name, self.store.clone(), self.queues.clone()))
+            .or_insert_with(|| {
+                VHost::new(
+                    name,
+                    self.node.as_str(),
+                    self.store.clone(),
+                    self.queues.clone(),
+                )
+            })
             .clone()
     }
 

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod broker;
 mod channel;
 mod connection;
+mod control;
 pub mod direct_reply;
 pub mod error;
 pub mod events;
@@ -27,5 +28,6 @@ pub mod store;
 pub mod vhost;
 
 pub use broker::Broker;
-pub use server::{Node, StartError};
+pub use broker::Formation;
+pub use server::{Node, NodeOptions, StartError};
 pub use warren_config::Config;

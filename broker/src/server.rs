@@ -1,5 +1,9 @@
 //! Starting and stopping a node: listeners, the accept loop, graceful shutdown.
 //!
+//! A node is its name, its inter-node transport (port 25672) and a current incarnation: a
+//! broker on the data directory with its AMQP listeners. Joining a cluster or a reset replaces
+//! the incarnation (the data directory is emptied in between), keeping the rest.
+//!
 //! Shutdown: the broker's cancellation token tells every connection to close with 320
 //! CONNECTION_FORCED; the task tracker lets [`Node::shutdown`] wait until they have.
 
@@ -8,39 +12,232 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
+use warren_cluster::control::{CONTROL_SERVICE, ClusterStatus, ControlRequest, ControlResponse};
+use warren_cluster::identity::{NameError, local_host};
+use warren_cluster::secret::COOKIE_FILE;
+use warren_cluster::transport::Resolver;
+use warren_cluster::{NodeName, Secret, Transport, TransportConfig};
 use warren_config::{Config, ListenAddress};
 
-use crate::broker::{Broker, SetupError};
+use crate::broker::{Broker, Formation, SetupError};
 use crate::connection;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener could not bind.
-    #[error("cannot listen on {address} (listeners.tcp): {source}")]
+    #[error("cannot listen on {address} ({key}): {source}")]
     Listen {
         /// The address.
         address: String,
+        /// The setting that names it.
+        key: &'static str,
         /// Why.
         source: std::io::Error,
     },
+    /// The node name is not usable.
+    #[error("node name: {0}")]
+    Name(#[from] NameError),
+    /// The cluster secret could not be read or made.
+    #[error("cluster secret: {0}")]
+    Secret(String),
     /// The configuration could not be applied.
     #[error(transparent)]
     Setup(#[from] SetupError),
 }
 
+/// Settings that do not come from the configuration: for embedders and tests.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Finds peers' inter-node addresses by name, instead of resolving their host names (nodes
+    /// of a test cluster on one address and several ports).
+    pub resolver: Option<Resolver>,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("resolver", &self.resolver.is_some())
+            .finish()
+    }
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
+    shared: Arc<NodeShared>,
+}
+
+/// What outlives the node's incarnations: a node that joins a cluster or is reset stops its
+/// broker, drops its data and starts a new one, keeping its name, its inter-node listener and
+/// its AMQP addresses.
+#[derive(Debug)]
+pub(crate) struct NodeShared {
+    pub(crate) config: Config,
+    pub(crate) transport: Transport,
+    current: parking_lot::Mutex<Option<Running>>,
+    /// Serializes joins, resets and shutdown.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Whether `pause_minority` has closed the client listeners.
+    pub(crate) paused: std::sync::atomic::AtomicBool,
+}
+
+/// One incarnation: a broker and its AMQP listeners.
+#[derive(Debug, Clone)]
+struct Running {
     broker: Arc<Broker>,
     amqp: Vec<SocketAddr>,
 }
 
+/// How long a node stopping for a join or a reset gives its clients.
+const RESTART_GRACE: Duration = Duration::from_secs(5);
+
 impl Node {
     /// Binds the configured listeners and starts accepting connections.
     pub async fn start(config: Config) -> Result<Node, StartError> {
-        let listen = config.listeners.clone();
-        let broker = Broker::open(config).await?;
+        Node::start_with(config, NodeOptions::default()).await
+    }
+
+    /// [`Node::start`] with settings from code.
+    pub async fn start_with(config: Config, options: NodeOptions) -> Result<Node, StartError> {
+        let long = config.cluster.use_longname;
+        let name = NodeName::parse(&config.node_name, long, &local_host(long))?;
+        if options.resolver.is_none() {
+            name.resolve(config.cluster.port).await?;
+        }
+        let secret = Secret::load(
+            std::env::var("WARREN_ERLANG_COOKIE")
+                .or_else(|_| std::env::var("RABBITMQ_ERLANG_COOKIE"))
+                .ok(),
+            &config.data_dir,
+        )
+        .map_err(|error| StartError::Secret(error.to_string()))?;
+        let transport = start_transport(&config, name, secret, options.resolver).await?;
+        let shared = Arc::new(NodeShared {
+            config,
+            transport: transport.clone(),
+            current: parking_lot::Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        });
+        transport.register(
+            CONTROL_SERVICE,
+            Arc::new(crate::control::ControlService::new(Arc::downgrade(&shared))),
+        );
+        let listen = shared.config.listeners.clone();
+        match shared
+            .start_incarnation(&Formation::Configured, listen)
+            .await
+        {
+            Ok(running) => *shared.current.lock() = Some(running),
+            Err(error) => {
+                transport.shutdown();
+                return Err(error);
+            }
+        }
+        Ok(Node { shared })
+    }
+
+    /// The addresses the AMQP listeners are bound to (with real ports when 0 was asked for).
+    pub fn amqp_addresses(&self) -> Vec<SocketAddr> {
+        self.shared
+            .current
+            .lock()
+            .as_ref()
+            .map(|running| running.amqp.clone())
+            .unwrap_or_default()
+    }
+
+    /// The node's shared state (of its current incarnation).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.shared
+            .broker()
+            .expect("invariant: a node has a broker outside a join or reset")
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &NodeName {
+        self.shared.transport.node()
+    }
+
+    /// The cluster as this node sees it (what `warrenctl cluster_status` prints).
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, String> {
+        crate::control::status(&self.shared).await
+    }
+
+    /// Runs a control request on this node, as `warrenctl` would.
+    pub async fn control(&self, request: ControlRequest) -> Result<ControlResponse, String> {
+        let me = self.shared.transport.node().clone();
+        crate::control::handle(&self.shared, me, request).await
+    }
+
+    /// The inter-node transport (its listener's address, and fault injection for tests).
+    pub fn transport(&self) -> &Transport {
+        &self.shared.transport
+    }
+
+    /// Closes every client connection with 320 CONNECTION_FORCED and waits (at most
+    /// `grace`) for them to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        let _lifecycle = self.shared.lifecycle.lock().await;
+        tracing::info!("stopping: closing client connections");
+        let running = self.shared.current.lock().take();
+        if let Some(running) = running {
+            stop_incarnation(running, grace).await;
+        }
+        self.shared.transport.shutdown();
+    }
+}
+
+/// Binds the inter-node listener: on `distribution.listener.interface`, or on every interface
+/// (dual-stack where IPv6 exists).
+async fn start_transport(
+    config: &Config,
+    name: NodeName,
+    secret: Secret,
+    resolver: Option<Resolver>,
+) -> Result<Transport, StartError> {
+    let port = config.cluster.port;
+    let candidates: Vec<SocketAddr> = match config.cluster.interface {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => vec![
+            SocketAddr::from(([0u16; 8], port)),
+            SocketAddr::from(([0u8; 4], port)),
+        ],
+    };
+    let mut last_error = None;
+    for address in candidates {
+        let mut transport_config =
+            TransportConfig::new(name.clone(), secret.clone(), Some(address), port);
+        transport_config.resolver = resolver.clone();
+        match Transport::start(transport_config).await {
+            Ok(transport) => return Ok(transport),
+            Err(error) => last_error = Some((address, error)),
+        }
+    }
+    let (address, source) = last_error.expect("invariant: at least one candidate address");
+    Err(StartError::Listen {
+        address: address.to_string(),
+        key: "distribution.listener.port_range.min, or WARREN_DIST_PORT",
+        source,
+    })
+}
+
+impl NodeShared {
+    pub(crate) fn broker(&self) -> Option<Arc<Broker>> {
+        self.current
+            .lock()
+            .as_ref()
+            .map(|running| running.broker.clone())
+    }
+
+    /// Opens the broker on the data directory and binds the AMQP listeners.
+    async fn start_incarnation(
+        &self,
+        formation: &Formation,
+        listen: Vec<ListenAddress>,
+    ) -> Result<Running, StartError> {
+        let broker = Broker::open(self.config.clone(), &self.transport, formation).await?;
         broker.start_background();
         let mut listeners = Vec::new();
         for address in listen {
@@ -48,12 +245,17 @@ impl Node {
             match bound {
                 Ok(bound) => listeners.push(bound),
                 Err(source) => {
-                    // Let go of the data directory before reporting.
-                    broker.queues.stop.cancel();
-                    broker.queues.tracker.close();
-                    broker.queues.tracker.wait().await;
+                    stop_incarnation(
+                        Running {
+                            broker,
+                            amqp: Vec::new(),
+                        },
+                        RESTART_GRACE,
+                    )
+                    .await;
                     return Err(StartError::Listen {
                         address: address.to_string(),
+                        key: "listeners.tcp",
                         source,
                     });
                 }
@@ -65,42 +267,98 @@ impl Node {
             amqp.push(local);
             tokio::spawn(accept_loop(listener, broker.clone()));
         }
-        Ok(Node { broker, amqp })
+        Ok(Running { broker, amqp })
     }
 
-    /// The addresses the AMQP listeners are bound to (with real ports when 0 was asked for).
-    pub fn amqp_addresses(&self) -> &[SocketAddr] {
-        &self.amqp
-    }
-
-    /// The node's shared state.
-    pub fn broker(&self) -> &Arc<Broker> {
-        &self.broker
-    }
-
-    /// Closes every client connection with 320 CONNECTION_FORCED and waits (at most
-    /// `grace`) for them to finish.
-    pub async fn shutdown(self, grace: Duration) {
-        tracing::info!("stopping: closing client connections");
-        self.broker.shutdown.cancel();
-        self.broker.connections.close();
-        if tokio::time::timeout(grace, self.broker.connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connections did not close within {grace:?}");
+    /// Stops the current incarnation, drops the node's data, and starts again as `formation`
+    /// says, on the same AMQP addresses. If that fails, the node starts again blank, alone, so
+    /// that it stays reachable, and the error is returned.
+    pub(crate) async fn restart_blank(&self, formation: Formation) -> Result<(), String> {
+        let running = self.current.lock().take();
+        let listen: Vec<ListenAddress> = match &running {
+            Some(running) => running
+                .amqp
+                .iter()
+                .map(|address| ListenAddress::Socket(*address))
+                .collect(),
+            None => self.config.listeners.clone(),
+        };
+        if let Some(running) = running {
+            stop_incarnation(running, RESTART_GRACE).await;
         }
-        // Then the queues, which let go of the store; the last of it closes the data directory.
-        self.broker.queues.stop.cancel();
-        self.broker.queues.tracker.close();
-        if tokio::time::timeout(grace, self.broker.queues.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some queues did not stop within {grace:?}");
+        wipe(&self.config.data_dir)
+            .map_err(|error| format!("cannot reset the data directory: {error}"))?;
+        match self.start_incarnation(&formation, listen.clone()).await {
+            Ok(running) => {
+                *self.current.lock() = Some(running);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!("{error}; the node starts again as a cluster of its own");
+                wipe(&self.config.data_dir)
+                    .map_err(|error| format!("cannot reset the data directory: {error}"))?;
+                let running = self
+                    .start_incarnation(&Formation::Alone, listen)
+                    .await
+                    .map_err(|again| {
+                        format!("{error}; and starting again alone failed: {again}")
+                    })?;
+                *self.current.lock() = Some(running);
+                Err(error.to_string())
+            }
         }
-        self.broker.store().metadata.shutdown().await;
     }
+
+    /// Holds the lifecycle lock (no join, reset or stop meanwhile).
+    pub(crate) async fn lifecycle(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lifecycle.lock().await
+    }
+}
+
+/// Closes client connections, stops the queues and the metadata group; the store goes with the
+/// last reference to the broker.
+async fn stop_incarnation(running: Running, grace: Duration) {
+    let broker = running.broker;
+    broker.shutdown.cancel();
+    broker.connections.close();
+    if tokio::time::timeout(grace, broker.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within {grace:?}");
+    }
+    // Then the queues, which let go of the store; the last of it closes the data directory.
+    broker.queues.stop.cancel();
+    broker.queues.tracker.close();
+    if tokio::time::timeout(grace, broker.queues.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some queues did not stop within {grace:?}");
+    }
+    broker.store().metadata.shutdown().await;
+}
+
+/// Removes everything in the data directory but the cluster secret.
+fn wipe(dir: &std::path::Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name() == COOKIE_FILE {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(path)?;
+        } else {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
 }
 
 fn bind(address: ListenAddress) -> std::io::Result<TcpListener> {

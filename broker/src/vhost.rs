@@ -59,11 +59,15 @@ const COMPARED_QUEUE_ARGUMENTS: &[&str] = &[
 #[derive(Debug)]
 pub struct VHost {
     name: Arc<str>,
+    /// This node's name: the home of the queues declared here.
+    node: Arc<str>,
     /// Held while a change to exchanges, queues or bindings is made and submitted to the
     /// metadata log, so that the log records changes in the order they were made.
     changes: Mutex<()>,
     exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortString, QueueHandle>>,
+    /// Durable queues whose home is another node.
+    remote_queues: RwLock<HashMap<ShortString, QueueRecord>>,
     store: Arc<Store>,
     tasks: QueueTasks,
 }
@@ -87,12 +91,14 @@ pub(crate) fn decode_table(bytes: &[u8]) -> Result<FieldTable, String> {
 
 impl VHost {
     /// A vhost with RabbitMQ's predeclared exchanges, persisting its durable entities in `store`.
-    pub fn new(name: &str, store: Arc<Store>, tasks: QueueTasks) -> Arc<VHost> {
+    pub fn new(name: &str, node: &str, store: Arc<Store>, tasks: QueueTasks) -> Arc<VHost> {
         let vhost = VHost {
             name: name.into(),
+            node: node.into(),
             changes: Mutex::new(()),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
+            remote_queues: RwLock::new(HashMap::new()),
             store,
             tasks,
         };
@@ -341,6 +347,12 @@ impl VHost {
             self.check_queue_equivalence(existing, &spec, connection)?;
             return Ok((existing.clone(), false, pending));
         }
+        if let Some(remote) = self.remote_queues.read().get(&spec.name) {
+            return Err(AmqpError::not_found(format!(
+                "queue '{}' in vhost '{}' is hosted on node {}; using a queue from another node is not supported yet",
+                spec.name, self.name, remote.home
+            )));
+        }
         // Arguments are validated only when the queue is created, as in RabbitMQ.
         let config = queue::arguments::parse(&spec.arguments, &spec.name, &self.name)?;
         let name = spec.name.clone();
@@ -351,6 +363,7 @@ impl VHost {
                     vhost: self.name.to_string(),
                     name: name.to_vec(),
                     id,
+                    home: self.node.to_string(),
                     auto_delete: spec.auto_delete,
                     arguments: encode_table(&spec.arguments),
                 },
@@ -383,6 +396,153 @@ impl VHost {
         let handle = queue::spawn(spec, config, self, record.id, messages);
         self.queues.write().insert(name, handle.clone());
         Ok(handle)
+    }
+
+    /// Records a durable queue whose home is another node.
+    pub(crate) fn add_remote_queue(&self, name: &[u8], record: &QueueRecord) {
+        match ShortString::try_from(name) {
+            Ok(name) => {
+                self.remote_queues.write().insert(name, record.clone());
+            }
+            Err(error) => tracing::error!("queue of node {}: {error}", record.home),
+        }
+    }
+
+    /// The home node of a durable queue hosted elsewhere.
+    pub fn remote_queue_home(&self, name: &[u8]) -> Option<String> {
+        self.remote_queues
+            .read()
+            .get(name)
+            .map(|record| record.home.clone())
+    }
+
+    /// Brings memory in line with a committed change another node made to this vhost's
+    /// exchanges, queues or bindings. Nothing is submitted: the change is already in the log.
+    pub(crate) fn apply_foreign(self: &Arc<Self>, command: &MetadataCommand, node: &str) {
+        let _changes = self.changes.lock();
+        let failed = |what: &str, error: String| {
+            tracing::warn!("vhost '{}': {what} from another node: {error}", self.name);
+        };
+        match command {
+            MetadataCommand::DeclareExchange {
+                name,
+                kind,
+                auto_delete,
+                internal,
+                arguments,
+                ..
+            } => {
+                if self.exchange(name).is_none() {
+                    let record = ExchangeRecord {
+                        kind: kind.clone(),
+                        auto_delete: *auto_delete,
+                        internal: *internal,
+                        arguments: arguments.clone(),
+                    };
+                    if let Err(error) = self.restore_exchange(name, &record) {
+                        failed("exchange", error);
+                    }
+                }
+            }
+            MetadataCommand::DeleteExchange { name, .. } => {
+                let Ok(name) = ShortString::try_from(name.as_slice()) else {
+                    return;
+                };
+                let mut exchanges = self.exchanges.write();
+                if exchanges.remove(&name).is_some() {
+                    let key = DestinationKey::Exchange(name);
+                    for other in exchanges.values() {
+                        other.unbind_destination(&key);
+                    }
+                }
+            }
+            MetadataCommand::DeclareQueue {
+                name,
+                id,
+                home,
+                auto_delete,
+                arguments,
+                ..
+            } => {
+                if home != node {
+                    let record = QueueRecord {
+                        id: *id,
+                        home: home.clone(),
+                        auto_delete: *auto_delete,
+                        arguments: arguments.clone(),
+                    };
+                    self.add_remote_queue(name, &record);
+                }
+            }
+            MetadataCommand::DeleteQueue { name, id, .. } => {
+                let mut remote = self.remote_queues.write();
+                if remote
+                    .get(name.as_slice())
+                    .is_some_and(|queue| queue.id == *id)
+                {
+                    remote.remove(name.as_slice());
+                }
+            }
+            MetadataCommand::Bind {
+                source,
+                destination,
+                routing_key,
+                arguments,
+                vhost,
+            } => {
+                let record = BindingRecord {
+                    vhost: vhost.clone(),
+                    source: source.clone(),
+                    destination: match destination {
+                        BindingDestination::Queue(name) => (true, name.clone()),
+                        BindingDestination::Exchange(name) => (false, name.clone()),
+                    },
+                    routing_key: routing_key.clone(),
+                    arguments: arguments.clone(),
+                };
+                let remote = matches!(destination, BindingDestination::Queue(name)
+                    if self.remote_queues.read().contains_key(name.as_slice()));
+                // A binding to a queue on another node lives in the durable state; routing to
+                // it needs that node (not served from here yet).
+                if !remote && let Err(error) = self.restore_binding(&record) {
+                    failed("binding", error);
+                }
+            }
+            MetadataCommand::Unbind {
+                source,
+                destination,
+                routing_key,
+                arguments,
+                ..
+            } => {
+                let (Some(exchange), Ok(key), Ok(arguments)) = (
+                    self.exchange(source),
+                    ShortString::try_from(routing_key.as_slice()),
+                    decode_table(arguments),
+                ) else {
+                    return;
+                };
+                let destination = match destination {
+                    BindingDestination::Queue(name) => match self.queue(name) {
+                        Some(queue) => DestinationKey::Queue(queue.id()),
+                        None => return,
+                    },
+                    BindingDestination::Exchange(name) => {
+                        match ShortString::try_from(name.as_slice()) {
+                            Ok(name) => DestinationKey::Exchange(name),
+                            Err(_) => return,
+                        }
+                    }
+                };
+                exchange.unbind(&destination, &key, &arguments);
+            }
+            MetadataCommand::PutVHost { .. }
+            | MetadataCommand::DeleteVHost { .. }
+            | MetadataCommand::PutUser { .. }
+            | MetadataCommand::DeleteUser { .. }
+            | MetadataCommand::SetPermissions { .. }
+            | MetadataCommand::Snapshot(_) => {}
+        }
     }
 
     /// Recreates a durable binding from the metadata, at start.

@@ -7,11 +7,15 @@
 //!  transport  one authenticated TCP link per node pair on port 25672: requests, responses and
 //!             one-way messages of registered services, batched per link, bounded
 //!  raft       openraft groups: log in the WAL, RPCs on the transport, an application state machine
+//!  control    what warrenctl asks a node, and what nodes ask each other to join and leave
+//!  formation  classic_config: who forms the cluster, who joins it
 //! ```
 //!
 //! This crate never imports the broker: the broker registers services on the transport and hands
 //! Raft groups their state machines.
 
+pub mod control;
+pub mod formation;
 pub mod identity;
 pub mod raft;
 pub mod secret;

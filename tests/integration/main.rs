@@ -10,6 +10,7 @@
 //! - `faults`: kill -9 under load, damaged log tails, a full disk, memory and disk alarms.
 
 mod amqprs_client;
+mod cluster;
 mod durability;
 mod extensions;
 mod faults;

@@ -95,6 +95,8 @@ pub enum MetadataCommand {
         name: Vec<u8>,
         /// Its persistent id (its messages' records carry it).
         id: u64,
+        /// The node that holds its messages.
+        home: String,
         /// Auto-delete.
         auto_delete: bool,
         /// Arguments, AMQP-encoded.
@@ -202,7 +204,7 @@ type Queued = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 /// The node changes its memory first (under the vhost's change lock) and submits the command;
 /// one task proposes submitted commands in order, and each submitter waits for its own to be
 /// committed. The durable state is what the group's state machine ([`MetadataMachine`]) has
-/// applied.
+/// applied; other nodes apply the command to their memory when they apply it.
 #[derive(Debug)]
 pub struct MetadataLog {
     origin: u64,
@@ -261,6 +263,11 @@ impl MetadataLog {
         }
     }
 
+    /// The metadata Raft group, once started.
+    pub fn group(&self) -> Option<&RaftGroup> {
+        self.group.get()
+    }
+
     /// Stops the Raft group.
     pub async fn shutdown(&self) {
         if let Some(group) = self.group.get() {
@@ -269,16 +276,27 @@ impl MetadataLog {
     }
 }
 
+/// What the broker does with a committed command another node proposed: bring its memory in
+/// line. Called in log order, with the machine's state locked: it must not block.
+pub type ForeignApply = Box<dyn Fn(&MetadataCommand) + Send + Sync>;
+
 /// The metadata group's state machine: the durable state, as committed.
 ///
 /// Commands this node proposed in this incarnation are already in its memory. Commands from
-/// elsewhere (an earlier incarnation's, replayed at start) only change the durable state, from
-/// which the broker builds its memory at start.
-#[derive(Debug)]
+/// elsewhere change the durable state, and, once the node's memory is built
+/// ([`MetadataMachine::start_with`]), its memory too, through the broker's [`ForeignApply`].
 pub struct MetadataMachine {
     origin: u64,
     state: Mutex<DurableState>,
-    started: std::sync::atomic::AtomicBool,
+    foreign: OnceLock<ForeignApply>,
+}
+
+impl std::fmt::Debug for MetadataMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataMachine")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MetadataMachine {
@@ -287,7 +305,7 @@ impl MetadataMachine {
         MetadataMachine {
             origin,
             state: Mutex::new(DurableState::default()),
-            started: std::sync::atomic::AtomicBool::new(false),
+            foreign: OnceLock::new(),
         }
     }
 
@@ -296,10 +314,19 @@ impl MetadataMachine {
         self.state.lock().clone()
     }
 
-    /// Marks the node's memory as built: later commands from other origins are reported.
-    pub fn mark_started(&self) {
-        self.started
-            .store(true, std::sync::atomic::Ordering::Release);
+    /// Builds the node's memory from the durable state with `build`, then hands every later
+    /// command from another node to `foreign`. Nothing is applied in between: the state stays
+    /// locked until `build` returns.
+    pub fn start_with<T>(
+        &self,
+        build: impl FnOnce(&DurableState) -> T,
+        foreign: ForeignApply,
+    ) -> T {
+        let state = self.state.lock();
+        let built = build(&state);
+        let _ = self.foreign.set(foreign);
+        drop(state);
+        built
     }
 }
 
@@ -312,12 +339,12 @@ impl StateMachine for MetadataMachine {
                 return Vec::new();
             }
         };
-        self.state.lock().apply(&proposal.command);
-        if proposal.origin != self.origin && self.started.load(std::sync::atomic::Ordering::Acquire)
+        let mut state = self.state.lock();
+        state.apply(&proposal.command);
+        if proposal.origin != self.origin
+            && let Some(foreign) = self.foreign.get()
         {
-            tracing::warn!(
-                "metadata entry {index} from another node is durable but not yet in this node's memory"
-            );
+            foreign(&proposal.command);
         }
         Vec::new()
     }
@@ -345,6 +372,7 @@ mod tests {
             vhost: "/".into(),
             name: b"orders".to_vec(),
             id: 7,
+            home: "warren@a".into(),
             auto_delete: false,
             arguments: vec![0, 0, 0, 0],
         };

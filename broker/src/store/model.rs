@@ -23,6 +23,8 @@ pub struct ExchangeRecord {
 pub struct QueueRecord {
     /// Persistent id.
     pub id: u64,
+    /// The node that holds its messages.
+    pub home: String,
     /// Auto-delete.
     pub auto_delete: bool,
     /// AMQP-encoded arguments.
@@ -149,6 +151,7 @@ impl DurableState {
                 vhost,
                 name,
                 id,
+                home,
                 auto_delete,
                 arguments,
             } => {
@@ -156,6 +159,7 @@ impl DurableState {
                     (vhost.clone(), name.clone()),
                     QueueRecord {
                         id: *id,
+                        home: home.clone(),
                         auto_delete: *auto_delete,
                         arguments: arguments.clone(),
                     },
@@ -246,6 +250,7 @@ impl DurableState {
                 vhost: vhost.clone(),
                 name: name.clone(),
                 id: queue.id,
+                home: queue.home.clone(),
                 auto_delete: queue.auto_delete,
                 arguments: queue.arguments.clone(),
             });
@@ -289,6 +294,7 @@ mod tests {
                 vhost: "/".into(),
                 name: b"q".to_vec(),
                 id: 1,
+                home: "warren@a".into(),
                 auto_delete: false,
                 arguments: vec![],
             },

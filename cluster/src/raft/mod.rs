@@ -37,7 +37,7 @@ use crate::identity::NodeName;
 use crate::transport::{Transport, TransportError};
 use log::RaftLog;
 use machine::Machine;
-use network::{Network, RAFT_SERVICE, RaftService, Rpc, decode, encode};
+use network::{Envelope, Network, RAFT_SERVICE, RaftService, Rpc, decode, encode};
 
 /// A command, as opaque bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +187,21 @@ impl GroupInner {
 
     async fn add_member_as_leader(&self, id: u64, name: NodeName) -> Result<(), String> {
         let raft = self.raft();
+        let metrics = raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        if let Some((_, _)) = membership
+            .nodes()
+            .find(|(other, node)| node.addr == name.as_str() && **other != id)
+        {
+            return Err(format!(
+                "node '{name}' is already a member of this cluster as an earlier incarnation \
+                 (it was reset, or its data was lost, since it joined); remove that one first \
+                 with 'warrenctl forget_cluster_node {name}' on a member"
+            ));
+        }
+        if membership.voter_ids().any(|voter| voter == id) {
+            return Ok(());
+        }
         raft.add_learner(id, BasicNode::new(name.as_str()), true)
             .await
             .map_err(|error| error.to_string())?;
@@ -285,6 +300,7 @@ impl RaftGroup {
             RAFT_SERVICE,
             Arc::new(RaftService {
                 group: Arc::downgrade(&inner),
+                disagreements: Default::default(),
             }),
         );
         Ok(RaftGroup { inner })
@@ -333,10 +349,10 @@ impl RaftGroup {
                     self.inner.config.propose_timeout,
                 ));
             };
-            let leader = match written {
+            let (leader, leader_id) = match written {
                 Ok(response) => return Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    forward.leader_node
+                    (forward.leader_node, forward.leader_id.unwrap_or(0))
                 }
                 Err(RaftError::APIError(error)) => {
                     return Err(RaftGroupError::Refused(error.to_string()));
@@ -352,7 +368,10 @@ impl RaftGroup {
                     .request_within(
                         &leader,
                         RAFT_SERVICE,
-                        encode(&Rpc::Propose(command.clone())),
+                        encode(&Envelope {
+                            to: leader_id,
+                            rpc: Rpc::Propose(command.clone()),
+                        }),
                         left,
                     )
                     .await;
@@ -470,13 +489,17 @@ impl RaftGroup {
 
     async fn through_leader(&self, rpc: Rpc) -> Result<bytes::Bytes, RaftGroupError> {
         let deadline = Instant::now() + self.inner.config.propose_timeout;
-        let body = encode(&rpc);
         loop {
             if let Some(leader) = self.status().leader {
+                let body = encode(&Envelope {
+                    to: leader.id,
+                    rpc: rpc.clone(),
+                });
                 let leader = NodeName::new_unchecked(leader.name);
                 let outcome = if leader == *self.inner.transport.node() {
                     let service = RaftService {
                         group: Arc::downgrade(&self.inner),
+                        disagreements: Default::default(),
                     };
                     crate::transport::Service::request(&service, leader.clone(), body.clone())
                         .await

@@ -5,8 +5,10 @@
 //! resolves and authenticates it. A peer that cannot be reached is reported `Unreachable`, so
 //! openraft backs off instead of spinning.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::BasicNode;
@@ -27,7 +29,7 @@ use crate::transport::{BoxFuture, Service, Transport, TransportError};
 pub const RAFT_SERVICE: u16 = 10;
 
 /// What peers ask of a group.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
@@ -52,6 +54,21 @@ pub(crate) enum Rpc {
     Status,
 }
 
+/// An RPC and the Raft id of the member it is for: a node that was reset since its peers last
+/// heard of it has a new id, and refuses what was meant for the old one.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Envelope {
+    /// The addressee's Raft id; 0 for whichever member the node is now.
+    pub(crate) to: u64,
+    pub(crate) rpc: Rpc,
+}
+
+/// The refusal a node sends for RPCs meant for an earlier incarnation of itself, in RabbitMQ's
+/// words.
+pub(crate) fn disagrees(from: &NodeName, me: &NodeName) -> String {
+    format!("Node '{from}' thinks it's clustered with node '{me}', but '{me}' disagrees")
+}
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
     Bytes::from(postcard::to_stdvec(value).expect("invariant: raft messages always serialize"))
 }
@@ -69,15 +86,17 @@ pub(crate) struct Network {
 pub(crate) struct Peer {
     transport: Transport,
     name: NodeName,
+    id: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
-    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Peer {
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         Peer {
             transport: self.transport.clone(),
             name: NodeName::new_unchecked(node.addr.clone()),
+            id: target,
         }
     }
 }
@@ -85,12 +104,18 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 impl Peer {
     async fn call<T: DeserializeOwned>(
         &self,
-        rpc: &Rpc,
+        rpc: Rpc,
         option: &RPCOption,
     ) -> Result<T, TransportError> {
+        let envelope = Envelope { to: self.id, rpc };
         let body = self
             .transport
-            .request_within(&self.name, RAFT_SERVICE, encode(rpc), option.hard_ttl())
+            .request_within(
+                &self.name,
+                RAFT_SERVICE,
+                encode(&envelope),
+                option.hard_ttl(),
+            )
             .await?;
         decode(&body).map_err(|reason| TransportError::Failed {
             node: self.name.clone(),
@@ -116,7 +141,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&Rpc::Append(rpc), &option)
+        self.call(Rpc::Append(rpc), &option)
             .await
             .map_err(rpc_error)
     }
@@ -126,7 +151,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&Rpc::Vote(rpc), &option).await.map_err(rpc_error)
+        self.call(Rpc::Vote(rpc), &option).await.map_err(rpc_error)
     }
 
     async fn pre_vote(
@@ -134,7 +159,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&Rpc::PreVote(rpc), &option)
+        self.call(Rpc::PreVote(rpc), &option)
             .await
             .map_err(rpc_error)
     }
@@ -151,7 +176,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             meta: snapshot.meta,
             data: snapshot.snapshot,
         };
-        self.call(&rpc, &option).await.map_err(|error| match error {
+        self.call(rpc, &option).await.map_err(|error| match error {
             TransportError::Unreachable { .. } | TransportError::Lost(_) => {
                 StreamingError::Unreachable(Unreachable::new(&error))
             }
@@ -163,16 +188,38 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 /// Answers peers' RPCs for one group.
 pub(crate) struct RaftService {
     pub(crate) group: Weak<GroupInner>,
+    /// When each peer was last told it addresses an earlier incarnation of this node.
+    pub(crate) disagreements: Arc<parking_lot::Mutex<HashMap<NodeName, Instant>>>,
 }
 
+/// How often the same peer's stale RPCs are logged.
+const DISAGREEMENT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 impl Service for RaftService {
-    fn request(&self, _from: NodeName, body: Bytes) -> BoxFuture<Result<Bytes, String>> {
+    fn request(&self, from: NodeName, body: Bytes) -> BoxFuture<Result<Bytes, String>> {
         let group = self.group.clone();
+        let disagreements = self.disagreements.clone();
         Box::pin(async move {
             let group: Arc<GroupInner> = group
                 .upgrade()
                 .ok_or_else(|| "the node is stopping".to_string())?;
-            let rpc: Rpc = decode(&body)?;
+            let Envelope { to, rpc } = decode(&body)?;
+            if to != 0 && to != group.node_id {
+                let refusal = disagrees(&from, group.transport.node());
+                let mut logged = disagreements.lock();
+                let due = logged
+                    .get(&from)
+                    .is_none_or(|at| at.elapsed() >= DISAGREEMENT_LOG_INTERVAL);
+                if due {
+                    tracing::warn!(
+                        "{refusal}: it addresses an earlier incarnation of this node (which was \
+                         reset); remove it on the other side with 'warrenctl forget_cluster_node {}'",
+                        group.transport.node()
+                    );
+                    logged.insert(from, Instant::now());
+                }
+                return Err(refusal);
+            }
             let raft = group.raft();
             match rpc {
                 Rpc::Append(rpc) => raft

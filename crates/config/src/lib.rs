@@ -14,8 +14,9 @@
 mod parse;
 mod schema;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use parse::{Origin, Setting};
 
@@ -177,6 +178,78 @@ pub struct Permissions {
     pub read: String,
 }
 
+/// How a node finds the others (`cluster_formation.peer_discovery_backend`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryBackend {
+    /// No discovery: the node forms a cluster of its own, others join it with `warrenctl`.
+    None,
+    /// `classic_config`: a fixed list of nodes (`cluster_formation.classic_config.nodes.*`).
+    ClassicConfig(Vec<String>),
+}
+
+/// What a node does when it finds itself cut from part of the cluster
+/// (`cluster_partition_handling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionHandling {
+    /// Keep running on both sides.
+    Ignore,
+    /// A node that cannot see a majority of the cluster stops serving clients until it can.
+    PauseMinority,
+    /// When the partition heals, the side with fewer clients restarts and takes the other's
+    /// state.
+    Autoheal,
+}
+
+impl PartitionHandling {
+    /// The `rabbitmq.conf` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionHandling::Ignore => "ignore",
+            PartitionHandling::PauseMinority => "pause_minority",
+            PartitionHandling::Autoheal => "autoheal",
+        }
+    }
+}
+
+/// Clustering settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Port of the inter-node listener (`distribution.listener.port_range.min`,
+    /// `cluster.listener.port`, `WARREN_DIST_PORT` / `RABBITMQ_DIST_PORT`; the AMQP port + 20000
+    /// by default, 25672). Peers are dialled on the same port. 0 picks a free port (tests).
+    pub port: u16,
+    /// Address of the inter-node listener (`distribution.listener.interface`); all interfaces
+    /// when unset.
+    pub interface: Option<IpAddr>,
+    /// Long node names (`WARREN_USE_LONGNAME` / `RABBITMQ_USE_LONGNAME`).
+    pub use_longname: bool,
+    /// `cluster_name`; the first node's name by default.
+    pub name: Option<String>,
+    /// Peer discovery.
+    pub discovery: DiscoveryBackend,
+    /// `cluster_formation.discovery_retry_limit` (default 10).
+    pub discovery_retry_limit: u32,
+    /// `cluster_formation.discovery_retry_interval`, in milliseconds (default 500).
+    pub discovery_retry_interval: Duration,
+    /// `cluster_partition_handling` (default `ignore`).
+    pub partition_handling: PartitionHandling,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            port: 25672,
+            interface: None,
+            use_longname: false,
+            name: None,
+            discovery: DiscoveryBackend::None,
+            discovery_retry_limit: 10,
+            discovery_retry_interval: Duration::from_millis(500),
+            partition_handling: PartitionHandling::Ignore,
+        }
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -223,6 +296,8 @@ pub struct Config {
     pub disk_free_limit_relative: Option<f64>,
     /// Size of the write-ahead log's segment files (not a `rabbitmq.conf` key; tests lower it).
     pub segment_size: u32,
+    /// Clustering.
+    pub cluster: ClusterConfig,
 }
 
 /// Size of the write-ahead log's segment files.
@@ -294,6 +369,7 @@ impl Default for Config {
             disk_free_limit_absolute: None,
             disk_free_limit_relative: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
+            cluster: ClusterConfig::default(),
         }
         .with_default_data_dir()
     }
@@ -333,6 +409,31 @@ impl Config {
                 None => ListenAddress::AnyInterface(port),
             };
             config.listeners = vec![address];
+            // RabbitMQ's distribution port follows the AMQP port.
+            config.cluster.port = port.saturating_add(20000);
+        }
+        if let Some((variable, value)) = var(&["WARREN_DIST_PORT", "RABBITMQ_DIST_PORT"]) {
+            config.cluster.port =
+                value
+                    .parse::<u16>()
+                    .map_err(|_| ConfigError::InvalidEnvironment {
+                        variable: variable.into(),
+                        value: value.clone(),
+                        message: "expected a port number".into(),
+                    })?;
+        }
+        if let Some((variable, value)) = var(&["WARREN_USE_LONGNAME", "RABBITMQ_USE_LONGNAME"]) {
+            config.cluster.use_longname = match value.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(ConfigError::InvalidEnvironment {
+                        variable: variable.into(),
+                        value: value.clone(),
+                        message: "expected 'true' or 'false'".into(),
+                    });
+                }
+            };
         }
         if let Some((_, user)) = var(&["WARREN_DEFAULT_USER", "RABBITMQ_DEFAULT_USER"]) {
             config.default_user = user;

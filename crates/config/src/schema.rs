@@ -8,7 +8,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::{Config, ConfigError, ListenAddress, LogLevel, MAX_MESSAGE_SIZE_LIMIT, Setting};
+use crate::{
+    Config, ConfigError, DiscoveryBackend, ListenAddress, LogLevel, MAX_MESSAGE_SIZE_LIMIT,
+    PartitionHandling, Setting,
+};
 
 type Apply = fn(&mut Config, &Setting, &[&str]) -> Result<(), String>;
 
@@ -146,6 +149,108 @@ const KEYS: &[(&str, Apply)] = &[
         config.log.file_level = level(&setting.value)?;
         Ok(())
     }),
+    (
+        "distribution.listener.port_range.min",
+        |config, setting, _| {
+            config.cluster.port = integer(&setting.value, 0, u64::from(u16::MAX))? as u16;
+            Ok(())
+        },
+    ),
+    (
+        "distribution.listener.port_range.max",
+        |_config, setting, _| {
+            // One port is used: the range's lower end.
+            integer(&setting.value, 0, u64::from(u16::MAX))?;
+            Ok(())
+        },
+    ),
+    ("cluster.listener.port", |config, setting, _| {
+        config.cluster.port = integer(&setting.value, 0, u64::from(u16::MAX))? as u16;
+        Ok(())
+    }),
+    ("distribution.listener.interface", |config, setting, _| {
+        let ip = setting
+            .value
+            .parse::<IpAddr>()
+            .map_err(|_| "expected an IP address such as 192.168.1.10 or ::".to_string())?;
+        config.cluster.interface = Some(ip);
+        Ok(())
+    }),
+    ("cluster_name", |config, setting, _| {
+        config.cluster.name = Some(setting.value.clone());
+        Ok(())
+    }),
+    ("cluster_partition_handling", |config, setting, _| {
+        config.cluster.partition_handling = match setting.value.as_str() {
+            "ignore" => PartitionHandling::Ignore,
+            "pause_minority" => PartitionHandling::PauseMinority,
+            "autoheal" => PartitionHandling::Autoheal,
+            "pause_if_all_down" => {
+                return Err(
+                    "pause_if_all_down is not supported; use ignore, pause_minority or autoheal"
+                        .into(),
+                );
+            }
+            _ => return Err("expected ignore, pause_minority or autoheal".into()),
+        };
+        Ok(())
+    }),
+    (
+        "cluster_formation.peer_discovery_backend",
+        |config, setting, _| match setting.value.as_str() {
+            "classic_config" | "rabbit_peer_discovery_classic_config" => {
+                if !matches!(config.cluster.discovery, DiscoveryBackend::ClassicConfig(_)) {
+                    config.cluster.discovery = DiscoveryBackend::ClassicConfig(Vec::new());
+                }
+                Ok(())
+            }
+            "dns"
+            | "rabbit_peer_discovery_dns"
+            | "k8s"
+            | "rabbit_peer_discovery_k8s"
+            | "etcd"
+            | "rabbit_peer_discovery_etcd"
+            | "consul"
+            | "rabbit_peer_discovery_consul"
+            | "aws"
+            | "rabbit_peer_discovery_aws" => Err(format!(
+                "the '{}' backend is not available yet; classic_config is",
+                setting.value
+            )),
+            _ => Err("expected classic_config (or rabbit_peer_discovery_classic_config)".into()),
+        },
+    ),
+    (
+        "cluster_formation.classic_config.nodes.*",
+        |config, setting, _| {
+            let name = setting.value.clone();
+            if !name.contains('@') {
+                return Err("expected a node name such as rabbit@hostname".into());
+            }
+            match &mut config.cluster.discovery {
+                DiscoveryBackend::ClassicConfig(nodes) => nodes.push(name),
+                // The list may come before the backend key; keep it for when the backend is set.
+                other => *other = DiscoveryBackend::ClassicConfig(vec![name]),
+            }
+            Ok(())
+        },
+    ),
+    (
+        "cluster_formation.discovery_retry_limit",
+        |config, setting, _| {
+            config.cluster.discovery_retry_limit =
+                integer(&setting.value, 0, u64::from(u32::MAX))? as u32;
+            Ok(())
+        },
+    ),
+    (
+        "cluster_formation.discovery_retry_interval",
+        |config, setting, _| {
+            let millis = integer(&setting.value, 0, 3_600_000)?;
+            config.cluster.discovery_retry_interval = std::time::Duration::from_millis(millis);
+            Ok(())
+        },
+    ),
 ];
 
 /// Key prefixes RabbitMQ defines that Warren does not implement: refused with a message that
@@ -156,8 +261,6 @@ const RABBITMQ_ONLY: &[&str] = &[
     "management",
     "prometheus",
     "cluster_formation",
-    "cluster_name",
-    "cluster_partition_handling",
     "vm_memory_high_watermark_paging_ratio",
     "vm_memory_calculation_strategy",
     "auth_backends",
@@ -409,6 +512,70 @@ mod tests {
         );
         assert_eq!(config.max_message_size, 1_048_576);
         assert_eq!(config.log.console_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn cluster_keys_are_read() {
+        let config = load(
+            "cluster_formation.peer_discovery_backend = rabbit_peer_discovery_classic_config\n\
+             cluster_formation.classic_config.nodes.1 = rabbit@hare\n\
+             cluster_formation.classic_config.nodes.2 = rabbit@rabbit\n\
+             cluster_formation.discovery_retry_limit = 3\n\
+             cluster_formation.discovery_retry_interval = 250\n\
+             cluster_partition_handling = pause_minority\n\
+             cluster_name = prod\n\
+             distribution.listener.interface = 127.0.0.1\n\
+             distribution.listener.port_range.min = 25700\n\
+             distribution.listener.port_range.max = 25700\n",
+        )
+        .unwrap();
+        let cluster = &config.cluster;
+        assert_eq!(
+            cluster.discovery,
+            DiscoveryBackend::ClassicConfig(vec!["rabbit@hare".into(), "rabbit@rabbit".into()])
+        );
+        assert_eq!(cluster.discovery_retry_limit, 3);
+        assert_eq!(cluster.discovery_retry_interval.as_millis(), 250);
+        assert_eq!(cluster.partition_handling, PartitionHandling::PauseMinority);
+        assert_eq!(cluster.name.as_deref(), Some("prod"));
+        assert_eq!(cluster.interface, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(cluster.port, 25700);
+        let error = load("cluster_partition_handling = sometimes\n").unwrap_err();
+        assert!(
+            error.to_string().contains("cluster_partition_handling"),
+            "{error}"
+        );
+        let error = load("cluster_formation.peer_discovery_backend = zookeeper\n").unwrap_err();
+        assert!(
+            error.to_string().contains("peer_discovery_backend"),
+            "{error}"
+        );
+        let error = load("cluster_formation.classic_config.nodes.1 = hare\n").unwrap_err();
+        assert!(error.to_string().contains("node name"), "{error}");
+    }
+
+    #[test]
+    fn the_distribution_port_follows_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.to_string())
+            }
+        };
+        assert_eq!(Config::load_with(env(&[])).unwrap().cluster.port, 25672);
+        let config = Config::load_with(env(&[("RABBITMQ_NODE_PORT", "5673")])).unwrap();
+        assert_eq!(config.cluster.port, 25673);
+        let config = Config::load_with(env(&[
+            ("RABBITMQ_NODE_PORT", "5673"),
+            ("WARREN_DIST_PORT", "4000"),
+            ("RABBITMQ_USE_LONGNAME", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(config.cluster.port, 4000);
+        assert!(config.cluster.use_longname);
+        assert!(Config::load_with(env(&[("WARREN_USE_LONGNAME", "yes")])).is_err());
     }
 
     #[test]

@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use warren_broker::{Broker, Node};
+
+mod cluster;
+pub use cluster::{TestCluster, TestClusterBuilder, TestNode};
 use warren_config::{Config, ConfigError, ListenAddress, LogLevel};
 
 /// A running in-process broker.
@@ -71,8 +74,15 @@ impl TestBrokerBuilder {
         } else {
             self.config.listeners.clone()
         };
+        let mut cluster = parsed.cluster.clone();
+        if !text.contains("distribution.listener") {
+            cluster.port = self.config.cluster.port;
+            cluster.interface = self.config.cluster.interface;
+        }
         self.config = Config {
             listeners,
+            node_name: self.config.node_name.clone(),
+            cluster,
             ..parsed
         };
         Ok(self)
@@ -133,9 +143,13 @@ impl TestBroker {
     pub fn default_config() -> Config {
         let mut config = Config {
             listeners: vec![ListenAddress::Socket(SocketAddr::from(([127, 0, 0, 1], 0)))],
+            node_name: "warren@localhost".into(),
             ..Config::default()
         };
         config.log.console_level = LogLevel::None;
+        // Its own inter-node port, so that brokers in one process do not collide.
+        config.cluster.port = 0;
+        config.cluster.interface = Some([127, 0, 0, 1].into());
         config
     }
 
@@ -172,7 +186,7 @@ impl TestBroker {
     }
 
     /// The broker's shared state, for assertions and setup (users, vhosts).
-    pub fn broker(&self) -> &Arc<Broker> {
+    pub fn broker(&self) -> Arc<Broker> {
         self.node
             .as_ref()
             .expect("invariant: node present until stop")
@@ -191,8 +205,10 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         if let Some(node) = &self.node {
-            node.broker().shutdown.cancel();
-            node.broker().queues.stop.cancel();
+            let broker = node.broker();
+            broker.shutdown.cancel();
+            broker.queues.stop.cancel();
+            node.transport().shutdown();
         }
         if let Some(dir) = self.temporary_dir.take() {
             let _ = std::fs::remove_dir_all(dir);

@@ -1,0 +1,285 @@
+//! The node's side of the control protocol: `warrenctl` commands and the requests of joining
+//! nodes.
+//!
+//! ```text
+//!  Status       metadata group status + live links + alarms ─> ClusterStatus
+//!  Join         (from a joining node) add it to the metadata group, through the leader
+//!  ForgetNode   remove a stopped member from the metadata group
+//!  JoinCluster  leave the current cluster, drop this node's data, join the named node's cluster
+//!  Reset        leave the current cluster, drop this node's data, start again alone
+//! ```
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use bytes::Bytes;
+use warren_cluster::NodeName;
+use warren_cluster::control::{
+    self, ClusterStatus, ControlRequest, ControlResponse, MemberStatus, decode, encode,
+};
+use warren_cluster::transport::{BoxFuture, Service};
+
+use crate::broker::{Broker, Formation};
+use crate::server::NodeShared;
+
+/// How long a peer gets to say which nodes it sees, for a status.
+const LINKS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Answers control requests for one node.
+pub(crate) struct ControlService {
+    node: Weak<NodeShared>,
+}
+
+impl ControlService {
+    pub(crate) fn new(node: Weak<NodeShared>) -> ControlService {
+        ControlService { node }
+    }
+}
+
+impl Service for ControlService {
+    fn request(&self, from: NodeName, body: Bytes) -> BoxFuture<Result<Bytes, String>> {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let node = node.upgrade().ok_or("the node is stopping")?;
+            let request: ControlRequest = decode(&body)?;
+            let response = handle(&node, from, request).await?;
+            Ok(encode(&response))
+        })
+    }
+
+    fn message(&self, _from: NodeName, _body: Bytes) {}
+}
+
+pub(crate) async fn handle(
+    node: &NodeShared,
+    from: NodeName,
+    request: ControlRequest,
+) -> Result<ControlResponse, String> {
+    match request {
+        ControlRequest::Status => Ok(ControlResponse::Status(status(node).await?)),
+        ControlRequest::Links => Ok(ControlResponse::Links(
+            node.transport
+                .connected()
+                .into_iter()
+                .map(|name| name.to_string())
+                .collect(),
+        )),
+        ControlRequest::Join { id, node: joining } => {
+            let broker = running(node)?;
+            let group = broker
+                .metadata_group()
+                .ok_or("the metadata store is not running")?;
+            tracing::info!("node {joining} asks to join the cluster (through {from})");
+            group
+                .add_member(id, &NodeName::new_unchecked(joining.clone()))
+                .await
+                .map_err(|error| error.to_string())?;
+            tracing::info!("node {joining} joined the cluster");
+            Ok(ControlResponse::Done(format!("added {joining}")))
+        }
+        ControlRequest::ForgetNode { node: target } => forget(node, &target).await,
+        ControlRequest::JoinCluster { node: target } => join_cluster(node, &target).await,
+        ControlRequest::Reset => reset(node).await,
+    }
+}
+
+fn running(node: &NodeShared) -> Result<std::sync::Arc<Broker>, String> {
+    node.broker()
+        .ok_or_else(|| "the node is restarting (a join or reset is under way)".to_string())
+}
+
+/// The cluster as this node sees it.
+pub(crate) async fn status(node: &NodeShared) -> Result<ClusterStatus, String> {
+    let broker = running(node)?;
+    let group = broker
+        .metadata_group()
+        .ok_or("the metadata store is not running")?;
+    let me = node.transport.node().clone();
+    let raft = group.status();
+    let connected = node.transport.connected();
+    let members: Vec<MemberStatus> = raft
+        .members
+        .iter()
+        .map(|member| MemberStatus {
+            name: member.name.clone(),
+            id: member.id,
+            voter: member.voter,
+            running: member.name == me.as_str()
+                || connected.iter().any(|peer| peer.as_str() == member.name),
+        })
+        .collect();
+    // A member this node cannot reach is partitioned from it if another member can reach it;
+    // otherwise it is simply down.
+    let unreachable: Vec<&MemberStatus> = members.iter().filter(|m| !m.running).collect();
+    let mut partitions = Vec::new();
+    if !unreachable.is_empty() {
+        for peer in members
+            .iter()
+            .filter(|m| m.running && m.name != me.as_str())
+        {
+            let peer = NodeName::new_unchecked(peer.name.clone());
+            let Ok(ControlResponse::Links(links)) = control::call(
+                &node.transport,
+                &peer,
+                &ControlRequest::Links,
+                LINKS_TIMEOUT,
+            )
+            .await
+            else {
+                continue;
+            };
+            for member in &unreachable {
+                if links.contains(&member.name) && !partitions.contains(&member.name) {
+                    partitions.push(member.name.clone());
+                }
+            }
+        }
+    }
+    let alarms = broker.alarms.current();
+    let alarms = [("memory", alarms.memory), ("disk", alarms.disk)]
+        .into_iter()
+        .filter(|(_, raised)| *raised)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let cluster_name = node.config.cluster.name.clone().unwrap_or_else(|| {
+        members
+            .iter()
+            .map(|member| member.name.clone())
+            .min()
+            .unwrap_or_else(|| me.to_string())
+    });
+    Ok(ClusterStatus {
+        node: me.to_string(),
+        cluster_name,
+        initialized: raft.initialized,
+        members,
+        leader: raft.leader.map(|leader| leader.name),
+        term: raft.term,
+        partitions,
+        alarms,
+        partition_handling: node.config.cluster.partition_handling.name().to_string(),
+        paused: node.paused.load(std::sync::atomic::Ordering::Acquire),
+    })
+}
+
+/// Removes `target` from the cluster, as `rabbitmqctl forget_cluster_node` does: refused for
+/// this node itself and for a member that is running.
+async fn forget(node: &NodeShared, target: &str) -> Result<ControlResponse, String> {
+    let _lifecycle = node.lifecycle().await;
+    let broker = running(node)?;
+    let group = broker
+        .metadata_group()
+        .ok_or("the metadata store is not running")?;
+    let me = node.transport.node();
+    if target == me.as_str() {
+        return Err(format!(
+            "cannot forget node {me} from itself: run 'warrenctl reset' on it, or forget it from another member"
+        ));
+    }
+    let status = group.status();
+    let targets: Vec<u64> = status
+        .members
+        .iter()
+        .filter(|member| member.name == target)
+        .map(|member| member.id)
+        .collect();
+    if targets.is_empty() {
+        return Err(format!("node {target} is not a member of this cluster"));
+    }
+    let target_name = NodeName::new_unchecked(target);
+    if node.transport.is_connected(&target_name)
+        && control::status(&node.transport, &target_name, LINKS_TIMEOUT)
+            .await
+            .is_ok_and(|theirs| {
+                theirs
+                    .members
+                    .iter()
+                    .any(|member| targets.contains(&member.id) && member.name == target)
+            })
+    {
+        return Err(format!(
+            "node {target} is running: stop it first, or run 'warrenctl reset' on it"
+        ));
+    }
+    for id in targets {
+        group
+            .remove_member(id)
+            .await
+            .map_err(|error| format!("cannot remove {target}: {error}"))?;
+    }
+    tracing::info!("node {target} was removed from the cluster");
+    Ok(ControlResponse::Done(format!(
+        "Removing node {target} from the cluster"
+    )))
+}
+
+/// Takes this node out of its cluster, if it shares it with other members.
+async fn leave(node: &NodeShared, broker: &Broker) -> Result<(), String> {
+    let group = broker
+        .metadata_group()
+        .ok_or("the metadata store is not running")?;
+    let status = group.status();
+    let me = node.transport.node();
+    if status.members.iter().all(|member| member.id == status.id) {
+        return Ok(());
+    }
+    tracing::info!("leaving the cluster");
+    group.remove_member(status.id).await.map_err(|error| {
+        format!(
+            "cannot leave the cluster: {error}; when the other members are gone for good, forget \
+             this node from one of them with 'warrenctl forget_cluster_node {me}'"
+        )
+    })
+}
+
+/// `warrenctl join_cluster`: this node leaves its cluster, drops its metadata and messages, and
+/// joins the cluster `target` belongs to.
+async fn join_cluster(node: &NodeShared, target: &str) -> Result<ControlResponse, String> {
+    let _lifecycle = node.lifecycle().await;
+    let broker = running(node)?;
+    let me = node.transport.node().clone();
+    let target = NodeName::parse(target, true, "")
+        .or_else(|_| NodeName::parse(target, false, ""))
+        .map_err(|error| error.to_string())?;
+    if target == me {
+        return Err(format!("node {me} cannot join a cluster through itself"));
+    }
+    let theirs = control::status(&node.transport, &target, LINKS_TIMEOUT)
+        .await
+        .map_err(|error| format!("cannot join {target}: {error}"))?;
+    if !theirs.initialized {
+        return Err(format!("node {target} is not part of a cluster yet"));
+    }
+    let my_id = broker.metadata_group().map(|group| group.id());
+    if theirs
+        .members
+        .iter()
+        .any(|member| Some(member.id) == my_id && member.name == me.as_str())
+    {
+        return Ok(ControlResponse::Done(format!(
+            "The node is already a member of this cluster ({target})"
+        )));
+    }
+    leave(node, &broker).await?;
+    drop(broker);
+    tracing::warn!(
+        "joining the cluster of {target}: this node drops its own metadata and messages, as \
+         'rabbitmqctl join_cluster' does"
+    );
+    node.restart_blank(Formation::Join(target.clone())).await?;
+    Ok(ControlResponse::Done(format!(
+        "Clustering node {me} with {target}"
+    )))
+}
+
+/// `warrenctl reset`: this node leaves its cluster and starts again blank, alone.
+async fn reset(node: &NodeShared) -> Result<ControlResponse, String> {
+    let _lifecycle = node.lifecycle().await;
+    let broker = running(node)?;
+    let me = node.transport.node().clone();
+    leave(node, &broker).await?;
+    drop(broker);
+    tracing::warn!("resetting: this node drops its metadata and messages and starts blank");
+    node.restart_blank(Formation::Alone).await?;
+    Ok(ControlResponse::Done(format!("Resetting node {me}")))
+}

@@ -1,0 +1,157 @@
+//! Cluster formation with a fixed list of peers (`classic_config`), and joining a named node.
+//!
+//! A node whose metadata group is already initialized (it has data) skips all this: Raft
+//! reconnects it to the members it last knew, retrying as long as it runs. A blank node:
+//!
+//! ```text
+//!  repeat: ask every listed peer for its status
+//!          a peer in a cluster?  ─> ask it to add us, wait until caught up: joined
+//!          we are the seed?      ─> form a cluster of one
+//!          otherwise             ─> "Trying to join discovered peers failed. Will retry..."
+//! ```
+//!
+//! The seed is the smallest name among the listed nodes and this one: every node computes the
+//! same seed, and only the seed ever forms a cluster, so nodes started together form one
+//! cluster, never two. A node that is not the seed waits for one to exist as long as it takes
+//! (as RabbitMQ 4.1's Kubernetes backend does), logging every attempt.
+
+use std::time::Duration;
+
+use crate::control::{self, ControlRequest};
+use crate::identity::NodeName;
+use crate::raft::{RaftGroup, RaftGroupError};
+use crate::transport::{Transport, TransportError};
+
+/// How long a peer is given to answer a status request during formation.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a member is given to add a joining node (it waits for the node to catch up).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How formation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Formed {
+    /// The node was already a member (it has data); Raft reconnects it.
+    AlreadyMember,
+    /// The node formed a new cluster (it is the seed, or has no peers).
+    New,
+    /// The node joined the cluster of this peer.
+    Joined(NodeName),
+}
+
+/// Why joining failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The peer could not be asked.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The peer is not in a cluster the node could join.
+    #[error("node {0} is not a member of a cluster")]
+    NotClustered(NodeName),
+    /// The metadata group failed.
+    #[error(transparent)]
+    Group(#[from] RaftGroupError),
+}
+
+/// The seed among `peers` and `me`: the smallest name.
+pub fn seed<'a>(me: &'a NodeName, peers: &'a [NodeName]) -> &'a NodeName {
+    peers.iter().chain(std::iter::once(me)).min().unwrap_or(me)
+}
+
+/// Joins the cluster `peer` belongs to: asks it to add this node (Raft id `group.id()`) and
+/// waits until this node has caught up with the metadata. `group` must be blank.
+pub async fn join(
+    transport: &Transport,
+    group: &RaftGroup,
+    peer: &NodeName,
+) -> Result<(), JoinError> {
+    let status = control::status(transport, peer, PROBE_TIMEOUT).await?;
+    if !status.initialized {
+        return Err(JoinError::NotClustered(peer.clone()));
+    }
+    let request = ControlRequest::Join {
+        id: group.id(),
+        node: transport.node().to_string(),
+    };
+    control::call(transport, peer, &request, JOIN_TIMEOUT).await?;
+    group.wait_caught_up(JOIN_TIMEOUT).await?;
+    Ok(())
+}
+
+/// Forms or joins a cluster with the `peers` of `classic_config` (this node may be among them),
+/// retrying every `interval`; after `retry_limit` attempts a node that is not the seed goes on
+/// waiting for the seed, logging less often.
+pub async fn classic_config(
+    transport: &Transport,
+    group: &RaftGroup,
+    peers: &[NodeName],
+    retry_limit: u32,
+    interval: Duration,
+) -> Result<Formed, RaftGroupError> {
+    if group.is_initialized().await? {
+        tracing::info!(
+            "the node has data: rejoining the members it last knew, skipping peer discovery"
+        );
+        return Ok(Formed::AlreadyMember);
+    }
+    let me = transport.node().clone();
+    let others: Vec<NodeName> = peers.iter().filter(|peer| **peer != me).cloned().collect();
+    let seed = seed(&me, &others).clone();
+    tracing::info!(
+        "peer discovery (classic_config): {} peer(s) configured; the seed is {seed}",
+        others.len()
+    );
+    let mut attempt: u32 = 0;
+    loop {
+        for peer in &others {
+            match join(transport, group, peer).await {
+                Ok(()) => {
+                    tracing::info!("joined the cluster of {peer}");
+                    return Ok(Formed::Joined(peer.clone()));
+                }
+                Err(JoinError::NotClustered(_)) => {}
+                Err(JoinError::Transport(TransportError::Failed { reason, .. })) => {
+                    tracing::warn!("node {peer} refused to add this node: {reason}");
+                }
+                Err(error) => tracing::debug!("peer {peer}: {error}"),
+            }
+        }
+        if seed == me {
+            tracing::info!(
+                "no configured peer is in a cluster and this node is the seed: forming a new cluster"
+            );
+            group.initialize_alone().await?;
+            return Ok(Formed::New);
+        }
+        attempt += 1;
+        let left = retry_limit.saturating_sub(attempt);
+        if left > 0 {
+            tracing::info!(
+                "Trying to join discovered peers failed. Will retry after a delay of {} ms, {left} retries left...",
+                interval.as_millis()
+            );
+        } else if (attempt - retry_limit).is_multiple_of(20) {
+            tracing::warn!(
+                "Trying to join discovered peers failed {attempt} times; still waiting for the seed node {seed} to form the cluster (only the seed forms one)"
+            );
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_agrees_on_the_seed() {
+        let names: Vec<NodeName> = ["warren@c", "warren@a", "warren@b"]
+            .into_iter()
+            .map(NodeName::new_unchecked)
+            .collect();
+        for me in &names {
+            assert_eq!(seed(me, &names).as_str(), "warren@a");
+        }
+        let lone = NodeName::new_unchecked("warren@z");
+        assert_eq!(seed(&lone, &[]), &lone);
+    }
+}

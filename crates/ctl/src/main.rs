@@ -1,0 +1,282 @@
+//! `warrenctl`: what `rabbitmqctl` does for clusters, for Warren nodes.
+//!
+//! ```text
+//!  warrenctl [-n NODE] COMMAND ──tool link (port 25672, cluster secret)──> node's control service
+//! ```
+//!
+//! The tool dials the node's inter-node port like a peer would, proves the cluster secret, and
+//! sends one control request. The secret comes from `--erlang-cookie`, `WARREN_ERLANG_COOKIE` /
+//! `RABBITMQ_ERLANG_COOKIE`, the node's data directory (`WARREN_DATA_DIR`, or
+//! `warren-data/<node>` under the working directory, where a node keeps it by default), or
+//! `~/.erlang.cookie`. Exit codes follow rabbitmqctl's: 0 done, 64 usage, 69 node unreachable,
+//! 70 refused or failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use warren_cluster::control::{self, ControlRequest, ControlResponse};
+use warren_cluster::identity::{NodeName, local_host};
+use warren_cluster::secret::COOKIE_FILE;
+use warren_cluster::transport::TransportError;
+use warren_cluster::{Secret, Transport, TransportConfig};
+
+const USAGE: &str = "usage: warrenctl [-n NODE] [--longnames] [--erlang-cookie COOKIE] [--dist-port PORT] [-t SECONDS] COMMAND
+
+Commands:
+  cluster_status [--formatter json]   the cluster as NODE sees it
+  join_cluster OTHER_NODE             NODE drops its data and joins OTHER_NODE's cluster
+  reset                               NODE leaves its cluster and starts again blank
+  forget_cluster_node OTHER_NODE      remove a stopped member from NODE's cluster
+
+NODE defaults to warren@<this host> (WARREN_NODENAME / RABBITMQ_NODENAME when set);
+the port is WARREN_DIST_PORT / RABBITMQ_DIST_PORT, or 25672.";
+
+/// Exit codes, as rabbitmqctl's (sysexits).
+const USAGE_ERROR: u8 = 64;
+const UNAVAILABLE: u8 = 69;
+const SOFTWARE: u8 = 70;
+
+#[derive(Debug)]
+struct Arguments {
+    node: Option<String>,
+    long_names: bool,
+    cookie: Option<String>,
+    port: Option<u16>,
+    timeout: Duration,
+    command: Vec<String>,
+}
+
+fn parse(mut rest: impl Iterator<Item = String>) -> Result<Arguments, String> {
+    let mut arguments = Arguments {
+        node: None,
+        long_names: false,
+        cookie: None,
+        port: None,
+        timeout: Duration::from_secs(70),
+        command: Vec::new(),
+    };
+    while let Some(argument) = rest.next() {
+        let mut value = |name: &str| rest.next().ok_or(format!("{name} needs a value"));
+        match argument.as_str() {
+            "-n" | "--node" => arguments.node = Some(value("-n")?),
+            "-l" | "--longnames" => arguments.long_names = true,
+            "--erlang-cookie" => arguments.cookie = Some(value("--erlang-cookie")?),
+            "--dist-port" => {
+                let port = value("--dist-port")?;
+                arguments.port = Some(port.parse().map_err(|_| format!("bad port '{port}'"))?);
+            }
+            "-t" | "--timeout" => {
+                let seconds = value("-t")?;
+                let seconds: u64 = seconds
+                    .parse()
+                    .map_err(|_| format!("bad timeout '{seconds}'"))?;
+                arguments.timeout = Duration::from_secs(seconds);
+            }
+            _ => {
+                arguments.command.push(argument);
+                arguments.command.extend(rest.by_ref());
+            }
+        }
+    }
+    Ok(arguments)
+}
+
+fn env(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|name| std::env::var(name).ok())
+}
+
+/// The cluster secret, from the first place that has one.
+fn secret(arguments: &Arguments, node: &NodeName) -> Result<Secret, String> {
+    if let Some(cookie) = arguments
+        .cookie
+        .clone()
+        .or_else(|| env(&["WARREN_ERLANG_COOKIE", "RABBITMQ_ERLANG_COOKIE"]))
+    {
+        return Secret::from_text(&cookie).map_err(|error| error.to_string());
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = env(&["WARREN_DATA_DIR", "RABBITMQ_MNESIA_DIR"]) {
+        candidates.push(PathBuf::from(dir).join(COOKIE_FILE));
+    }
+    candidates.push(
+        PathBuf::from("warren-data")
+            .join(node.as_str())
+            .join(COOKIE_FILE),
+    );
+    if let Some(home) = env(&["HOME"]) {
+        candidates.push(PathBuf::from(home).join(COOKIE_FILE));
+    }
+    for path in &candidates {
+        if path.exists() {
+            return Secret::from_file(path).map_err(|error| error.to_string());
+        }
+    }
+    Err(format!(
+        "no cluster secret found: pass --erlang-cookie, set WARREN_ERLANG_COOKIE, or run where the node's {} is readable (looked in {})",
+        COOKIE_FILE,
+        candidates
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+fn main() -> ExitCode {
+    let arguments = match parse(std::env::args().skip(1)) {
+        Ok(arguments) => arguments,
+        Err(error) => {
+            eprintln!("warrenctl: {error}\n{USAGE}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    if arguments.command.is_empty()
+        || arguments.command[0] == "--help"
+        || arguments.command[0] == "help"
+    {
+        println!("{USAGE}");
+        return if arguments.command.is_empty() {
+            ExitCode::from(USAGE_ERROR)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("warrenctl: cannot start: {error}");
+            return ExitCode::from(SOFTWARE);
+        }
+    };
+    runtime.block_on(run(arguments))
+}
+
+/// What the command asks, and whether its answer is printed as JSON.
+fn request(command: &[String]) -> Result<(ControlRequest, bool), String> {
+    let words: Vec<&str> = command.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["cluster_status"] => Ok((ControlRequest::Status, false)),
+        ["cluster_status", "--formatter", "json"] | ["cluster_status", "--formatter=json"] => {
+            Ok((ControlRequest::Status, true))
+        }
+        ["join_cluster", node] => Ok((
+            ControlRequest::JoinCluster {
+                node: node.to_string(),
+            },
+            false,
+        )),
+        ["reset"] => Ok((ControlRequest::Reset, false)),
+        ["forget_cluster_node", "--offline", _] => Err(
+            "forget_cluster_node --offline is not supported yet: start the node, and forget the \
+             member from it while a majority of the cluster runs"
+                .into(),
+        ),
+        ["forget_cluster_node", node] => Ok((
+            ControlRequest::ForgetNode {
+                node: node.to_string(),
+            },
+            false,
+        )),
+        _ => Err(format!(
+            "unknown command or arguments: '{}'",
+            command.join(" ")
+        )),
+    }
+}
+
+async fn run(arguments: Arguments) -> ExitCode {
+    let (request, json) = match request(&arguments.command) {
+        Ok(request) => request,
+        Err(error) => {
+            eprintln!("warrenctl: {error}\n{USAGE}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    let long = arguments.long_names
+        || env(&["WARREN_USE_LONGNAME", "RABBITMQ_USE_LONGNAME"]).as_deref() == Some("true");
+    let node_text = arguments
+        .node
+        .clone()
+        .or_else(|| env(&["WARREN_NODENAME", "RABBITMQ_NODENAME"]))
+        .unwrap_or_else(|| "warren".into());
+    let node = match NodeName::parse(&node_text, long, &local_host(long))
+        .or_else(|_| NodeName::parse(&node_text, true, &local_host(true)))
+    {
+        Ok(node) => node,
+        Err(error) => {
+            eprintln!("warrenctl: {error}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    let secret = match secret(&arguments, &node) {
+        Ok(secret) => secret,
+        Err(error) => {
+            eprintln!("warrenctl: {error}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    let port = arguments
+        .port
+        .or_else(|| env(&["WARREN_DIST_PORT", "RABBITMQ_DIST_PORT"]).and_then(|p| p.parse().ok()))
+        .unwrap_or(25672);
+    let me = NodeName::new_unchecked(format!(
+        "warrenctl-{}@{}",
+        std::process::id(),
+        local_host(true)
+    ));
+    let mut config = TransportConfig::new(me, secret, None, port);
+    config.tool = true;
+    config.request_timeout = arguments.timeout;
+    let transport = match Transport::start(config).await {
+        Ok(transport) => transport,
+        Err(error) => {
+            eprintln!("warrenctl: {error}");
+            return ExitCode::from(SOFTWARE);
+        }
+    };
+    match &request {
+        ControlRequest::JoinCluster { node: other } => {
+            println!("Clustering node {node} with {other}");
+        }
+        ControlRequest::Reset => println!("Resetting node {node} ..."),
+        ControlRequest::ForgetNode { node: other } => {
+            println!("Removing node {other} from the cluster");
+        }
+        _ => {}
+    }
+    let answer = control::call(&transport, &node, &request, arguments.timeout).await;
+    transport.shutdown();
+    match answer {
+        Ok(ControlResponse::Status(status)) => {
+            if json {
+                match serde_json::to_string_pretty(&status) {
+                    Ok(text) => println!("{text}"),
+                    Err(error) => {
+                        eprintln!("warrenctl: {error}");
+                        return ExitCode::from(SOFTWARE);
+                    }
+                }
+            } else {
+                println!("{status}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(ControlResponse::Done(_)) | Ok(ControlResponse::Links(_)) => ExitCode::SUCCESS,
+        Err(TransportError::Failed { reason, .. }) => {
+            eprintln!("Error: {reason}");
+            ExitCode::from(SOFTWARE)
+        }
+        Err(error) => {
+            eprintln!(
+                "Error: unable to perform an operation on node '{node}': {error}\n\
+                 Is the node running, is its inter-node port {port} reachable, and does this \
+                 tool use the node's cluster secret?"
+            );
+            ExitCode::from(UNAVAILABLE)
+        }
+    }
+}

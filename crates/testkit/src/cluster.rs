@@ -1,0 +1,350 @@
+//! Clusters of in-process nodes for tests.
+//!
+//! ```no_run
+//! # async fn example() {
+//! let cluster = warren_testkit::TestCluster::builder().nodes(3).build().await;
+//! let url = cluster.node(1).url(); // any node, any client
+//! # let _ = url;
+//! cluster.stop().await;
+//! # }
+//! ```
+//!
+//! Node `i` (from 0) is `warren@127.0.0.<10+i>` with long names; it listens for AMQP and for
+//! peers on that address, on ports picked for it, so several clusters live in one process. Names
+//! resolve through the cluster's own table, never through DNS, so clusters cannot reach each
+//! other. All nodes share one secret and start at once with `classic_config` listing them all,
+//! as three processes started together would. [`TestCluster::partition`] cuts links between
+//! nodes, as a network partition would (openraft's test router is the model).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use warren_broker::{Broker, Node, NodeOptions};
+use warren_cluster::NodeName;
+use warren_cluster::control::{ClusterStatus, ControlRequest, ControlResponse};
+use warren_config::{Config, DiscoveryBackend};
+
+use crate::{TestBroker, temporary_dir};
+
+type Table = Arc<RwLock<HashMap<NodeName, SocketAddr>>>;
+
+/// One node of a [`TestCluster`].
+#[derive(Debug)]
+pub struct TestNode {
+    node: Option<Node>,
+    config: Config,
+    address: SocketAddr,
+}
+
+impl TestNode {
+    /// The AMQP URL (default user, `/` vhost).
+    pub fn url(&self) -> String {
+        format!(
+            "amqp://{}:{}@{}/%2F",
+            self.config.default_user, self.config.default_pass, self.address
+        )
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> NodeName {
+        NodeName::new_unchecked(self.config.node_name.clone())
+    }
+
+    /// Whether the node runs.
+    pub fn is_running(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// The running node.
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("the test node is running")
+    }
+
+    /// The node's broker.
+    pub fn broker(&self) -> Arc<Broker> {
+        self.node().broker()
+    }
+
+    /// The cluster as this node sees it.
+    pub async fn status(&self) -> ClusterStatus {
+        self.node().cluster_status().await.expect("cluster status")
+    }
+
+    /// Runs a `warrenctl` command on this node.
+    pub async fn control(&self, request: ControlRequest) -> Result<ControlResponse, String> {
+        self.node().control(request).await
+    }
+}
+
+/// Builds a [`TestCluster`].
+#[derive(Debug, Clone)]
+pub struct TestClusterBuilder {
+    nodes: usize,
+    config: Config,
+}
+
+impl TestClusterBuilder {
+    /// How many nodes (default 3).
+    pub fn nodes(mut self, count: usize) -> Self {
+        self.nodes = count;
+        self
+    }
+
+    /// Changes every node's configuration.
+    pub fn config(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Starts every node at once and waits until they form one cluster.
+    pub async fn build(self) -> TestCluster {
+        let table: Table = Arc::default();
+        let secret = format!("test-cookie-{}", fastrand_u64());
+        let mut configs = Vec::new();
+        for index in 0..self.nodes {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + index as u8));
+            let mut config = self.config.clone();
+            config.node_name = format!("warren@{ip}");
+            config.cluster.use_longname = true;
+            config.cluster.interface = Some(ip);
+            config.cluster.port = free_port(ip);
+            config.listeners = vec![warren_config::ListenAddress::Socket(SocketAddr::new(
+                ip,
+                free_port(ip),
+            ))];
+            config.data_dir = temporary_dir("cluster");
+            std::fs::create_dir_all(&config.data_dir).expect("data directory");
+            write_cookie(&config.data_dir, &secret);
+            table.write().expect("table").insert(
+                NodeName::new_unchecked(config.node_name.clone()),
+                SocketAddr::new(ip, config.cluster.port),
+            );
+            configs.push(config);
+        }
+        let names: Vec<String> = configs.iter().map(|c| c.node_name.clone()).collect();
+        for config in &mut configs {
+            config.cluster.discovery = DiscoveryBackend::ClassicConfig(names.clone());
+            config.cluster.discovery_retry_interval = Duration::from_millis(100);
+        }
+        let mut cluster = TestCluster {
+            nodes: Vec::new(),
+            table,
+        };
+        let starts = configs.into_iter().map(|config| cluster.start_node(config));
+        let nodes = join_all(starts).await;
+        cluster.nodes = nodes;
+        cluster
+    }
+}
+
+/// Nodes in one process forming one cluster.
+#[derive(Debug)]
+pub struct TestCluster {
+    nodes: Vec<TestNode>,
+    table: Table,
+}
+
+impl TestCluster {
+    /// A builder: three nodes, test defaults.
+    pub fn builder() -> TestClusterBuilder {
+        TestClusterBuilder {
+            nodes: 3,
+            config: TestBroker::default_config(),
+        }
+    }
+
+    fn options(&self) -> NodeOptions {
+        let table = self.table.clone();
+        NodeOptions {
+            resolver: Some(Arc::new(move |name: &NodeName| {
+                table.read().ok()?.get(name).copied()
+            })),
+        }
+    }
+
+    async fn start_node(&self, config: Config) -> TestNode {
+        let node = Node::start_with(config.clone(), self.options())
+            .await
+            .expect("cluster node starts");
+        let address = node.amqp_addresses()[0];
+        TestNode {
+            node: Some(node),
+            config,
+            address,
+        }
+    }
+
+    /// Node `index` (from 0).
+    pub fn node(&self, index: usize) -> &TestNode {
+        &self.nodes[index]
+    }
+
+    /// How many nodes the cluster has (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Stops node `index` gracefully (its data stays).
+    pub async fn stop_node(&mut self, index: usize) {
+        if let Some(node) = self.nodes[index].node.take() {
+            node.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Starts node `index` again on its data.
+    pub async fn restart_node(&mut self, index: usize) {
+        self.stop_node(index).await;
+        let config = self.nodes[index].config.clone();
+        self.nodes[index] = self.start_node(config).await;
+    }
+
+    /// Starts node `index` on a blank data directory (keeping its secret) and without peer
+    /// discovery: it comes back as a cluster of its own, as a node reset while it was cut off
+    /// would, unknown to members that still count its earlier incarnation.
+    pub async fn restart_node_blank(&mut self, index: usize) {
+        self.stop_node(index).await;
+        let mut config = self.nodes[index].config.clone();
+        config.cluster.discovery = DiscoveryBackend::None;
+        let secret = std::fs::read_to_string(config.data_dir.join(".erlang.cookie"))
+            .expect("cookie of a stopped node");
+        let _ = std::fs::remove_dir_all(&config.data_dir);
+        std::fs::create_dir_all(&config.data_dir).expect("data directory");
+        write_cookie(&config.data_dir, &secret);
+        let mut restarted = self.start_node(config).await;
+        restarted.config = self.nodes[index].config.clone();
+        self.nodes[index] = restarted;
+    }
+
+    /// Cuts the links between every node of `a` and every node of `b`, both ways, until
+    /// [`TestCluster::heal`].
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        for &i in a {
+            for &j in b {
+                let (left, right) = (&self.nodes[i], &self.nodes[j]);
+                if let (Some(left), Some(right)) = (&left.node, &right.node) {
+                    left.transport().cut(right.name());
+                    right.transport().cut(left.name());
+                }
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for node in self.nodes.iter().filter_map(|node| node.node.as_ref()) {
+            node.transport().heal();
+        }
+    }
+
+    /// Waits (at most `timeout`) until every running node sees the same leader and `members`
+    /// members; panics with the last statuses otherwise.
+    pub async fn wait_for_members(&self, members: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut statuses = Vec::new();
+            for node in self.nodes.iter().filter(|node| node.is_running()) {
+                statuses.push(node.status().await);
+            }
+            let leader = statuses.first().and_then(|status| status.leader.clone());
+            let agreed = leader.is_some()
+                && statuses.iter().all(|status| {
+                    status.leader == leader
+                        && status.members.len() == members
+                        && status.members.iter().all(|member| member.voter)
+                });
+            if agreed {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("the cluster did not settle on {members} members: {statuses:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every node and removes their data.
+    pub async fn stop(mut self) {
+        for index in 0..self.nodes.len() {
+            self.stop_node(index).await;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            if let Some(running) = &node.node {
+                let broker = running.broker();
+                broker.shutdown.cancel();
+                broker.queues.stop.cancel();
+                running.transport().shutdown();
+            }
+            let _ = std::fs::remove_dir_all(&node.config.data_dir);
+        }
+    }
+}
+
+fn write_cookie(dir: &std::path::Path, secret: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path: PathBuf = dir.join(".erlang.cookie");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("cookie file");
+    std::io::Write::write_all(&mut file, secret.as_bytes()).expect("cookie written");
+}
+
+/// A port free on `ip` now.
+fn free_port(ip: IpAddr) -> u16 {
+    std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port on a loopback address")
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::process::id().into());
+    hasher.finish()
+}
+
+/// Runs futures concurrently and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futures: Vec<F> = futures.into_iter().collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (index, future) in pinned.iter_mut().enumerate() {
+            if outputs[index].is_some() {
+                continue;
+            }
+            match future.as_mut().poll(cx) {
+                std::task::Poll::Ready(output) => outputs[index] = Some(output),
+                std::task::Poll::Pending => pending = true,
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|output| output.expect("polled to completion"))
+        .collect()
+}

@@ -1,0 +1,248 @@
+//! Clusters of in-process nodes ([`TestCluster`]): formation, metadata on every node,
+//! membership changes (join, reset, forget), partitions.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use warren_cluster::control::{ControlRequest, ControlResponse};
+use warren_testkit::TestCluster;
+use warren_tests::{promptly, wait_until};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn channel(url: &str) -> (Connection, lapin::Channel) {
+    let connection = promptly(
+        "lapin to connect",
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("lapin connects");
+    let channel = connection.create_channel().await.expect("channel opens");
+    (connection, channel)
+}
+
+fn durable() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Three nodes started at once form one cluster with one leader; what is declared on one node
+/// exists on the others, and users and vhosts are the cluster's, not the node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_one_cluster_and_share_metadata() {
+    let cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let status = cluster.node(2).status().await;
+    assert_eq!(status.members.len(), 3, "{status}");
+    assert!(
+        status.members.iter().all(|member| member.running),
+        "{status}"
+    );
+    assert!(status.partitions.is_empty(), "{status}");
+
+    let (_a, on_a) = channel(&cluster.node(0).url()).await;
+    on_a.exchange_declare(
+        "cluster.events".into(),
+        ExchangeKind::Topic,
+        durable(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declared on node 0");
+    on_a.queue_declare(
+        "cluster.orders".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue declared on node 0");
+    for index in [1, 2] {
+        let node = cluster.node(index);
+        wait_until("the exchange reaches every node", || {
+            node.broker()
+                .vhost("/")
+                .is_some_and(|vhost| vhost.exchange(b"cluster.events").is_some())
+        })
+        .await;
+        let (_c, on_other) = channel(&node.url()).await;
+        on_other
+            .exchange_declare(
+                "cluster.events".into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..durable()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("a passive declare on another node finds the exchange");
+        let home = node
+            .broker()
+            .vhost("/")
+            .and_then(|vhost| vhost.remote_queue_home(b"cluster.orders"));
+        assert_eq!(home.as_deref(), Some(cluster.node(0).name().as_str()));
+    }
+    cluster.stop().await;
+}
+
+/// A member that stops and starts again on its data rejoins by itself; metadata changed while
+/// it was away reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_rejoins_and_catches_up() {
+    let mut cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    cluster.stop_node(2).await;
+    let (_a, on_a) = channel(&cluster.node(0).url()).await;
+    on_a.exchange_declare(
+        "while.away".into(),
+        ExchangeKind::Fanout,
+        durable(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("two of three nodes keep metadata writable");
+    cluster.restart_node(2).await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let node = cluster.node(2);
+    wait_until("the node catches up", || {
+        node.broker()
+            .vhost("/")
+            .is_some_and(|vhost| vhost.exchange(b"while.away").is_some())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+/// `forget_cluster_node` refuses a running member, removes a stopped one; a node that lost its
+/// data is refused until it is forgotten, then joins again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_and_rejoin_after_reset() {
+    let mut cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let third = cluster.node(2).name().to_string();
+    let refused = cluster
+        .node(0)
+        .control(ControlRequest::ForgetNode {
+            node: third.clone(),
+        })
+        .await
+        .expect_err("a running member is not forgotten");
+    assert!(refused.contains("is running"), "{refused}");
+
+    // The third node's data is lost while the others still count it as a member.
+    cluster.stop_node(2).await;
+    let first = cluster.node(0).name().to_string();
+    cluster.restart_node_blank(2).await;
+    let node = cluster.node(2);
+    let refused = node
+        .control(ControlRequest::JoinCluster {
+            node: first.clone(),
+        })
+        .await
+        .expect_err("an earlier incarnation is still a member");
+    assert!(refused.contains("forget_cluster_node"), "{refused}");
+
+    let forgotten = cluster
+        .node(0)
+        .control(ControlRequest::ForgetNode {
+            node: third.clone(),
+        })
+        .await
+        .expect("a stopped member is forgotten");
+    assert!(matches!(forgotten, ControlResponse::Done(_)));
+    cluster
+        .node(2)
+        .control(ControlRequest::JoinCluster { node: first })
+        .await
+        .expect("joins once forgotten");
+    cluster.wait_for_members(3, SETTLE).await;
+    cluster.stop().await;
+}
+
+/// `reset` takes a node out of the cluster cleanly; `join_cluster` brings it back, and its own
+/// metadata is dropped for the cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_leaves_and_join_cluster_returns() {
+    let cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let leaving = cluster.node(1);
+    leaving.control(ControlRequest::Reset).await.expect("reset");
+    let alone = leaving.status().await;
+    assert_eq!(alone.members.len(), 1, "{alone}");
+    let status = cluster.node(0).status().await;
+    assert_eq!(status.members.len(), 2, "{status}");
+
+    // Declared while alone: gone once it joins the cluster again.
+    let (connection, on_alone) = channel(&leaving.url()).await;
+    on_alone
+        .exchange_declare(
+            "only.mine".into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declared while alone");
+    let _ = connection.close(200, "bye".into()).await;
+    let joined = leaving
+        .control(ControlRequest::JoinCluster {
+            node: cluster.node(0).name().to_string(),
+        })
+        .await
+        .expect("joins again");
+    assert!(matches!(joined, ControlResponse::Done(text) if text.starts_with("Clustering node")));
+    cluster.wait_for_members(3, SETTLE).await;
+    let vhost = leaving.broker().vhost("/").expect("the cluster's vhost");
+    assert!(vhost.exchange(b"only.mine").is_none());
+    cluster.stop().await;
+}
+
+/// A minority cannot change metadata (a clear error, no hang beyond the proposal timeout); the
+/// majority can; after healing, everyone agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_refuses_metadata_changes() {
+    let cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    cluster.partition(&[2], &[0, 1]);
+    let (_c, on_minority) = channel(&cluster.node(2).url()).await;
+    let error = on_minority
+        .exchange_declare(
+            "minority.write".into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("a minority cannot commit");
+    assert!(
+        error.to_string().contains("majority"),
+        "the error says why: {error}"
+    );
+    let (_a, on_majority) = channel(&cluster.node(0).url()).await;
+    on_majority
+        .exchange_declare(
+            "majority.write".into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("the majority commits");
+    cluster.heal();
+    let node = cluster.node(2);
+    wait_until("the healed node catches up", || {
+        node.broker()
+            .vhost("/")
+            .is_some_and(|vhost| vhost.exchange(b"majority.write").is_some())
+    })
+    .await;
+    cluster.stop().await;
+}
