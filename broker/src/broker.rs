@@ -20,6 +20,7 @@ use crate::auth::{PasswordHash, User, Users};
 use crate::direct_reply::DirectReplies;
 use crate::events::ConnectionId;
 use crate::queue::{QueueCommand, QueueHandle, QueueTasks};
+use crate::remote::RemoteHub;
 use crate::store::metadata::MetadataMachine;
 use crate::store::metadata::{MetadataCommand, PendingWrites};
 use crate::store::{Recovered, Scanned, Store};
@@ -51,6 +52,7 @@ pub struct Broker {
     pub alarms: Arc<Alarms>,
     node: NodeName,
     transport: Transport,
+    remote: Arc<RemoteHub>,
 }
 
 /// Why the broker could not be set up.
@@ -236,8 +238,10 @@ impl Broker {
             alarms: Arc::new(Alarms::new(&config)),
             node: transport.node().clone(),
             transport: transport.clone(),
+            remote: RemoteHub::start(transport),
             config: Arc::new(config),
         });
+        broker.remote.attach(&broker);
         store.metadata.start(group);
         let weak = Arc::downgrade(&broker);
         let blank = machine.start_with(
@@ -498,7 +502,7 @@ impl Broker {
             .or_insert_with(|| {
                 VHost::new(
                     name,
-                    self.node.as_str(),
+                    self.remote.clone(),
                     self.store.clone(),
                     self.queues.clone(),
                 )

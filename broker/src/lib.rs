@@ -23,6 +23,7 @@ pub mod exchange;
 pub mod message;
 mod names;
 pub mod queue;
+pub mod remote;
 pub mod server;
 pub mod store;
 pub mod vhost;

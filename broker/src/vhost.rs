@@ -16,9 +16,11 @@ use crate::error::AmqpError;
 use crate::exchange::{Binding, Destination, DestinationKey, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::queue::{self, QueueHandle, QueueSpec, QueueTasks, Queued};
+use crate::remote::RemoteHub;
 use crate::store::Store;
 use crate::store::metadata::{BindingDestination, MetadataCommand, PendingWrites};
 use crate::store::model::{BindingRecord, ExchangeRecord, QueueRecord};
+use warren_cluster::NodeName;
 
 /// What an `exchange.declare` asks for.
 #[derive(Debug, Clone)]
@@ -61,13 +63,13 @@ pub struct VHost {
     name: Arc<str>,
     /// This node's name: the home of the queues declared here.
     node: Arc<str>,
+    /// Traffic to queues hosted on other nodes.
+    remote: Arc<RemoteHub>,
     /// Held while a change to exchanges, queues or bindings is made and submitted to the
     /// metadata log, so that the log records changes in the order they were made.
     changes: Mutex<()>,
     exchanges: RwLock<HashMap<ShortString, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortString, QueueHandle>>,
-    /// Durable queues whose home is another node.
-    remote_queues: RwLock<HashMap<ShortString, QueueRecord>>,
     store: Arc<Store>,
     tasks: QueueTasks,
 }
@@ -91,14 +93,19 @@ pub(crate) fn decode_table(bytes: &[u8]) -> Result<FieldTable, String> {
 
 impl VHost {
     /// A vhost with RabbitMQ's predeclared exchanges, persisting its durable entities in `store`.
-    pub fn new(name: &str, node: &str, store: Arc<Store>, tasks: QueueTasks) -> Arc<VHost> {
+    pub fn new(
+        name: &str,
+        remote: Arc<RemoteHub>,
+        store: Arc<Store>,
+        tasks: QueueTasks,
+    ) -> Arc<VHost> {
         let vhost = VHost {
             name: name.into(),
-            node: node.into(),
+            node: remote.node().as_str().into(),
+            remote,
             changes: Mutex::new(()),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
-            remote_queues: RwLock::new(HashMap::new()),
             store,
             tasks,
         };
@@ -347,12 +354,6 @@ impl VHost {
             self.check_queue_equivalence(existing, &spec, connection)?;
             return Ok((existing.clone(), false, pending));
         }
-        if let Some(remote) = self.remote_queues.read().get(&spec.name) {
-            return Err(AmqpError::not_found(format!(
-                "queue '{}' in vhost '{}' is hosted on node {}; using a queue from another node is not supported yet",
-                spec.name, self.name, remote.home
-            )));
-        }
         // Arguments are validated only when the queue is created, as in RabbitMQ.
         let config = queue::arguments::parse(&spec.arguments, &spec.name, &self.name)?;
         let name = spec.name.clone();
@@ -398,22 +399,52 @@ impl VHost {
         Ok(handle)
     }
 
-    /// Records a durable queue whose home is another node.
-    pub(crate) fn add_remote_queue(&self, name: &[u8], record: &QueueRecord) {
-        match ShortString::try_from(name) {
-            Ok(name) => {
-                self.remote_queues.write().insert(name, record.clone());
+    /// Makes the local handle of a queue whose home is another node: a proxy to it.
+    pub(crate) fn add_remote_queue(self: &Arc<Self>, name: &[u8], record: &QueueRecord) {
+        let added = (|| -> Result<(), String> {
+            let name = ShortString::try_from(name).map_err(|error| error.to_string())?;
+            if self
+                .queue(&name)
+                .is_some_and(|existing| existing.id() == record.id)
+            {
+                return Ok(());
             }
-            Err(error) => tracing::error!("queue of node {}: {error}", record.home),
+            let arguments = decode_table(&record.arguments)?;
+            let config = queue::arguments::parse(&arguments, &name, &self.name)
+                .map_err(|error| error.to_string())?;
+            let spec = QueueSpec {
+                name: name.clone(),
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: record.auto_delete,
+                arguments,
+            };
+            let handle = crate::remote::proxy::spawn(
+                &self.remote,
+                spec,
+                config,
+                self.name.clone(),
+                record.id,
+                NodeName::new_unchecked(record.home.clone()),
+                &self.tasks,
+            );
+            self.queues.write().insert(name, handle);
+            Ok(())
+        })();
+        if let Err(error) = added {
+            tracing::error!(
+                "queue '{}' of node {} in vhost '{}': {error}",
+                String::from_utf8_lossy(name),
+                record.home,
+                self.name
+            );
         }
     }
 
-    /// The home node of a durable queue hosted elsewhere.
+    /// The home node of a queue hosted elsewhere.
     pub fn remote_queue_home(&self, name: &[u8]) -> Option<String> {
-        self.remote_queues
-            .read()
-            .get(name)
-            .map(|record| record.home.clone())
+        self.queue(name)
+            .and_then(|queue| queue.home.as_ref().map(|home| home.to_string()))
     }
 
     /// Brings memory in line with a committed change another node made to this vhost's
@@ -475,12 +506,23 @@ impl VHost {
                 }
             }
             MetadataCommand::DeleteQueue { name, id, .. } => {
-                let mut remote = self.remote_queues.write();
-                if remote
-                    .get(name.as_slice())
-                    .is_some_and(|queue| queue.id == *id)
-                {
-                    remote.remove(name.as_slice());
+                let removed = {
+                    let mut queues = self.queues.write();
+                    let matches = queues
+                        .get(name.as_slice())
+                        .is_some_and(|queue| queue.id() == *id && queue.home.is_some());
+                    if matches {
+                        queues.remove(name.as_slice())
+                    } else {
+                        None
+                    }
+                };
+                if let Some(queue) = removed {
+                    self.remote.remove_proxy(queue.id());
+                    let key = DestinationKey::Queue(queue.id());
+                    for exchange in self.exchanges.read().values() {
+                        exchange.unbind_destination(&key);
+                    }
                 }
             }
             MetadataCommand::Bind {
@@ -500,11 +542,7 @@ impl VHost {
                     routing_key: routing_key.clone(),
                     arguments: arguments.clone(),
                 };
-                let remote = matches!(destination, BindingDestination::Queue(name)
-                    if self.remote_queues.read().contains_key(name.as_slice()));
-                // A binding to a queue on another node lives in the durable state; routing to
-                // it needs that node (not served from here yet).
-                if !remote && let Err(error) = self.restore_binding(&record) {
+                if let Err(error) = self.restore_binding(&record) {
                     failed("binding", error);
                 }
             }

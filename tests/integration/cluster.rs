@@ -246,3 +246,247 @@ async fn a_minority_refuses_metadata_changes() {
     .await;
     cluster.stop().await;
 }
+
+/// Any node serves any queue: declared on node 0, published to through node 1 with confirms,
+/// consumed and acknowledged through node 2; `basic.get`, purge and delete through another
+/// node work too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_is_served_by_every_node() {
+    use futures_lite::StreamExt;
+    use lapin::BasicProperties;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeleteOptions,
+        QueuePurgeOptions,
+    };
+
+    let cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (_a, on_home) = channel(&cluster.node(0).url()).await;
+    on_home
+        .queue_declare(
+            "anywhere".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declared on its home");
+    on_home
+        .exchange_declare(
+            "routes".into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+    on_home
+        .queue_bind(
+            "anywhere".into(),
+            "routes".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bound");
+    for index in [1, 2] {
+        let node = cluster.node(index);
+        wait_until("the queue and its binding reach every node", || {
+            node.broker().vhost("/").is_some_and(|vhost| {
+                vhost.queue(b"anywhere").is_some()
+                    && vhost.exchange(b"routes").is_some_and(|e| e.has_bindings())
+            })
+        })
+        .await;
+    }
+
+    let (_b, publisher) = channel(&cluster.node(1).url()).await;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for index in 0..100u32 {
+        let (exchange, key) = if index % 2 == 0 {
+            ("routes", "k")
+        } else {
+            ("", "anywhere")
+        };
+        let confirm = publisher
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &index.to_be_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("published");
+        assert!(
+            confirm.await.expect("confirmed").is_ack(),
+            "message {index} confirmed"
+        );
+    }
+    let declared = publisher
+        .queue_declare(
+            "anywhere".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare through another node");
+    assert_eq!(declared.message_count(), 100);
+
+    let (_c, consumer_channel) = channel(&cluster.node(2).url()).await;
+    consumer_channel
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let got = consumer_channel
+        .basic_get("anywhere".into(), BasicGetOptions::default())
+        .await
+        .expect("get")
+        .expect("a message");
+    assert_eq!(got.delivery.data, 0u32.to_be_bytes());
+    got.delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+    let mut consumer = consumer_channel
+        .basic_consume(
+            "anywhere".into(),
+            "far".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume through a third node");
+    for expected in 1..100u32 {
+        let delivery = promptly("a delivery", consumer.next())
+            .await
+            .expect("stream open")
+            .expect("delivery");
+        assert_eq!(delivery.data, expected.to_be_bytes(), "in order");
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let node = cluster.node(0);
+    let vhost = node.broker().vhost("/").expect("vhost");
+    let home_queue = vhost.queue(b"anywhere").expect("queue");
+    let mut empty = false;
+    for _ in 0..100 {
+        let stats = home_queue
+            .ask(|reply| warren_broker::queue::QueueCommand::Stats {
+                renew: false,
+                reply,
+            })
+            .await
+            .expect("stats");
+        if stats.messages == 0 {
+            empty = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(empty, "acks travelled back to the home node");
+
+    publisher
+        .basic_publish(
+            "".into(),
+            "anywhere".into(),
+            BasicPublishOptions::default(),
+            b"one more",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("confirmed");
+    let purged = publisher
+        .queue_purge("anywhere".into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge through another node");
+    assert!(purged <= 1);
+    publisher
+        .queue_delete("anywhere".into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete through another node");
+    for index in 0..3 {
+        let node = cluster.node(index);
+        wait_until("the queue is gone everywhere", || {
+            node.broker()
+                .vhost("/")
+                .is_some_and(|vhost| vhost.queue(b"anywhere").is_none())
+        })
+        .await;
+    }
+    cluster.stop().await;
+}
+
+/// When a queue's home node goes away, a consumer on another node gets `basic.cancel` and a
+/// publisher's unconfirmed messages are nacked: nobody hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_home_node_cancels_consumers_and_fails_requests() {
+    use lapin::options::BasicConsumeOptions;
+
+    let mut cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (_a, on_home) = channel(&cluster.node(0).url()).await;
+    on_home
+        .queue_declare(
+            "fragile".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declared");
+    let node = cluster.node(1);
+    wait_until("the queue reaches node 1", || {
+        node.broker()
+            .vhost("/")
+            .is_some_and(|vhost| vhost.queue(b"fragile").is_some())
+    })
+    .await;
+    let (_b, remote) = channel(&cluster.node(1).url()).await;
+    let mut consumer = remote
+        .basic_consume(
+            "fragile".into(),
+            "watcher".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consumes through node 1");
+    cluster.stop_node(0).await;
+    // lapin ends the consumer's stream when the server cancels it.
+    let end = promptly(
+        "the consumer to be cancelled",
+        futures_lite::StreamExt::next(&mut consumer),
+    )
+    .await;
+    assert!(end.is_none(), "cancelled, not delivered to: {end:?}");
+    let error = remote
+        .queue_declare(
+            "fragile".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("the queue's home is down");
+    assert!(
+        error.to_string().contains("is down or inaccessible"),
+        "RabbitMQ's words: {error}"
+    );
+    cluster.stop().await;
+}

@@ -62,7 +62,7 @@ impl Channel {
                 reply,
             })
             .await
-            .ok_or_else(|| AmqpError::no_queue(&name, ctx.vhost.name()))??;
+            .ok_or_else(|| queue.unavailable())??;
         self.consumers.insert(tag.clone(), ConsumerRecord { queue });
         if !consume.no_wait {
             // Written before any delivery: those arrive through the mailbox, after this round.
@@ -176,7 +176,7 @@ impl Channel {
                 reply,
             })
             .await
-            .ok_or_else(|| AmqpError::no_queue(&name, ctx.vhost.name()))?;
+            .ok_or_else(|| queue.unavailable())?;
         let Some(result) = result else {
             ctx.out.method(
                 self.number(),

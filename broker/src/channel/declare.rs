@@ -221,7 +221,7 @@ impl Channel {
                     reply,
                 })
                 .await
-                .ok_or_else(|| AmqpError::no_queue(&declare.queue, ctx.vhost.name()))?;
+                .ok_or_else(|| queue.unavailable())?;
             self.last_queue = Some(declare.queue.clone());
             return self.declare_ok(ctx, declare.queue, stats, declare.no_wait);
         }
@@ -273,7 +273,7 @@ impl Channel {
                     reply,
                 })
                 .await
-                .ok_or_else(|| AmqpError::no_queue(&name, ctx.vhost.name()))?
+                .ok_or_else(|| queue.unavailable())?
         };
         self.last_queue = Some(name.clone());
         self.declare_ok(ctx, name, stats, declare.no_wait)
@@ -386,7 +386,7 @@ impl Channel {
         let purged = queue
             .ask(|reply| QueueCommand::Purge { reply })
             .await
-            .ok_or_else(|| AmqpError::no_queue(&name, ctx.vhost.name()))?;
+            .ok_or_else(|| queue.unavailable())?;
         if !purge.no_wait {
             ctx.out.method(
                 self.number(),

@@ -44,6 +44,7 @@ pub(crate) fn spawn(
         auto_delete: spec.auto_delete,
         arguments: spec.arguments,
         config,
+        home: None,
         commands,
     }));
     let reader = storage.reader();

@@ -75,6 +75,8 @@ pub struct QueueShared {
     pub arguments: FieldTable,
     /// The settings those arguments give.
     pub config: QueueConfig,
+    /// The node that hosts it, when that is another node (this handle then leads to a proxy).
+    pub home: Option<warren_cluster::NodeName>,
     commands: mpsc::UnboundedSender<QueueCommand>,
 }
 
@@ -99,6 +101,47 @@ impl QueueHandle {
     /// The node-unique id of this queue (a redeclared queue of the same name gets a new one).
     pub fn id(&self) -> u64 {
         self.0.id
+    }
+
+    /// A handle whose commands go to `commands` (a proxy for a queue on node `home`).
+    pub(crate) fn remote(
+        spec: QueueSpec,
+        config: QueueConfig,
+        vhost: Arc<str>,
+        id: u64,
+        home: warren_cluster::NodeName,
+        commands: mpsc::UnboundedSender<QueueCommand>,
+    ) -> QueueHandle {
+        QueueHandle(Arc::new(QueueShared {
+            id,
+            name: spec.name,
+            vhost,
+            durable: spec.durable,
+            exclusive_owner: spec.exclusive_owner,
+            auto_delete: spec.auto_delete,
+            arguments: spec.arguments,
+            config,
+            home: Some(home),
+            commands,
+        }))
+    }
+
+    /// The error for a queue that did not answer: deleted, or (hosted elsewhere) its node is
+    /// down, in RabbitMQ's words.
+    pub fn unavailable(&self) -> crate::error::AmqpError {
+        match &self.0.home {
+            Some(home) => crate::error::AmqpError::not_found(format!(
+                "home node '{home}' of {} queue '{}' in vhost '{}' is down or inaccessible",
+                if self.0.durable {
+                    "durable"
+                } else {
+                    "transient"
+                },
+                self.0.name,
+                self.0.vhost
+            )),
+            None => crate::error::AmqpError::no_queue(&self.0.name, &self.0.vhost),
+        }
     }
 
     /// Sends a command; false when the queue has stopped (it was deleted).

@@ -20,7 +20,6 @@ pub mod records;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -61,7 +60,6 @@ pub struct Store {
     pub wal: Arc<Wal>,
     /// Durable metadata.
     pub metadata: MetadataLog,
-    next_queue_id: AtomicU64,
     dir: PathBuf,
 }
 
@@ -124,7 +122,6 @@ impl Store {
     ) -> Result<(Store, Scanned), StorageError> {
         let mut raft = RaftRecovered::default();
         let mut queues: HashMap<u64, BTreeMap<u64, Entry>> = HashMap::new();
-        let mut max_queue_id = 0;
         let mut malformed = 0u64;
         let (wal, report) = Wal::open(
             dir,
@@ -135,7 +132,6 @@ impl Store {
                     Some((1, _)) => match index_enqueue(payload) {
                         Some((queue, id, mut entry)) => {
                             entry.position = position;
-                            max_queue_id = max_queue_id.max(queue);
                             queues.entry(queue).or_default().insert(id, entry);
                         }
                         None => malformed += 1,
@@ -188,7 +184,6 @@ impl Store {
             Store {
                 wal: Arc::new(wal),
                 metadata: MetadataLog::new(origin),
-                next_queue_id: AtomicU64::new(max_queue_id + 1),
                 dir: dir.to_path_buf(),
             },
             Scanned {
@@ -207,13 +202,6 @@ impl Store {
         started: Instant,
     ) -> Recovered {
         let wal = &self.wal;
-        let max_id = state
-            .queues
-            .values()
-            .map(|queue| queue.id)
-            .max()
-            .unwrap_or(0);
-        self.next_queue_id.fetch_max(max_id + 1, Ordering::Relaxed);
         let live_ids: std::collections::HashSet<u64> =
             state.queues.values().map(|queue| queue.id).collect();
         let mut messages = HashMap::new();
@@ -258,9 +246,10 @@ impl Store {
         }
     }
 
-    /// A new queue id, never used before in this data directory.
+    /// A new queue id: random, so that ids are unique across the cluster (queues hosted on other
+    /// nodes are known here by their ids too) without asking anyone.
     pub fn next_queue_id(&self) -> u64 {
-        self.next_queue_id.fetch_add(1, Ordering::Relaxed)
+        fastrand::u64(1..u64::MAX)
     }
 
     /// The data directory.
