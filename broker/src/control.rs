@@ -96,18 +96,28 @@ pub(crate) async fn status(node: &NodeShared) -> Result<ClusterStatus, String> {
         .ok_or("the metadata store is not running")?;
     let me = node.transport.node().clone();
     let raft = group.status();
-    let connected = node.transport.connected();
-    let members: Vec<MemberStatus> = raft
-        .members
-        .iter()
-        .map(|member| MemberStatus {
+    // Members with no link yet (followers only talk to the leader) are dialled: a member runs
+    // if it answers.
+    let mut members = Vec::with_capacity(raft.members.len());
+    for member in &raft.members {
+        let name = NodeName::new_unchecked(member.name.clone());
+        let running = name == me
+            || node.transport.is_connected(&name)
+            || control::call(
+                &node.transport,
+                &name,
+                &ControlRequest::Links,
+                LINKS_TIMEOUT,
+            )
+            .await
+            .is_ok();
+        members.push(MemberStatus {
             name: member.name.clone(),
             id: member.id,
             voter: member.voter,
-            running: member.name == me.as_str()
-                || connected.iter().any(|peer| peer.as_str() == member.name),
-        })
-        .collect();
+            running,
+        });
+    }
     // A member this node cannot reach is partitioned from it if another member can reach it;
     // otherwise it is simply down.
     let unreachable: Vec<&MemberStatus> = members.iter().filter(|m| !m.running).collect();

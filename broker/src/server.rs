@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
 use warren_cluster::control::{CONTROL_SERVICE, ClusterStatus, ControlRequest, ControlResponse};
 use warren_cluster::identity::{NameError, local_host};
 use warren_cluster::secret::COOKIE_FILE;
 use warren_cluster::transport::Resolver;
 use warren_cluster::{NodeName, Secret, Transport, TransportConfig};
-use warren_config::{Config, ListenAddress};
+use warren_config::{Config, ListenAddress, PartitionHandling};
 
 use crate::broker::{Broker, Formation, SetupError};
 use crate::connection;
@@ -87,6 +88,9 @@ pub(crate) struct NodeShared {
 struct Running {
     broker: Arc<Broker>,
     amqp: Vec<SocketAddr>,
+    /// Stops the listeners and closes the client connections (a child of the broker's shutdown
+    /// token; replaced when a paused node resumes).
+    clients: CancellationToken,
 }
 
 /// How long a node stopping for a join or a reset gives its clients.
@@ -134,6 +138,9 @@ impl Node {
                 transport.shutdown();
                 return Err(error);
             }
+        }
+        if shared.config.cluster.partition_handling == PartitionHandling::PauseMinority {
+            tokio::spawn(watch_partitions(Arc::downgrade(&shared)));
         }
         Ok(Node { shared })
     }
@@ -186,6 +193,32 @@ impl Node {
             stop_incarnation(running, grace).await;
         }
         self.shared.transport.shutdown();
+    }
+}
+
+/// How often `pause_minority` checks that the node sees a majority of the cluster.
+const PARTITION_CHECK: Duration = Duration::from_secs(1);
+/// How long a member is given to answer that check.
+const PARTITION_PROBE: Duration = Duration::from_millis(800);
+
+/// `cluster_partition_handling = pause_minority`: while the node cannot reach a majority of the
+/// cluster's voting members, its client listeners are closed (and its clients disconnected); they
+/// open again once it can.
+async fn watch_partitions(node: std::sync::Weak<NodeShared>) {
+    let mut ticks = tokio::time::interval(PARTITION_CHECK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(minority) = node.in_minority().await else {
+            continue;
+        };
+        let paused = node.paused.load(std::sync::atomic::Ordering::Acquire);
+        if minority && !paused {
+            node.pause();
+        } else if !minority && paused {
+            node.resume();
+        }
     }
 }
 
@@ -247,6 +280,7 @@ impl NodeShared {
                 Err(source) => {
                     stop_incarnation(
                         Running {
+                            clients: broker.shutdown.child_token(),
                             broker,
                             amqp: Vec::new(),
                         },
@@ -262,12 +296,17 @@ impl NodeShared {
             }
         }
         let mut amqp = Vec::new();
+        let clients = broker.shutdown.child_token();
         for (local, listener) in listeners {
             tracing::info!("started TCP listener on {local}");
             amqp.push(local);
-            tokio::spawn(accept_loop(listener, broker.clone()));
+            tokio::spawn(accept_loop(listener, broker.clone(), clients.clone()));
         }
-        Ok(Running { broker, amqp })
+        Ok(Running {
+            broker,
+            amqp,
+            clients,
+        })
     }
 
     /// Stops the current incarnation, drops the node's data, and starts again as `formation`
@@ -307,6 +346,85 @@ impl NodeShared {
                 Err(error.to_string())
             }
         }
+    }
+
+    /// Whether this node cannot reach a majority of the voting members; `None` while it has no
+    /// broker (a join or reset is under way).
+    async fn in_minority(&self) -> Option<bool> {
+        let broker = self.broker()?;
+        let group = broker.metadata_group()?.clone();
+        let status = group.status();
+        let me = self.transport.node();
+        let voters: Vec<NodeName> = status
+            .members
+            .iter()
+            .filter(|member| member.voter)
+            .map(|member| NodeName::new_unchecked(member.name.clone()))
+            .collect();
+        if voters.len() < 2 {
+            return Some(false);
+        }
+        let mut seen = 0;
+        for voter in &voters {
+            let reachable = voter == me
+                || self.transport.is_connected(voter)
+                || warren_cluster::control::call(
+                    &self.transport,
+                    voter,
+                    &ControlRequest::Links,
+                    PARTITION_PROBE,
+                )
+                .await
+                .is_ok();
+            if reachable {
+                seen += 1;
+            }
+        }
+        Some(seen * 2 <= voters.len())
+    }
+
+    fn pause(&self) {
+        let current = self.current.lock();
+        let Some(running) = current.as_ref() else {
+            return;
+        };
+        tracing::warn!(
+            "Cluster minority/secondary status detected - awaiting recovery: this node cannot reach a majority of the cluster (cluster_partition_handling = pause_minority); client listeners are closed"
+        );
+        running.clients.cancel();
+        self.paused
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn resume(&self) {
+        let mut current = self.current.lock();
+        let Some(running) = current.as_mut() else {
+            return;
+        };
+        let mut listeners = Vec::new();
+        for address in &running.amqp {
+            match bind(ListenAddress::Socket(*address)) {
+                Ok(listener) => listeners.push(listener),
+                Err(error) => {
+                    tracing::warn!("cannot listen on {address} again yet: {error}");
+                    return;
+                }
+            }
+        }
+        let clients = running.broker.shutdown.child_token();
+        for listener in listeners {
+            tokio::spawn(accept_loop(
+                listener,
+                running.broker.clone(),
+                clients.clone(),
+            ));
+        }
+        running.clients = clients;
+        self.paused
+            .store(false, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            "Cluster minority/secondary status cleared: the node reaches a majority again; client listeners are open"
+        );
     }
 
     /// Holds the lifecycle lock (no join, reset or stop meanwhile).
@@ -389,19 +507,22 @@ fn bind(address: ListenAddress) -> std::io::Result<TcpListener> {
     Err(last_error.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()))
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
+async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = broker.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         match accepted {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
                 let broker_for_task = broker.clone();
-                broker
-                    .connections
-                    .spawn(connection::serve(broker_for_task, socket, peer));
+                broker.connections.spawn(connection::serve(
+                    broker_for_task,
+                    socket,
+                    peer,
+                    stop.clone(),
+                ));
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -490,3 +490,56 @@ async fn losing_the_home_node_cancels_consumers_and_fails_requests() {
     );
     cluster.stop().await;
 }
+
+/// `cluster_partition_handling = pause_minority`: the node cut off from the majority closes its
+/// client listener (clients connected to it are disconnected) and opens it again once the
+/// partition heals; the majority keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_minority_closes_the_minority_listener_until_the_partition_heals() {
+    let cluster = TestCluster::builder()
+        .nodes(3)
+        .config(|config| {
+            config.cluster.partition_handling = warren_config::PartitionHandling::PauseMinority;
+        })
+        .build()
+        .await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let minority = cluster.node(2);
+    let (connection, _channel) = channel(&minority.url()).await;
+    cluster.partition(&[2], &[0, 1]);
+    wait_until("the client of the minority node is disconnected", || {
+        !connection.status().connected()
+    })
+    .await;
+    let refused = Connection::connect(&minority.url(), ConnectionProperties::default()).await;
+    assert!(refused.is_err(), "the minority node accepts no clients");
+    assert!(minority.status().await.paused);
+    let (_a, majority) = channel(&cluster.node(0).url()).await;
+    majority
+        .exchange_declare(
+            "while.paused".into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("the majority serves");
+    assert!(!cluster.node(0).status().await.paused);
+
+    cluster.heal();
+    let url = minority.url();
+    let mut reconnected = None;
+    for _ in 0..100 {
+        if let Ok(connection) = Connection::connect(&url, ConnectionProperties::default()).await {
+            reconnected = Some(connection);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reconnected.is_some(),
+        "the healed node serves clients again"
+    );
+    assert!(!minority.status().await.paused);
+    cluster.stop().await;
+}

@@ -11,6 +11,7 @@
 
 mod amqprs_client;
 mod cluster;
+mod cluster_process;
 mod durability;
 mod extensions;
 mod faults;

@@ -135,7 +135,14 @@ impl Transport {
 }
 
 /// Serves one client connection until it closes.
-pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
+/// Serves one client until it closes, or until `stop` is cancelled (the node stops, or pauses
+/// in a minority), which closes it with 320 CONNECTION_FORCED.
+pub(crate) async fn serve(
+    broker: Arc<Broker>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) {
     // Dual-stack listeners see IPv4 clients as IPv4-mapped IPv6 addresses; show them as IPv4.
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let name = match socket.local_addr() {
@@ -156,7 +163,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAd
     tracing::debug!("accepting AMQP connection ({})", transport.name);
     let session = tokio::select! {
         session = handshake::handshake(&broker, &mut transport) => session,
-        _ = broker.shutdown.cancelled() => Err(Refusal::Silent("node is shutting down".into())),
+        _ = stop.cancelled() => Err(Refusal::Silent("node is shutting down".into())),
     };
     let session = match session {
         Ok(session) => session,
@@ -179,7 +186,9 @@ pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAd
         session.user.name,
         session.vhost.name()
     );
-    Connection::new(broker, transport, session).run().await;
+    Connection::new(broker, transport, session, stop)
+        .run()
+        .await;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,10 +217,17 @@ struct Connection {
     blocked_sent: bool,
     /// A publish arrived during an alarm: block once its message is complete.
     block_after_content: bool,
+    /// Cancelled when the node stops or pauses.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Connection {
-    fn new(broker: Arc<Broker>, transport: Transport, session: Session) -> Connection {
+    fn new(
+        broker: Arc<Broker>,
+        transport: Transport,
+        session: Session,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Connection {
         let Transport {
             reader,
             buf,
@@ -250,6 +266,7 @@ impl Connection {
             blocked: false,
             blocked_sent: false,
             block_after_content: false,
+            stop,
         }
     }
 
@@ -311,7 +328,7 @@ impl Connection {
         });
         heartbeat_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let writer = self.ctx.out.shared().clone();
-        let shutdown = self.ctx.broker.shutdown.clone();
+        let shutdown = self.stop.clone();
         let mut input = false;
         loop {
             self.process_buffered().await;

@@ -1,0 +1,284 @@
+//! Clusters of `warren` processes driven with `warrenctl`: formation at once, kill -9 of the
+//! leader with confirmed messages on board, restarts in every order, forgetting a dead node,
+//! and a node that lost its data refused until it is forgotten.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use warren_tests::cluster::ClusterProcesses;
+use warren_tests::promptly;
+
+async fn channel(url: &str) -> (Connection, lapin::Channel) {
+    let connection = promptly(
+        "lapin to connect",
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("lapin connects");
+    let channel = connection.create_channel().await.expect("channel opens");
+    (connection, channel)
+}
+
+/// Waits until `queue` is known on the node at `url` (metadata reaches followers as they
+/// apply it).
+async fn wait_for_queue(url: &str, queue: &str) {
+    let (connection, mut probe) = channel(url).await;
+    for _ in 0..100 {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match probe
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => return,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                probe = connection.create_channel().await.expect("channel");
+            }
+        }
+    }
+    panic!("queue {queue} never reached {url}");
+}
+
+fn index_of(cluster: &ClusterProcesses, name: &str) -> usize {
+    cluster
+        .members
+        .iter()
+        .position(|member| member.name == name)
+        .expect("the leader is a member")
+}
+
+/// Three processes started together form one cluster; messages confirmed through one node to a
+/// queue on another survive kill -9 of the metadata leader, which a new leader replaces; the
+/// killed node rejoins on restart; a full stop and restarts in every order bring the same
+/// cluster back, with the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leader_and_restarts_in_every_order_lose_nothing_confirmed() {
+    let mut cluster = ClusterProcesses::new(3, "");
+    cluster.start(&[0, 1, 2]).await;
+    let status = cluster.wait_for_members(3).await;
+    let leader = index_of(&cluster, status.leader.as_deref().expect("a leader"));
+    let home = (leader + 1) % 3;
+    let publisher = (leader + 2) % 3;
+
+    let (_h, on_home) = channel(&cluster.url(home)).await;
+    on_home
+        .queue_declare(
+            "ledger".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    wait_for_queue(&cluster.url(publisher), "ledger").await;
+    let (_p, on_publisher) = channel(&cluster.url(publisher)).await;
+    on_publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut confirms = Vec::new();
+    for index in 0..500u32 {
+        let confirm = on_publisher
+            .basic_publish(
+                "".into(),
+                "ledger".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &index.to_be_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        let confirmation = confirm.await.expect("confirmation");
+        assert!(confirmation.is_ack(), "confirmed: {confirmation:?}");
+        assert!(
+            confirmation.take_message().is_none(),
+            "routed (the queue was known on the publisher's node)"
+        );
+    }
+
+    cluster.kill(leader).await;
+    let survivor = home;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        if let Some(status) = cluster.status(survivor).await
+            && let Some(new_leader) = status.leader
+            && new_leader != cluster.members[leader].name
+        {
+            assert!(status.term > 0);
+            break new_leader;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new leader after kill -9 of the old one"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(new_leader, cluster.members[leader].name);
+    on_home
+        .exchange_declare(
+            "after.kill".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("two of three nodes keep metadata writable");
+    cluster.start(&[leader]).await;
+    cluster.wait_for_members(3).await;
+
+    for order in [
+        [0, 1, 2],
+        [2, 1, 0],
+        [1, 2, 0],
+        [0, 2, 1],
+        [2, 0, 1],
+        [1, 0, 2],
+    ] {
+        for index in 0..3 {
+            cluster.stop(index).await;
+        }
+        cluster.start(&order).await;
+        cluster.wait_for_members(3).await;
+    }
+
+    // Every confirmed message, in order, consumed through a node that is not the queue's home.
+    let reader = (home + 1) % 3;
+    let (_r, on_reader) = channel(&cluster.url(reader)).await;
+    on_reader
+        .exchange_declare(
+            "after.kill".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("metadata written after the kill survived the restarts");
+    let mut consumer = on_reader
+        .basic_consume(
+            "ledger".into(),
+            "audit".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for expected in 0..500u32 {
+        let delivery = promptly("a confirmed message", consumer.next())
+            .await
+            .expect("stream open")
+            .expect("delivery");
+        assert_eq!(delivery.data, expected.to_be_bytes());
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    for index in 0..3 {
+        cluster.stop(index).await;
+    }
+}
+
+/// `forget_cluster_node` refuses a running node and removes a dead one; a node whose data was
+/// lost is refused by the cluster ("forget it first") and joins by itself once it is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_a_dead_node_and_rejoin_after_losing_data() {
+    let mut cluster = ClusterProcesses::new(3, "");
+    cluster.start(&[0, 1, 2]).await;
+    cluster.wait_for_members(3).await;
+    let third = cluster.members[2].name.clone();
+
+    let refused = cluster.ctl(0, &["forget_cluster_node", &third]).await;
+    assert_eq!(refused.code, Some(70), "{refused:?}");
+    assert!(refused.stderr.contains("is running"), "{refused:?}");
+
+    // The third node dies and loses its data (its cookie is in the environment).
+    cluster.kill(2).await;
+    let data = cluster.members[2].options.data_dir.clone();
+    std::fs::remove_dir_all(&data).expect("wipe the dead node's data");
+
+    // Started blank, it is not the seed: it asks to join and is refused, again and again.
+    let options = cluster.members[2].options.clone();
+    let rejoining =
+        tokio::spawn(async move { warren_tests::node::NodeProcess::start(&options).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !rejoining.is_finished(),
+        "refused while its earlier self is a member"
+    );
+
+    let forgotten = cluster.ctl(0, &["forget_cluster_node", &third]).await;
+    assert_eq!(forgotten.code, Some(0), "{forgotten:?}");
+    assert!(forgotten.stdout.contains("Removing node"), "{forgotten:?}");
+    let process = promptly("the node to join once forgotten", async {
+        tokio::time::timeout(Duration::from_secs(50), rejoining)
+            .await
+            .expect("joined in time")
+            .expect("start task")
+    })
+    .await;
+    cluster.members[2].process = Some(process);
+    cluster.wait_for_members(3).await;
+
+    // reset and join_cluster through warrenctl.
+    let reset = cluster.ctl(1, &["reset"]).await;
+    assert_eq!(reset.code, Some(0), "{reset:?}");
+    let alone = cluster.status(1).await.expect("status after reset");
+    assert_eq!(alone.members.len(), 1, "{alone:?}");
+    let first = cluster.members[0].name.clone();
+    let joined = cluster.ctl(1, &["join_cluster", &first]).await;
+    assert_eq!(joined.code, Some(0), "{joined:?}");
+    assert!(joined.stdout.contains("Clustering node"), "{joined:?}");
+    cluster.wait_for_members(3).await;
+    let text = cluster.ctl(2, &["cluster_status"]).await;
+    assert_eq!(text.code, Some(0));
+    for member in &cluster.members {
+        assert!(text.stdout.contains(&member.name), "{}", text.stdout);
+    }
+    assert!(text.stdout.contains("Running Nodes"), "{}", text.stdout);
+    for index in 0..3 {
+        cluster.stop(index).await;
+    }
+}
+
+/// Three blank nodes started at the same instant form exactly one cluster, every time: only the
+/// seed (the smallest name) may form one, the others join it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_started_together_always_form_one_cluster() {
+    for round in 0..50 {
+        let mut cluster = ClusterProcesses::new(3, "");
+        cluster.start(&[0, 1, 2]).await;
+        let status = cluster.wait_for_members(3).await;
+        let mut names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
+        let mut members = status.members.clone();
+        names.sort();
+        members.sort();
+        assert_eq!(members, names, "round {round}: one cluster of all three");
+        for index in 0..3 {
+            cluster.kill(index).await;
+        }
+        for member in &cluster.members {
+            let _ = std::fs::remove_dir_all(&member.options.data_dir);
+        }
+    }
+}
