@@ -87,3 +87,26 @@ async fn a_second_node_on_the_same_data_directory_refuses_to_start() {
     assert_eq!(again.terminate().await, Some(0));
     std::fs::remove_dir_all(&options.data_dir).expect("remove data");
 }
+
+/// A node name whose host part does not resolve stops the node at start, naming it.
+#[tokio::test]
+async fn an_unresolvable_node_name_is_reported_at_start() {
+    let mut options = NodeOptions::new("");
+    options.env = vec![
+        ("WARREN_NODENAME".into(), "warren@no-such-host.invalid".into()),
+        ("WARREN_USE_LONGNAME".into(), "true".into()),
+    ];
+    let output = NodeProcess::try_start(&options)
+        .await
+        .expect_err("the node must not start");
+    assert!(
+        output.contains("cannot resolve the host 'no-such-host.invalid' of node name 'warren@no-such-host.invalid'"),
+        "{output}"
+    );
+    let mut options = NodeOptions::new("");
+    options.env = vec![("WARREN_NODENAME".into(), "warren@10.0.0.1".into())];
+    let output = NodeProcess::try_start(&options)
+        .await
+        .expect_err("an IP address needs long names");
+    assert!(output.contains("WARREN_USE_LONGNAME"), "{output}");
+}
