@@ -244,23 +244,34 @@ impl Broker {
         broker.remote.attach(&broker);
         store.metadata.start(group);
         let weak = Arc::downgrade(&broker);
-        let blank = machine.start_with(
+        let (blank, stale) = machine.start_with(
             |state| {
                 let recovered = store.recover(state.clone(), messages, started);
                 if recovered.state.is_blank() {
-                    return true;
+                    return (true, Vec::new());
                 }
-                broker.restore(recovered);
-                false
+                (false, broker.restore(recovered))
             },
             Box::new(move |command| {
                 if let Some(broker) = weak.upgrade() {
-                    broker.apply_foreign(command);
+                    broker.apply_command(command);
                 }
             }),
         );
         if blank && new_cluster {
             broker.set_up_defaults().await?;
+        }
+        if !stale.is_empty() {
+            // Transient queues and exchanges of this node's previous run: gone everywhere.
+            let mut pending = PendingWrites::default();
+            for command in stale {
+                store.metadata.submit(command, &mut pending);
+            }
+            if let Err(error) = pending.wait().await {
+                tracing::warn!(
+                    "transient queues and exchanges of the previous run are not removed yet: {error}"
+                );
+            }
         }
         Ok(broker)
     }
@@ -280,37 +291,31 @@ impl Broker {
         self.store.metadata.group()
     }
 
-    /// A blank node: the default vhost and user from the configuration, persisted.
+    /// A new cluster: the default vhost and user from the configuration, through the metadata
+    /// log (every node applies them).
     async fn set_up_defaults(&self) -> Result<(), SetupError> {
         let config = self.config.clone();
         let permissions = &config.default_permissions;
-        self.users
-            .set_permissions(
-                &config.default_user,
-                &config.default_vhost,
-                &permissions.configure,
-                &permissions.write,
-                &permissions.read,
-            )
-            .map_err(SetupError::Permissions)?;
-        self.add_vhost(&config.default_vhost);
-        let user = self.users.put_user(
-            &config.default_user,
-            &config.default_pass,
-            config.default_user_tags.clone(),
-        );
+        // Checked here: applying cannot fail.
+        for pattern in [
+            &permissions.configure,
+            &permissions.write,
+            &permissions.read,
+        ] {
+            crate::auth::Pattern::new(pattern).map_err(SetupError::Permissions)?;
+        }
         let mut pending = PendingWrites::default();
         for command in [
             MetadataCommand::PutVHost {
                 name: config.default_vhost.clone(),
             },
             MetadataCommand::PutUser {
-                name: user.name.clone(),
-                password_hash: user.password.as_ref().map(PasswordHash::to_base64),
-                tags: user.tags.clone(),
+                name: config.default_user.clone(),
+                password_hash: Some(PasswordHash::new(&config.default_pass).to_base64()),
+                tags: config.default_user_tags.clone(),
             },
             MetadataCommand::SetPermissions {
-                user: user.name.clone(),
+                user: config.default_user.clone(),
                 vhost: config.default_vhost.clone(),
                 configure: permissions.configure.clone(),
                 write: permissions.write.clone(),
@@ -325,10 +330,12 @@ impl Broker {
             .map_err(|error| SetupError::Persist(error.to_string()))
     }
 
-    /// A node that has run before: vhosts, users, permissions, durable exchanges, queues (with
-    /// their messages) and bindings as they were. An entity that cannot be restored is logged
-    /// and skipped; the rest of the node still starts.
-    fn restore(&self, recovered: Recovered) {
+    /// A node that has run before, or joined a cluster: vhosts, users, permissions, exchanges,
+    /// queues (with their messages) and bindings as the metadata holds them. Transient queues and
+    /// exchanges this node had before it restarted are gone: they are skipped, and the deletions
+    /// to propose for them are returned. An entity that cannot be restored is logged and skipped;
+    /// the rest of the node still starts.
+    fn restore(&self, recovered: Recovered) -> Vec<MetadataCommand> {
         let Recovered {
             state,
             mut messages,
@@ -362,7 +369,17 @@ impl Broker {
                 tracing::error!("permissions of '{user}' on vhost '{vhost}' not restored: {error}");
             }
         }
+        let mut stale = Vec::new();
+        let mut skipped: std::collections::HashSet<(String, bool, Vec<u8>)> = Default::default();
         for ((vhost, name), record) in &state.exchanges {
+            if !record.durable && record.home == self.node.as_str() {
+                stale.push(MetadataCommand::DeleteExchange {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                });
+                skipped.insert((vhost.clone(), false, name.clone()));
+                continue;
+            }
             let Some(vhost) = self.vhost(vhost) else {
                 continue;
             };
@@ -375,6 +392,15 @@ impl Broker {
             }
         }
         for ((vhost, name), record) in &state.queues {
+            if !record.durable && record.home == self.node.as_str() {
+                stale.push(MetadataCommand::DeleteQueue {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    id: record.id,
+                });
+                skipped.insert((vhost.clone(), true, name.clone()));
+                continue;
+            }
             let Some(vhost) = self.vhost(vhost) else {
                 continue;
             };
@@ -392,6 +418,15 @@ impl Broker {
             }
         }
         for binding in &state.bindings {
+            let to_skipped =
+                skipped.contains(&(
+                    binding.vhost.clone(),
+                    binding.destination.0,
+                    binding.destination.1.clone(),
+                )) || skipped.contains(&(binding.vhost.clone(), false, binding.source.clone()));
+            if to_skipped {
+                continue;
+            }
             let Some(vhost) = self.vhost(&binding.vhost) else {
                 continue;
             };
@@ -403,10 +438,12 @@ impl Broker {
                 );
             }
         }
+        stale
     }
 
-    /// Brings memory in line with a committed command another node proposed.
-    fn apply_foreign(&self, command: &MetadataCommand) {
+    /// Brings memory in line with a committed command, whoever proposed it: the only place
+    /// metadata changes in memory.
+    fn apply_command(&self, command: &MetadataCommand) {
         match command {
             MetadataCommand::PutVHost { name } => {
                 self.add_vhost(name);
@@ -445,7 +482,7 @@ impl Broker {
                 // A snapshot installed on a running node: what it adds is applied; what it
                 // lost since the node fell behind is picked up at the next start.
                 for command in commands {
-                    self.apply_foreign(command);
+                    self.apply_command(command);
                 }
             }
             MetadataCommand::DeclareExchange { vhost, .. }
@@ -455,7 +492,7 @@ impl Broker {
             | MetadataCommand::Bind { vhost, .. }
             | MetadataCommand::Unbind { vhost, .. } => {
                 if let Some(vhost) = self.vhost(vhost) {
-                    vhost.apply_foreign(command, self.node.as_str());
+                    vhost.apply(command);
                 }
             }
         }

@@ -239,13 +239,25 @@ async fn start_transport(
         ],
     };
     let mut last_error = None;
-    for address in candidates {
-        let mut transport_config =
-            TransportConfig::new(name.clone(), secret.clone(), Some(address), port);
-        transport_config.resolver = resolver.clone();
-        match Transport::start(transport_config).await {
-            Ok(transport) => return Ok(transport),
-            Err(error) => last_error = Some((address, error)),
+    // A node restarting in the same process (a test) may find its old listener still closing.
+    for attempt in 0..20 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for address in &candidates {
+            let mut transport_config =
+                TransportConfig::new(name.clone(), secret.clone(), Some(*address), port);
+            transport_config.resolver = resolver.clone();
+            match Transport::start(transport_config).await {
+                Ok(transport) => return Ok(transport),
+                Err(error) => last_error = Some((*address, error)),
+            }
+        }
+        let in_use = last_error
+            .as_ref()
+            .is_some_and(|(_, error)| error.kind() == std::io::ErrorKind::AddrInUse);
+        if !in_use || port == 0 {
+            break;
         }
     }
     let (address, source) = last_error.expect("invariant: at least one candidate address");
@@ -455,6 +467,18 @@ async fn stop_incarnation(running: Running, grace: Duration) {
         tracing::warn!("some queues did not stop within {grace:?}");
     }
     broker.store().metadata.shutdown().await;
+    // The data directory is let go when the last holder of the WAL (the Raft tasks wind down
+    // after shutdown returns) drops it: wait for that, so that the directory can be opened
+    // again at once (a join, a reset, a restart in the same process).
+    let wal = Arc::downgrade(&broker.store().wal);
+    drop(broker);
+    let deadline = tokio::time::Instant::now() + grace;
+    while wal.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if wal.strong_count() > 0 {
+        tracing::warn!("the data directory is still in use {grace:?} after stopping");
+    }
 }
 
 /// Removes everything in the data directory but the cluster secret.

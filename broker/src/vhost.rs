@@ -12,13 +12,13 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use warren_wire::{FieldTable, FieldValue, ShortString};
 
-use crate::error::AmqpError;
+use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, DestinationKey, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::queue::{self, QueueHandle, QueueSpec, QueueTasks, Queued};
 use crate::remote::RemoteHub;
 use crate::store::Store;
-use crate::store::metadata::{BindingDestination, MetadataCommand, PendingWrites};
+use crate::store::metadata::{BindingDestination, MetadataCommand};
 use crate::store::model::{BindingRecord, ExchangeRecord, QueueRecord};
 use warren_cluster::NodeName;
 
@@ -145,8 +145,9 @@ impl VHost {
         &self.tasks
     }
 
-    fn persist(&self, command: MetadataCommand, pending: &mut PendingWrites) {
-        self.store.metadata.submit(command, pending);
+    /// Proposes a change to the metadata log and waits until this node has applied it.
+    async fn propose(&self, command: MetadataCommand) -> Result<(), AmqpError> {
+        self.store.metadata.propose(command).await
     }
 
     /// An exchange by name (not the default exchange, which is not stored).
@@ -169,18 +170,12 @@ impl VHost {
         self.exchanges.read().values().cloned().collect()
     }
 
-    /// Declares an exchange, or checks that an existing one is equivalent. A new durable exchange
-    /// is submitted to the metadata log; wait for the returned writes before confirming.
-    pub fn declare_exchange(
-        &self,
-        spec: ExchangeSpec,
-    ) -> Result<(Arc<Exchange>, PendingWrites), AmqpError> {
-        let mut pending = PendingWrites::default();
-        let _changes = self.changes.lock();
-        let mut exchanges = self.exchanges.write();
-        if let Some(existing) = exchanges.get(&spec.name) {
-            self.check_exchange_equivalence(existing, &spec)?;
-            return Ok((existing.clone(), pending));
+    /// Declares an exchange through the metadata log, or checks that an existing one is
+    /// equivalent. Returns once the exchange exists on this node.
+    pub async fn declare_exchange(&self, spec: ExchangeSpec) -> Result<Arc<Exchange>, AmqpError> {
+        if let Some(existing) = self.exchange(&spec.name) {
+            self.check_exchange_equivalence(&existing, &spec)?;
+            return Ok(existing);
         }
         if spec.name.starts_with(b"amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -189,32 +184,26 @@ impl VHost {
             )));
         }
         queue::arguments::check_alternate_exchange(&spec.arguments, &spec.name, &self.name)?;
-        if spec.durable {
-            self.persist(
-                MetadataCommand::DeclareExchange {
-                    vhost: self.name.to_string(),
-                    name: spec.name.to_vec(),
-                    kind: spec.kind.name().to_string(),
-                    auto_delete: spec.auto_delete,
-                    internal: spec.internal,
-                    arguments: encode_table(&spec.arguments),
-                },
-                &mut pending,
-            );
-        }
-        let exchange = Arc::new(Exchange::new(
-            spec.name.clone(),
-            spec.kind,
-            spec.durable,
-            spec.auto_delete,
-            spec.internal,
-            spec.arguments,
-        ));
-        exchanges.insert(spec.name, exchange.clone());
-        Ok((exchange, pending))
+        self.propose(MetadataCommand::DeclareExchange {
+            vhost: self.name.to_string(),
+            name: spec.name.to_vec(),
+            kind: spec.kind.name().to_string(),
+            durable: spec.durable,
+            home: self.node.to_string(),
+            auto_delete: spec.auto_delete,
+            internal: spec.internal,
+            arguments: encode_table(&spec.arguments),
+        })
+        .await?;
+        // Whoever declared it first, it must be equivalent to what was asked.
+        let existing = self
+            .exchange(&spec.name)
+            .ok_or_else(|| AmqpError::no_exchange(&spec.name, &self.name))?;
+        self.check_exchange_equivalence(&existing, &spec)?;
+        Ok(existing)
     }
 
-    /// Recreates a durable exchange from the metadata, at start.
+    /// Recreates an exchange from the metadata (at start, or when another node declared it).
     pub(crate) fn restore_exchange(
         &self,
         name: &[u8],
@@ -226,12 +215,15 @@ impl VHost {
         let exchange = Exchange::new(
             name.clone(),
             kind,
-            true,
+            record.durable,
             record.auto_delete,
             record.internal,
             decode_table(&record.arguments)?,
         );
-        self.exchanges.write().insert(name, Arc::new(exchange));
+        self.exchanges
+            .write()
+            .entry(name)
+            .or_insert_with(|| Arc::new(exchange));
         Ok(())
     }
 
@@ -271,17 +263,10 @@ impl VHost {
     }
 
     /// Deletes an exchange and every binding from or to it; missing exchanges are fine.
-    pub fn delete_exchange(
-        &self,
-        name: &ShortString,
-        if_unused: bool,
-    ) -> Result<PendingWrites, AmqpError> {
-        let mut pending = PendingWrites::default();
-        let _changes = self.changes.lock();
+    pub async fn delete_exchange(&self, name: &ShortString, if_unused: bool) -> AmqpResult<()> {
         {
-            let exchanges = self.exchanges.read();
-            let Some(exchange) = exchanges.get(name) else {
-                return Ok(pending);
+            let Some(exchange) = self.exchange(name) else {
+                return Ok(());
             };
             if if_unused && exchange.has_bindings() {
                 return Err(AmqpError::precondition_failed(format!(
@@ -290,19 +275,18 @@ impl VHost {
                 )));
             }
         }
-        self.remove_exchanges(vec![name.clone()], false, &mut pending);
-        Ok(pending)
+        self.propose(MetadataCommand::DeleteExchange {
+            vhost: self.name.to_string(),
+            name: name.to_vec(),
+        })
+        .await
     }
 
-    /// Removes exchanges and the bindings to them; exchanges that lose their last binding that
-    /// way and are auto-delete go too. With `only_unused_auto_delete`, a name is removed only if
-    /// it is an auto-delete exchange with no bindings left. Call with `changes` held.
-    fn remove_exchanges(
-        &self,
-        mut names: Vec<ShortString>,
-        only_unused_auto_delete: bool,
-        pending: &mut PendingWrites,
-    ) {
+    /// Removes exchanges from memory with the bindings to them; exchanges that lose their last
+    /// binding that way and are auto-delete go too. With `only_unused_auto_delete`, a name is
+    /// removed only if it is an auto-delete exchange with no bindings left. Mirrors what the
+    /// metadata state does for the same command. Call with `changes` held.
+    fn remove_exchanges(&self, mut names: Vec<ShortString>, only_unused_auto_delete: bool) {
         let mut only_unused = only_unused_auto_delete;
         while !names.is_empty() {
             let mut next = Vec::new();
@@ -314,17 +298,7 @@ impl VHost {
                 if !removable {
                     continue;
                 }
-                let removed = exchanges.remove(&name).expect("invariant: checked above");
-                if removed.durable {
-                    // The metadata drops the bindings from and to it along with it.
-                    self.persist(
-                        MetadataCommand::DeleteExchange {
-                            vhost: self.name.to_string(),
-                            name: name.to_vec(),
-                        },
-                        pending,
-                    );
-                }
+                exchanges.remove(&name);
                 let key = DestinationKey::Exchange(name);
                 for other in exchanges.values() {
                     if other.unbind_destination(&key) > 0
@@ -340,43 +314,43 @@ impl VHost {
         }
     }
 
-    /// Declares a queue, or checks that an existing one is equivalent. Returns the queue,
-    /// whether it was created, and the metadata writes to wait for (a new durable queue).
-    pub fn declare_queue(
+    /// Declares a queue through the metadata log (homed on this node), or checks that an
+    /// existing one is equivalent. Returns the queue and whether this declaration created it.
+    pub async fn declare_queue(
         self: &Arc<Self>,
         spec: QueueSpec,
         connection: u64,
-    ) -> Result<(QueueHandle, bool, PendingWrites), AmqpError> {
-        let mut pending = PendingWrites::default();
-        let _changes = self.changes.lock();
-        let mut queues = self.queues.write();
-        if let Some(existing) = queues.get(&spec.name) {
-            self.check_queue_equivalence(existing, &spec, connection)?;
-            return Ok((existing.clone(), false, pending));
+    ) -> Result<(QueueHandle, bool), AmqpError> {
+        if let Some(existing) = self.queue(&spec.name) {
+            self.check_queue_equivalence(&existing, &spec, connection)?;
+            return Ok((existing, false));
         }
         // Arguments are validated only when the queue is created, as in RabbitMQ.
-        let config = queue::arguments::parse(&spec.arguments, &spec.name, &self.name)?;
-        let name = spec.name.clone();
+        queue::arguments::parse(&spec.arguments, &spec.name, &self.name)?;
         let id = self.store.next_queue_id();
-        if spec.durable {
-            self.persist(
-                MetadataCommand::DeclareQueue {
-                    vhost: self.name.to_string(),
-                    name: name.to_vec(),
-                    id,
-                    home: self.node.to_string(),
-                    auto_delete: spec.auto_delete,
-                    arguments: encode_table(&spec.arguments),
-                },
-                &mut pending,
-            );
+        self.propose(MetadataCommand::DeclareQueue {
+            vhost: self.name.to_string(),
+            name: spec.name.to_vec(),
+            id,
+            home: self.node.to_string(),
+            durable: spec.durable,
+            exclusive_owner: spec.exclusive_owner,
+            auto_delete: spec.auto_delete,
+            arguments: encode_table(&spec.arguments),
+        })
+        .await?;
+        let queue = self
+            .queue(&spec.name)
+            .ok_or_else(|| AmqpError::no_queue(&spec.name, &self.name))?;
+        if queue.id() == id {
+            return Ok((queue, true));
         }
-        let handle = queue::spawn(spec, config, self, id, Vec::new());
-        queues.insert(name, handle.clone());
-        Ok((handle, true, pending))
+        // Another declaration of the name was applied first.
+        self.check_queue_equivalence(&queue, &spec, connection)?;
+        Ok((queue, false))
     }
 
-    /// Recreates a durable queue from the metadata, with the messages recovered for it, at start.
+    /// Starts a queue homed on this node from the metadata, with the messages recovered for it.
     pub(crate) fn restore_queue(
         self: &Arc<Self>,
         name: &[u8],
@@ -389,8 +363,8 @@ impl VHost {
             .map_err(|error| error.to_string())?;
         let spec = QueueSpec {
             name: name.clone(),
-            durable: true,
-            exclusive_owner: None,
+            durable: record.durable,
+            exclusive_owner: record.exclusive_owner,
             auto_delete: record.auto_delete,
             arguments,
         };
@@ -403,19 +377,13 @@ impl VHost {
     pub(crate) fn add_remote_queue(self: &Arc<Self>, name: &[u8], record: &QueueRecord) {
         let added = (|| -> Result<(), String> {
             let name = ShortString::try_from(name).map_err(|error| error.to_string())?;
-            if self
-                .queue(&name)
-                .is_some_and(|existing| existing.id() == record.id)
-            {
-                return Ok(());
-            }
             let arguments = decode_table(&record.arguments)?;
             let config = queue::arguments::parse(&arguments, &name, &self.name)
                 .map_err(|error| error.to_string())?;
             let spec = QueueSpec {
                 name: name.clone(),
-                durable: true,
-                exclusive_owner: None,
+                durable: record.durable,
+                exclusive_owner: record.exclusive_owner,
                 auto_delete: record.auto_delete,
                 arguments,
             };
@@ -447,90 +415,108 @@ impl VHost {
             .and_then(|queue| queue.home.as_ref().map(|home| home.to_string()))
     }
 
-    /// Brings memory in line with a committed change another node made to this vhost's
-    /// exchanges, queues or bindings. Nothing is submitted: the change is already in the log.
-    pub(crate) fn apply_foreign(self: &Arc<Self>, command: &MetadataCommand, node: &str) {
+    /// Brings memory in line with a committed change to this vhost's exchanges, queues or
+    /// bindings: the only place they change, on every node, in log order.
+    pub(crate) fn apply(self: &Arc<Self>, command: &MetadataCommand) {
         let _changes = self.changes.lock();
         let failed = |what: &str, error: String| {
-            tracing::warn!("vhost '{}': {what} from another node: {error}", self.name);
+            tracing::warn!("vhost '{}': {what}: {error}", self.name);
         };
         match command {
             MetadataCommand::DeclareExchange {
                 name,
                 kind,
+                durable,
+                home,
                 auto_delete,
                 internal,
                 arguments,
                 ..
             } => {
-                if self.exchange(name).is_none() {
-                    let record = ExchangeRecord {
-                        kind: kind.clone(),
-                        auto_delete: *auto_delete,
-                        internal: *internal,
-                        arguments: arguments.clone(),
-                    };
-                    if let Err(error) = self.restore_exchange(name, &record) {
-                        failed("exchange", error);
-                    }
+                let record = ExchangeRecord {
+                    kind: kind.clone(),
+                    durable: *durable,
+                    home: home.clone(),
+                    auto_delete: *auto_delete,
+                    internal: *internal,
+                    arguments: arguments.clone(),
+                };
+                if let Err(error) = self.restore_exchange(name, &record) {
+                    failed("exchange", error);
                 }
             }
             MetadataCommand::DeleteExchange { name, .. } => {
-                let Ok(name) = ShortString::try_from(name.as_slice()) else {
-                    return;
-                };
-                let mut exchanges = self.exchanges.write();
-                if exchanges.remove(&name).is_some() {
-                    let key = DestinationKey::Exchange(name);
-                    for other in exchanges.values() {
-                        other.unbind_destination(&key);
-                    }
+                if let Ok(name) = ShortString::try_from(name.as_slice()) {
+                    self.remove_exchanges(vec![name], false);
                 }
             }
             MetadataCommand::DeclareQueue {
                 name,
                 id,
                 home,
+                durable,
+                exclusive_owner,
                 auto_delete,
                 arguments,
                 ..
             } => {
-                if home != node {
-                    let record = QueueRecord {
-                        id: *id,
-                        home: home.clone(),
-                        auto_delete: *auto_delete,
-                        arguments: arguments.clone(),
-                    };
+                if self.queues.read().contains_key(name.as_slice()) {
+                    return;
+                }
+                let record = QueueRecord {
+                    id: *id,
+                    home: home.clone(),
+                    durable: *durable,
+                    exclusive_owner: *exclusive_owner,
+                    auto_delete: *auto_delete,
+                    arguments: arguments.clone(),
+                };
+                if *home == *self.node {
+                    if let Err(error) = self.restore_queue(name, &record, Vec::new()) {
+                        failed("queue", error);
+                    }
+                } else {
                     self.add_remote_queue(name, &record);
                 }
             }
             MetadataCommand::DeleteQueue { name, id, .. } => {
                 let removed = {
                     let mut queues = self.queues.write();
-                    let matches = queues
+                    if queues
                         .get(name.as_slice())
-                        .is_some_and(|queue| queue.id() == *id && queue.home.is_some());
-                    if matches {
+                        .is_some_and(|queue| queue.id() == *id)
+                    {
                         queues.remove(name.as_slice())
                     } else {
                         None
                     }
                 };
-                if let Some(queue) = removed {
+                let Some(queue) = removed else { return };
+                if queue.home.is_some() {
                     self.remote.remove_proxy(queue.id());
-                    let key = DestinationKey::Queue(queue.id());
-                    for exchange in self.exchanges.read().values() {
-                        exchange.unbind_destination(&key);
-                    }
+                }
+                let key = DestinationKey::Queue(queue.id());
+                let emptied: Vec<ShortString> = self
+                    .exchanges
+                    .read()
+                    .values()
+                    .filter(|exchange| {
+                        exchange.unbind_destination(&key) > 0
+                            && exchange.auto_delete
+                            && !exchange.has_bindings()
+                    })
+                    .map(|exchange| exchange.name.clone())
+                    .collect();
+                if !emptied.is_empty() {
+                    self.remove_exchanges(emptied, true);
                 }
             }
             MetadataCommand::Bind {
+                vhost,
                 source,
                 destination,
                 routing_key,
                 arguments,
-                vhost,
             } => {
                 let record = BindingRecord {
                     vhost: vhost.clone(),
@@ -543,7 +529,7 @@ impl VHost {
                     arguments: arguments.clone(),
                 };
                 if let Err(error) = self.restore_binding(&record) {
-                    failed("binding", error);
+                    tracing::debug!("vhost '{}': binding not applied: {error}", self.name);
                 }
             }
             MetadataCommand::Unbind {
@@ -572,7 +558,12 @@ impl VHost {
                         }
                     }
                 };
-                exchange.unbind(&destination, &key, &arguments);
+                if exchange.unbind(&destination, &key, &arguments)
+                    && exchange.auto_delete
+                    && !exchange.has_bindings()
+                {
+                    self.remove_exchanges(vec![exchange.name.clone()], true);
+                }
             }
             MetadataCommand::PutVHost { .. }
             | MetadataCommand::DeleteVHost { .. }
@@ -583,7 +574,7 @@ impl VHost {
         }
     }
 
-    /// Recreates a durable binding from the metadata, at start.
+    /// Recreates a binding from the metadata (at start, or when applied); both ends must exist.
     pub(crate) fn restore_binding(&self, record: &BindingRecord) -> Result<(), String> {
         let source = self
             .exchange(&record.source)
@@ -644,67 +635,50 @@ impl VHost {
         Ok(())
     }
 
-    /// Removes a deleted queue from the vhost and every binding to it, and submits its deletion
-    /// (and that of auto-delete exchanges it leaves unbound) to the metadata log.
-    pub(crate) fn forget_queue(&self, queue: &QueueHandle) -> PendingWrites {
-        let mut pending = PendingWrites::default();
-        let _changes = self.changes.lock();
-        {
-            let mut queues = self.queues.write();
-            if queues
-                .get(&queue.name)
-                .is_some_and(|current| current.id() == queue.id())
-            {
-                queues.remove(&queue.name);
-            }
-        }
-        if queue.durable {
-            self.persist(
-                MetadataCommand::DeleteQueue {
-                    vhost: self.name.to_string(),
-                    name: queue.name.to_vec(),
-                    id: queue.id(),
-                },
-                &mut pending,
-            );
-        }
-        let key = DestinationKey::Queue(queue.id());
-        let emptied: Vec<ShortString> = self
-            .exchanges
-            .read()
-            .values()
-            .filter(|exchange| {
-                exchange.unbind_destination(&key) > 0
-                    && exchange.auto_delete
-                    && !exchange.has_bindings()
-            })
-            .map(|exchange| exchange.name.clone())
-            .collect();
-        if !emptied.is_empty() {
-            self.remove_exchanges(emptied, true, &mut pending);
-        }
-        pending
-    }
-
-    /// Forgets a deleted queue and waits until its deletion is durable. Called by the queue's
-    /// task before it answers `queue.delete`.
+    /// Deletes a queue from the metadata (every node forgets it, its bindings go, auto-delete
+    /// exchanges it leaves unbound go too) and waits until this node has applied it. Called by
+    /// the queue's task before it answers `queue.delete`. Without a majority the deletion is
+    /// retried in the background until it commits or the node stops.
     pub(crate) async fn delete_queue_durably(&self, queue: &QueueHandle) {
-        if let Err(error) = self.forget_queue(queue).wait().await {
-            // The queue is gone from memory; at the next start it would come back, empty of
-            // what was settled. Nothing better can be done without the disk.
-            tracing::error!(queue = %queue.name, "deletion not persisted: {error}");
+        let command = MetadataCommand::DeleteQueue {
+            vhost: self.name.to_string(),
+            name: queue.name.to_vec(),
+            id: queue.id(),
+        };
+        if let Err(error) = self.propose(command.clone()).await {
+            tracing::warn!(
+                queue = %queue.name,
+                "deletion not committed yet ({error}); retrying while the node runs"
+            );
+            let metadata = self.store.clone();
+            let stop = self.tasks.stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    if metadata.metadata.propose(command.clone()).await.is_ok() {
+                        return;
+                    }
+                }
+            });
         }
     }
 
-    /// Whether a binding to `destination` is durable: both ends are.
-    fn is_durable_binding(&self, exchange: &Exchange, destination: &Destination) -> bool {
-        exchange.durable
-            && match destination {
-                Destination::Queue(queue) => queue.durable,
-                Destination::Exchange(name) => {
-                    self.exchange(name).is_some_and(|exchange| exchange.durable)
-                }
-            }
+    /// Binds `destination` to `exchange` through the metadata log.
+    pub async fn bind(
+        &self,
+        exchange: &Exchange,
+        destination: Destination,
+        routing_key: ShortString,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        // What the exchange would refuse (a headers binding with a bad x-match) is refused now:
+        // applying cannot fail.
+        exchange.check_binding(&arguments)?;
+        let command = self.binding_command(true, exchange, &destination, &routing_key, &arguments);
+        self.propose(command).await
     }
 
     fn binding_command(
@@ -740,54 +714,20 @@ impl VHost {
         }
     }
 
-    /// Binds `destination` to `exchange`; a new binding between durable ends is submitted to the
-    /// metadata log.
-    pub fn bind(
-        &self,
-        exchange: &Exchange,
-        destination: Destination,
-        routing_key: ShortString,
-        arguments: FieldTable,
-    ) -> Result<PendingWrites, AmqpError> {
-        let mut pending = PendingWrites::default();
-        let _changes = self.changes.lock();
-        let durable = self.is_durable_binding(exchange, &destination);
-        let command = durable
-            .then(|| self.binding_command(true, exchange, &destination, &routing_key, &arguments));
-        let added = exchange.bind(Binding {
-            destination,
-            routing_key,
-            arguments,
-        })?;
-        if added && let Some(command) = command {
-            self.persist(command, &mut pending);
-        }
-        Ok(pending)
-    }
-
     /// Removes a binding if it exists; an auto-delete exchange left without bindings goes, as in
     /// RabbitMQ.
-    pub fn unbind(
+    pub async fn unbind(
         &self,
         exchange: &Exchange,
         destination: &Destination,
         routing_key: &ShortString,
         arguments: &FieldTable,
-    ) -> PendingWrites {
-        let mut pending = PendingWrites::default();
-        let _changes = self.changes.lock();
-        if !exchange.unbind(&destination.key(), routing_key, arguments) {
-            return pending;
+    ) -> AmqpResult<()> {
+        if !exchange.has_binding(&destination.key(), routing_key, arguments) {
+            return Ok(());
         }
-        if self.is_durable_binding(exchange, destination) {
-            let command =
-                self.binding_command(false, exchange, destination, routing_key, arguments);
-            self.persist(command, &mut pending);
-        }
-        if exchange.auto_delete && !exchange.has_bindings() {
-            self.remove_exchanges(vec![exchange.name.clone()], true, &mut pending);
-        }
-        pending
+        let command = self.binding_command(false, exchange, destination, routing_key, arguments);
+        self.propose(command).await
     }
 
     /// Appends the queues `message` routes to from `exchange` (the default exchange when

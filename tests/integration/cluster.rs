@@ -244,6 +244,11 @@ async fn a_minority_refuses_metadata_changes() {
             .is_some_and(|vhost| vhost.exchange(b"majority.write").is_some())
     })
     .await;
+    // The refused declaration left no trace anywhere, not even on the node that was asked.
+    for index in 0..3 {
+        let vhost = cluster.node(index).broker().vhost("/").expect("vhost");
+        assert!(vhost.exchange(b"minority.write").is_none(), "node {index}");
+    }
     cluster.stop().await;
 }
 
@@ -541,5 +546,177 @@ async fn pause_minority_closes_the_minority_listener_until_the_partition_heals()
         "the healed node serves clients again"
     );
     assert!(!minority.status().await.paused);
+    cluster.stop().await;
+}
+
+/// Transient and exclusive queues are the cluster's too: an RPC server on one node replies to
+/// a client's exclusive, server-named reply queue on another; other nodes' connections are
+/// locked out of it; a transient exchange is visible everywhere; and a node that restarts takes
+/// its transient queues with it, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_and_exclusive_queues_work_across_nodes() {
+    use futures_lite::StreamExt;
+    use lapin::BasicProperties;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+
+    let mut cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (_client, on_client) = channel(&cluster.node(0).url()).await;
+    let reply_queue = on_client
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("server-named exclusive queue")
+        .name()
+        .to_string();
+    let mut replies = on_client
+        .basic_consume(
+            reply_queue.as_str().into(),
+            "replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume replies");
+    let server = cluster.node(1);
+    wait_until("the reply queue reaches the server's node", || {
+        server
+            .broker()
+            .vhost("/")
+            .is_some_and(|vhost| vhost.queue(reply_queue.as_bytes()).is_some())
+    })
+    .await;
+    let (_server, on_server) = channel(&server.url()).await;
+    on_server
+        .basic_publish(
+            "".into(),
+            reply_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"the answer",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("reply published");
+    let reply = promptly("the reply", replies.next())
+        .await
+        .expect("stream open")
+        .expect("delivery");
+    assert_eq!(reply.data, b"the answer");
+    let locked = on_server
+        .basic_consume(
+            reply_queue.as_str().into(),
+            "thief".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("another node's connection cannot use an exclusive queue");
+    assert!(locked.to_string().contains("RESOURCE_LOCKED"), "{locked}");
+
+    let (_c, on_third) = channel(&cluster.node(2).url()).await;
+    on_third
+        .exchange_declare(
+            "short.lived".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("transient exchange");
+    on_third
+        .queue_declare(
+            "scratch".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("transient queue");
+    for index in [0, 1] {
+        let node = cluster.node(index);
+        wait_until("transient entities reach every node", || {
+            node.broker().vhost("/").is_some_and(|vhost| {
+                vhost.exchange(b"short.lived").is_some() && vhost.queue(b"scratch").is_some()
+            })
+        })
+        .await;
+    }
+    cluster.restart_node(2).await;
+    for index in 0..3 {
+        let node = cluster.node(index);
+        wait_until(
+            "a restarted node's transient entities are gone everywhere",
+            || {
+                node.broker().vhost("/").is_some_and(|vhost| {
+                    vhost.exchange(b"short.lived").is_none() && vhost.queue(b"scratch").is_none()
+                })
+            },
+        )
+        .await;
+    }
+    cluster.stop().await;
+}
+
+/// Two nodes declare the same queue with different arguments at the same time: the metadata
+/// log orders them, the first wins everywhere, the second is refused as RabbitMQ refuses an
+/// inequivalent redeclaration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conflicting_declarations_agree_on_one_winner() {
+    let cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    for round in 0..10 {
+        let name = format!("contested-{round}");
+        let (_a, on_a) = channel(&cluster.node(0).url()).await;
+        let (_b, on_b) = channel(&cluster.node(1).url()).await;
+        let with_ttl = |ttl: i32| {
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-message-ttl".into(),
+                lapin::types::AMQPValue::LongInt(ttl),
+            );
+            arguments
+        };
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let (first, second) = futures_lite::future::zip(
+            on_a.queue_declare(name.as_str().into(), durable_queue, with_ttl(1000)),
+            on_b.queue_declare(name.as_str().into(), durable_queue, with_ttl(2000)),
+        )
+        .await;
+        assert!(
+            first.is_ok() != second.is_ok(),
+            "round {round}: exactly one wins: {first:?} / {second:?}"
+        );
+        let loser = first.err().or(second.err()).expect("a loser");
+        assert!(loser.to_string().contains("PRECONDITION_FAILED"), "{loser}");
+        let winner_ttl = |index: usize| {
+            cluster
+                .node(index)
+                .broker()
+                .vhost("/")
+                .and_then(|vhost| vhost.queue(name.as_bytes()))
+                .map(|queue| queue.arguments.get("x-message-ttl").cloned())
+        };
+        let node = cluster.node(2);
+        wait_until("every node knows the queue", || {
+            node.broker()
+                .vhost("/")
+                .is_some_and(|vhost| vhost.queue(name.as_bytes()).is_some())
+        })
+        .await;
+        assert_eq!(winner_ttl(0), winner_ttl(1), "round {round}");
+        assert_eq!(winner_ttl(1), winner_ttl(2), "round {round}");
+    }
     cluster.stop().await;
 }

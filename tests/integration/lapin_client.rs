@@ -774,13 +774,22 @@ async fn delete_preconditions_and_internal_exchanges() {
         )
         .await
         .expect("declare internal");
-    publish(&channel, &internal, "", b"x").await;
+    // In confirm mode lapin hands the channel's close reason to the publish awaiting its
+    // confirm (a later method could find the channel already closing, without the reason).
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
     let error = channel
-        .queue_declare(
-            short(&queue),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
+        .basic_publish(
+            short(&internal),
+            short(""),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
         )
+        .await
+        .expect("published")
         .await
         .expect_err("the publish closed the channel");
     assert_eq!(

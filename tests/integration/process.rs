@@ -93,7 +93,10 @@ async fn a_second_node_on_the_same_data_directory_refuses_to_start() {
 async fn an_unresolvable_node_name_is_reported_at_start() {
     let mut options = NodeOptions::new("");
     options.env = vec![
-        ("WARREN_NODENAME".into(), "warren@no-such-host.invalid".into()),
+        (
+            "WARREN_NODENAME".into(),
+            "warren@no-such-host.invalid".into(),
+        ),
         ("WARREN_USE_LONGNAME".into(), "true".into()),
     ];
     let output = NodeProcess::try_start(&options)

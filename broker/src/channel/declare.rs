@@ -67,15 +67,16 @@ impl Channel {
                 self.check(ctx, Access::Read, ResourceKind::Exchange, &declare.exchange)?;
                 self.check(ctx, Access::Write, ResourceKind::Exchange, &alternate)?;
             }
-            let (_, pending) = ctx.vhost.declare_exchange(ExchangeSpec {
-                name: declare.exchange,
-                kind,
-                durable: declare.durable,
-                auto_delete: declare.auto_delete,
-                internal: declare.internal,
-                arguments: declare.arguments,
-            })?;
-            pending.wait().await?;
+            ctx.vhost
+                .declare_exchange(ExchangeSpec {
+                    name: declare.exchange,
+                    kind,
+                    durable: declare.durable,
+                    auto_delete: declare.auto_delete,
+                    internal: declare.internal,
+                    arguments: declare.arguments,
+                })
+                .await?;
         }
         if !declare.no_wait {
             ctx.out.method(
@@ -108,8 +109,7 @@ impl Channel {
             &delete.exchange,
         )?;
         ctx.vhost
-            .delete_exchange(&delete.exchange, delete.if_unused)?
-            .wait()
+            .delete_exchange(&delete.exchange, delete.if_unused)
             .await?;
         if !delete.no_wait {
             ctx.out.method(
@@ -148,8 +148,7 @@ impl Channel {
                 Destination::Exchange(bind.destination),
                 bind.routing_key,
                 bind.arguments,
-            )?
-            .wait()
+            )
             .await?;
         if !bind.no_wait {
             ctx.out
@@ -182,7 +181,6 @@ impl Channel {
                     &unbind.routing_key,
                     &unbind.arguments,
                 )
-                .wait()
                 .await?;
         }
         if !unbind.no_wait {
@@ -256,8 +254,7 @@ impl Channel {
             auto_delete: declare.auto_delete,
             arguments: declare.arguments,
         };
-        let (queue, created, pending) = ctx.vhost.declare_queue(spec, ctx.id)?;
-        pending.wait().await?;
+        let (queue, created) = ctx.vhost.declare_queue(spec, ctx.id).await?;
         let stats = if created {
             if declare.exclusive {
                 ctx.exclusive_queues.push(queue.clone());
@@ -326,8 +323,7 @@ impl Channel {
                 Destination::Queue(queue),
                 routing_key,
                 bind.arguments,
-            )?
-            .wait()
+            )
             .await?;
         if !bind.no_wait {
             ctx.out
@@ -367,7 +363,6 @@ impl Channel {
                     &routing_key,
                     &unbind.arguments,
                 )
-                .wait()
                 .await?;
         }
         ctx.out

@@ -206,6 +206,29 @@ impl Exchange {
         Ok(true)
     }
 
+    /// Whether a binding with these arguments would be accepted (a headers exchange checks its
+    /// `x-match`).
+    pub fn check_binding(&self, arguments: &FieldTable) -> Result<(), AmqpError> {
+        if self.kind == ExchangeKind::Headers {
+            HeadersMatch::new(arguments)?;
+        }
+        Ok(())
+    }
+
+    /// Whether this exact binding exists.
+    pub fn has_binding(
+        &self,
+        destination: &DestinationKey,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> bool {
+        self.bindings
+            .read()
+            .set
+            .get(&(destination.clone(), routing_key.clone()))
+            .is_some_and(|(_, tables)| tables.contains(arguments))
+    }
+
     /// Removes a binding; returns whether it existed.
     pub fn unbind(
         &self,

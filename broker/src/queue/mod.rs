@@ -151,9 +151,10 @@ impl QueueHandle {
 
     /// Whether another connection owns this exclusive queue.
     pub fn is_locked_for(&self, connection: ConnectionId) -> bool {
+        // The owner of an exclusive queue hosted elsewhere is a connection of that node.
         self.0
             .exclusive_owner
-            .is_some_and(|owner| owner != connection)
+            .is_some_and(|owner| self.0.home.is_some() || owner != connection)
     }
 
     /// Sends a command that expects a reply and waits for it; `None` when the queue stopped

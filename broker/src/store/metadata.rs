@@ -65,7 +65,7 @@ pub enum MetadataCommand {
         /// Read pattern.
         read: String,
     },
-    /// A durable exchange exists.
+    /// An exchange exists.
     DeclareExchange {
         /// Vhost.
         vhost: String,
@@ -73,6 +73,10 @@ pub enum MetadataCommand {
         name: Vec<u8>,
         /// Type name.
         kind: String,
+        /// Survives restarts.
+        durable: bool,
+        /// The node that declared it.
+        home: String,
         /// Auto-delete.
         auto_delete: bool,
         /// Internal.
@@ -80,14 +84,14 @@ pub enum MetadataCommand {
         /// Arguments, AMQP-encoded.
         arguments: Vec<u8>,
     },
-    /// A durable exchange is gone.
+    /// An exchange is gone.
     DeleteExchange {
         /// Vhost.
         vhost: String,
         /// Name.
         name: Vec<u8>,
     },
-    /// A durable queue exists.
+    /// A queue exists.
     DeclareQueue {
         /// Vhost.
         vhost: String,
@@ -97,12 +101,16 @@ pub enum MetadataCommand {
         id: u64,
         /// The node that holds its messages.
         home: String,
+        /// Survives restarts.
+        durable: bool,
+        /// The connection (on the home node) an exclusive queue belongs to.
+        exclusive_owner: Option<u64>,
         /// Auto-delete.
         auto_delete: bool,
         /// Arguments, AMQP-encoded.
         arguments: Vec<u8>,
     },
-    /// A durable queue is gone.
+    /// A queue is gone.
     DeleteQueue {
         /// Vhost.
         vhost: String,
@@ -111,7 +119,7 @@ pub enum MetadataCommand {
         /// Persistent id.
         id: u64,
     },
-    /// A durable binding exists.
+    /// A binding exists.
     Bind {
         /// Vhost.
         vhost: String,
@@ -124,7 +132,7 @@ pub enum MetadataCommand {
         /// Arguments, AMQP-encoded.
         arguments: Vec<u8>,
     },
-    /// A durable binding is gone.
+    /// A binding is gone.
     Unbind {
         /// Vhost.
         vhost: String,
@@ -268,6 +276,13 @@ impl MetadataLog {
         self.group.get()
     }
 
+    /// Proposes `command` and waits until this node has applied it (its memory has changed).
+    pub async fn propose(&self, command: MetadataCommand) -> Result<(), AmqpError> {
+        let mut pending = PendingWrites::default();
+        self.submit(command, &mut pending);
+        pending.wait().await
+    }
+
     /// Stops the Raft group.
     pub async fn shutdown(&self) {
         if let Some(group) = self.group.get() {
@@ -276,19 +291,20 @@ impl MetadataLog {
     }
 }
 
-/// What the broker does with a committed command another node proposed: bring its memory in
-/// line. Called in log order, with the machine's state locked: it must not block.
-pub type ForeignApply = Box<dyn Fn(&MetadataCommand) + Send + Sync>;
+/// What the broker does with a committed command: bring its memory in line. Called in log
+/// order, on every node (the proposer's too), with the machine's state locked: it must not
+/// block.
+pub type ApplyToMemory = Box<dyn Fn(&MetadataCommand) + Send + Sync>;
 
 /// The metadata group's state machine: the durable state, as committed.
 ///
-/// Commands this node proposed in this incarnation are already in its memory. Commands from
-/// elsewhere change the durable state, and, once the node's memory is built
-/// ([`MetadataMachine::start_with`]), its memory too, through the broker's [`ForeignApply`].
+/// Every committed command changes the state, and, once the node's memory is built
+/// ([`MetadataMachine::start_with`]), its memory too, through the broker's [`ApplyToMemory`]:
+/// memory changes only here, in log order, the same way on every node.
 pub struct MetadataMachine {
     origin: u64,
     state: Mutex<DurableState>,
-    foreign: OnceLock<ForeignApply>,
+    foreign: OnceLock<ApplyToMemory>,
 }
 
 impl std::fmt::Debug for MetadataMachine {
@@ -314,13 +330,13 @@ impl MetadataMachine {
         self.state.lock().clone()
     }
 
-    /// Builds the node's memory from the durable state with `build`, then hands every later
-    /// command from another node to `foreign`. Nothing is applied in between: the state stays
+    /// Builds the node's memory from the state with `build`, then hands every later command to
+    /// `foreign`. Nothing is applied in between: the state stays
     /// locked until `build` returns.
     pub fn start_with<T>(
         &self,
         build: impl FnOnce(&DurableState) -> T,
-        foreign: ForeignApply,
+        foreign: ApplyToMemory,
     ) -> T {
         let state = self.state.lock();
         let built = build(&state);
@@ -341,10 +357,8 @@ impl StateMachine for MetadataMachine {
         };
         let mut state = self.state.lock();
         state.apply(&proposal.command);
-        if proposal.origin != self.origin
-            && let Some(foreign) = self.foreign.get()
-        {
-            foreign(&proposal.command);
+        if let Some(apply) = self.foreign.get() {
+            apply(&proposal.command);
         }
         Vec::new()
     }
@@ -373,13 +387,15 @@ mod tests {
             name: b"orders".to_vec(),
             id: 7,
             home: "warren@a".into(),
+            durable: true,
+            exclusive_owner: None,
             auto_delete: false,
             arguments: vec![0, 0, 0, 0],
         };
         assert_eq!(MetadataCommand::decode(&command.encode()).unwrap(), command);
         let machine = MetadataMachine::new(1);
         let put = |name: &str| MetadataCommand::PutVHost { name: name.into() };
-        for (origin, command) in [(2, put("a")), (1, put("b")), (2, command.clone())] {
+        for (origin, command) in [(2, put("/")), (1, put("b")), (2, command.clone())] {
             let proposal = postcard::to_stdvec(&Proposal { origin, command }).unwrap();
             machine.apply(1, &proposal);
         }
@@ -388,7 +404,7 @@ mod tests {
         assert_eq!(copy.state(), machine.state());
         assert_eq!(
             copy.state().vhosts.iter().cloned().collect::<Vec<_>>(),
-            ["a", "b"]
+            ["/", "b"]
         );
         assert_eq!(copy.state().queues.len(), 1);
     }

@@ -1,15 +1,33 @@
-//! The durable state as metadata commands describe it: what a replay rebuilds and what a
-//! snapshot writes.
+//! The metadata state as the commands of the metadata log describe it: what a replay rebuilds,
+//! what a snapshot writes, and what every node's memory mirrors.
+//!
+//! Applying is deterministic and first-wins: a declaration of a name that exists changes
+//! nothing (the proposer then finds the existing entity and checks it is equivalent); a binding
+//! needs both ends; removing an exchange's last binding deletes it when it is auto-delete, and
+//! so on down the chain, the same way on every node.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::metadata::{BindingDestination, MetadataCommand};
 
-/// A durable exchange.
+/// The exchanges every vhost has without declaring them.
+pub const PREDECLARED: &[&[u8]] = &[
+    b"amq.direct",
+    b"amq.fanout",
+    b"amq.topic",
+    b"amq.headers",
+    b"amq.match",
+];
+
+/// An exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExchangeRecord {
     /// Type name.
     pub kind: String,
+    /// Survives restarts (a transient exchange lives as long as the node that declared it).
+    pub durable: bool,
+    /// The node that declared it.
+    pub home: String,
     /// Auto-delete.
     pub auto_delete: bool,
     /// Internal.
@@ -25,6 +43,10 @@ pub struct QueueRecord {
     pub id: u64,
     /// The node that holds its messages.
     pub home: String,
+    /// Survives restarts.
+    pub durable: bool,
+    /// The connection (on the home node) an exclusive queue belongs to.
+    pub exclusive_owner: Option<u64>,
     /// Auto-delete.
     pub auto_delete: bool,
     /// AMQP-encoded arguments.
@@ -125,53 +147,58 @@ impl DurableState {
                 vhost,
                 name,
                 kind,
+                durable,
+                home,
                 auto_delete,
                 internal,
                 arguments,
             } => {
-                self.exchanges.insert(
-                    (vhost.clone(), name.clone()),
-                    ExchangeRecord {
-                        kind: kind.clone(),
-                        auto_delete: *auto_delete,
-                        internal: *internal,
-                        arguments: arguments.clone(),
-                    },
-                );
+                if self.vhosts.contains(vhost) {
+                    self.exchanges
+                        .entry((vhost.clone(), name.clone()))
+                        .or_insert_with(|| ExchangeRecord {
+                            kind: kind.clone(),
+                            durable: *durable,
+                            home: home.clone(),
+                            auto_delete: *auto_delete,
+                            internal: *internal,
+                            arguments: arguments.clone(),
+                        });
+                }
             }
             MetadataCommand::DeleteExchange { vhost, name } => {
-                self.exchanges.remove(&(vhost.clone(), name.clone()));
-                self.bindings.retain(|binding| {
-                    !(binding.vhost == *vhost
-                        && (binding.source == *name
-                            || binding.destination == (false, name.clone())))
-                });
+                self.remove_exchange(vhost, name);
             }
             MetadataCommand::DeclareQueue {
                 vhost,
                 name,
                 id,
                 home,
+                durable,
+                exclusive_owner,
                 auto_delete,
                 arguments,
             } => {
-                self.queues.insert(
-                    (vhost.clone(), name.clone()),
-                    QueueRecord {
-                        id: *id,
-                        home: home.clone(),
-                        auto_delete: *auto_delete,
-                        arguments: arguments.clone(),
-                    },
-                );
+                if self.vhosts.contains(vhost) {
+                    self.queues
+                        .entry((vhost.clone(), name.clone()))
+                        .or_insert_with(|| QueueRecord {
+                            id: *id,
+                            home: home.clone(),
+                            durable: *durable,
+                            exclusive_owner: *exclusive_owner,
+                            auto_delete: *auto_delete,
+                            arguments: arguments.clone(),
+                        });
+                }
             }
             MetadataCommand::DeleteQueue { vhost, name, id } => {
                 let key = (vhost.clone(), name.clone());
                 if self.queues.get(&key).is_some_and(|queue| queue.id == *id) {
                     self.queues.remove(&key);
-                    self.bindings.retain(|binding| {
-                        !(binding.vhost == *vhost && binding.destination == (true, name.clone()))
-                    });
+                    let to = (true, name.clone());
+                    let sources = self.drop_bindings(|b| b.vhost == *vhost && b.destination == to);
+                    self.drop_unused_auto_delete(vhost, sources);
                 }
             }
             MetadataCommand::Bind {
@@ -181,13 +208,21 @@ impl DurableState {
                 routing_key,
                 arguments,
             } => {
-                self.bindings.insert(BindingRecord {
-                    vhost: vhost.clone(),
-                    source: source.clone(),
-                    destination: destination(to),
-                    routing_key: routing_key.clone(),
-                    arguments: arguments.clone(),
-                });
+                let to = destination(to);
+                let source_exists = self.exchange_exists(vhost, source);
+                let destination_exists = match &to {
+                    (true, name) => self.queues.contains_key(&(vhost.clone(), name.clone())),
+                    (false, name) => self.exchange_exists(vhost, name),
+                };
+                if source_exists && destination_exists {
+                    self.bindings.insert(BindingRecord {
+                        vhost: vhost.clone(),
+                        source: source.clone(),
+                        destination: to,
+                        routing_key: routing_key.clone(),
+                        arguments: arguments.clone(),
+                    });
+                }
             }
             MetadataCommand::Unbind {
                 vhost,
@@ -196,19 +231,83 @@ impl DurableState {
                 routing_key,
                 arguments,
             } => {
-                self.bindings.remove(&BindingRecord {
+                let removed = self.bindings.remove(&BindingRecord {
                     vhost: vhost.clone(),
                     source: source.clone(),
                     destination: destination(to),
                     routing_key: routing_key.clone(),
                     arguments: arguments.clone(),
                 });
+                if removed {
+                    self.drop_unused_auto_delete(vhost, vec![source.clone()]);
+                }
             }
             MetadataCommand::Snapshot(commands) => {
                 *self = DurableState::default();
                 for command in commands {
                     self.apply(command);
                 }
+            }
+        }
+    }
+
+    /// Whether an exchange exists: declared, or one every vhost has (`amq.direct`...).
+    fn exchange_exists(&self, vhost: &str, name: &[u8]) -> bool {
+        self.exchanges
+            .contains_key(&(vhost.to_string(), name.to_vec()))
+            || (self.vhosts.contains(vhost) && PREDECLARED.contains(&name))
+    }
+
+    /// Removes the bindings `matching` selects; returns the source exchanges that lost one.
+    fn drop_bindings(&mut self, matching: impl Fn(&BindingRecord) -> bool) -> Vec<Vec<u8>> {
+        let mut sources = Vec::new();
+        self.bindings.retain(|binding| {
+            if matching(binding) {
+                if !sources.contains(&binding.source) {
+                    sources.push(binding.source.clone());
+                }
+                false
+            } else {
+                true
+            }
+        });
+        sources
+    }
+
+    /// Removes an exchange, the bindings from and to it, and the auto-delete exchanges that
+    /// leaves without bindings.
+    fn remove_exchange(&mut self, vhost: &str, name: &[u8]) {
+        if self
+            .exchanges
+            .remove(&(vhost.to_string(), name.to_vec()))
+            .is_none()
+        {
+            return;
+        }
+        let to = (false, name.to_vec());
+        let sources = self.drop_bindings(|binding| {
+            binding.vhost == vhost && (binding.source == name || binding.destination == to)
+        });
+        let sources = sources
+            .into_iter()
+            .filter(|source| source != name)
+            .collect();
+        self.drop_unused_auto_delete(vhost, sources);
+    }
+
+    /// Deletes those of `candidates` that are auto-delete exchanges with no binding left.
+    fn drop_unused_auto_delete(&mut self, vhost: &str, candidates: Vec<Vec<u8>>) {
+        for name in candidates {
+            let unused = self
+                .exchanges
+                .get(&(vhost.to_string(), name.clone()))
+                .is_some_and(|exchange| exchange.auto_delete)
+                && !self
+                    .bindings
+                    .iter()
+                    .any(|binding| binding.vhost == vhost && binding.source == name);
+            if unused {
+                self.remove_exchange(vhost, &name);
             }
         }
     }
@@ -240,6 +339,8 @@ impl DurableState {
                 vhost: vhost.clone(),
                 name: name.clone(),
                 kind: exchange.kind.clone(),
+                durable: exchange.durable,
+                home: exchange.home.clone(),
                 auto_delete: exchange.auto_delete,
                 internal: exchange.internal,
                 arguments: exchange.arguments.clone(),
@@ -251,6 +352,8 @@ impl DurableState {
                 name: name.clone(),
                 id: queue.id,
                 home: queue.home.clone(),
+                durable: queue.durable,
+                exclusive_owner: queue.exclusive_owner,
                 auto_delete: queue.auto_delete,
                 arguments: queue.arguments.clone(),
             });
@@ -286,6 +389,8 @@ mod tests {
                 vhost: "/".into(),
                 name: b"x".to_vec(),
                 kind: "direct".into(),
+                durable: true,
+                home: "warren@a".into(),
                 auto_delete: false,
                 internal: false,
                 arguments: vec![],
@@ -295,6 +400,8 @@ mod tests {
                 name: b"q".to_vec(),
                 id: 1,
                 home: "warren@a".into(),
+                durable: true,
+                exclusive_owner: None,
                 auto_delete: false,
                 arguments: vec![],
             },

@@ -438,9 +438,18 @@ impl Transport {
 async fn accept_loop(listener: TcpListener, inner: std::sync::Weak<Inner>) {
     loop {
         let Some(stop) = inner.upgrade() else { return };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.stop.notified() => return,
+        let accepted = {
+            // Registered before the flag is read, so a shutdown in between is not missed.
+            let notified = stop.stop.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if stop.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = &mut notified => return,
+            }
         };
         drop(stop);
         match accepted {
