@@ -90,6 +90,11 @@ impl ClusterProcesses {
             .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, block, n)))
             .collect();
         let port = common_port(&ips);
+        ClusterProcesses::on(&ips, port, extra)
+    }
+
+    /// Options for nodes on `ips` (one each), all listening for peers on `port`.
+    pub fn on(ips: &[IpAddr], port: u16, extra: &str) -> ClusterProcesses {
         let cookie = unique("cookie");
         let names: Vec<String> = ips.iter().map(|ip| format!("warren@{ip}")).collect();
         let mut peers = String::new();
@@ -244,6 +249,8 @@ pub struct Status {
     pub leader: Option<String>,
     /// The term.
     pub term: u64,
+    /// Whether the node is paused by `pause_minority`.
+    pub paused: bool,
 }
 
 impl Status {
@@ -279,6 +286,7 @@ impl Status {
             running,
             leader,
             term,
+            paused: text.contains("\"paused\": true"),
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// A command to run `warren` through (`ip netns exec ns1`), if any.
+    pub prefix: Vec<String>,
 }
 
 impl NodeOptions {
@@ -40,6 +42,7 @@ impl NodeOptions {
             config: config.into(),
             data_dir: std::env::temp_dir().join(unique("warren-node-data")),
             env: Vec::new(),
+            prefix: Vec::new(),
         }
     }
 }
@@ -62,7 +65,14 @@ impl NodeProcess {
         text.push_str("log.console.level = info\n");
         let config = std::env::temp_dir().join(format!("{}.conf", unique("warren-node")));
         std::fs::write(&config, text).expect("write config");
-        let mut command = Command::new(warren_binary());
+        let mut command = match options.prefix.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(warren_binary());
+                command
+            }
+            None => Command::new(warren_binary()),
+        };
         command
             .env("WARREN_CONFIG_FILE", &config)
             .env("WARREN_DATA_DIR", &options.data_dir)

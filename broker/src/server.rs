@@ -198,6 +198,9 @@ impl Node {
 
 /// How often `pause_minority` checks that the node sees a majority of the cluster.
 const PARTITION_CHECK: Duration = Duration::from_secs(1);
+/// How long a node resuming from a pause waits to catch up with the leader (it tries again at
+/// the next check if that was not enough).
+const PARTITION_SYNC: Duration = Duration::from_secs(5);
 /// How long a member is given to answer that check.
 const PARTITION_PROBE: Duration = Duration::from_millis(800);
 
@@ -217,7 +220,14 @@ async fn watch_partitions(node: std::sync::Weak<NodeShared>) {
         if minority && !paused {
             node.pause();
         } else if !minority && paused {
-            node.resume();
+            // Serve again only once what the majority committed meanwhile is applied here.
+            let synced = match node.broker().and_then(|b| b.metadata_group().cloned()) {
+                Some(group) => group.sync_with_leader(PARTITION_SYNC).await.is_ok(),
+                None => false,
+            };
+            if synced {
+                node.resume();
+            }
         }
     }
 }

@@ -282,3 +282,97 @@ async fn three_nodes_started_together_always_form_one_cluster() {
         }
     }
 }
+
+/// `pause_minority` across a real network partition: three processes, each in a network
+/// namespace of its own; the node cut off from the other two closes its AMQP listener while the
+/// majority keeps serving, and serves again once the partition heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_minority_across_network_namespaces() {
+    use warren_tests::netns::Network;
+    if !warren_tests::require(
+        "network namespaces",
+        Network::available(),
+        "run as root with iproute2 (apt-get install iproute2)",
+    ) {
+        return;
+    }
+    let mut network = Network::create(3).expect("namespaces");
+    let ips: Vec<std::net::IpAddr> = (0..3).map(|index| network.address(index)).collect();
+    let mut cluster = ClusterProcesses::on(
+        &ips,
+        25672,
+        // The test reaches the nodes over the bridge, not loopback.
+        "cluster_partition_handling = pause_minority\nloopback_users = none\n",
+    );
+    for (index, member) in cluster.members.iter_mut().enumerate() {
+        member.options.prefix = network.exec_prefix(index);
+    }
+    cluster.start(&[0, 1, 2]).await;
+    cluster.wait_for_members(3).await;
+    let minority_url = cluster.url(2);
+
+    let (connected, _) = channel(&minority_url).await;
+    network.partition(&[2], &[0, 1]).expect("partition");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let refused = Connection::connect(&minority_url, ConnectionProperties::default())
+            .await
+            .is_err();
+        if refused && !connected.status().connected() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the minority node still accepts clients"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status = cluster.status(2).await.expect("status of the paused node");
+    assert!(status.paused, "{status:?}");
+    let (_a, on_majority) = channel(&cluster.url(0)).await;
+    on_majority
+        .exchange_declare(
+            "during.partition".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the majority serves and changes metadata");
+
+    network.heal().expect("heal");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Ok(connection) =
+            Connection::connect(&minority_url, ConnectionProperties::default()).await
+        {
+            let channel = connection.create_channel().await.expect("channel");
+            channel
+                .exchange_declare(
+                    "during.partition".into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("the healed node has caught up");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the healed node does not serve clients again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cluster.wait_for_members(3).await;
+    for index in 0..3 {
+        cluster.stop(index).await;
+    }
+}

@@ -469,6 +469,17 @@ impl RaftGroup {
         }
     }
 
+    /// Waits (at most `timeout`) until this node has applied everything the leader had applied
+    /// when asked: what was committed while this node was cut off is then here too.
+    pub async fn sync_with_leader(&self, timeout: Duration) -> Result<(), RaftGroupError> {
+        let deadline = Instant::now() + timeout;
+        let reply = tokio::time::timeout_at(deadline, self.through_leader(Rpc::Status))
+            .await
+            .map_err(|_| RaftGroupError::NoMajority(timeout))??;
+        let leader: Status = decode(&reply).map_err(RaftGroupError::Refused)?;
+        self.wait_applied(leader.applied, deadline).await
+    }
+
     /// Adds the node `name` with Raft id `id` as a voting member (through the leader), once it
     /// has caught up.
     pub async fn add_member(&self, id: u64, name: &NodeName) -> Result<(), RaftGroupError> {
