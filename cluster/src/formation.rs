@@ -44,6 +44,9 @@ pub enum JoinError {
     /// The peer could not be asked.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The peer does not answer yet (down, or still starting).
+    #[error("node {0} is not ready: {1}")]
+    NotReady(NodeName, String),
     /// The peer is not in a cluster the node could join.
     #[error("node {0} is not a member of a cluster")]
     NotClustered(NodeName),
@@ -64,7 +67,9 @@ pub async fn join(
     group: &RaftGroup,
     peer: &NodeName,
 ) -> Result<(), JoinError> {
-    let status = control::status(transport, peer, PROBE_TIMEOUT).await?;
+    let status = control::status(transport, peer, PROBE_TIMEOUT)
+        .await
+        .map_err(|error| JoinError::NotReady(peer.clone(), error.to_string()))?;
     if !status.initialized {
         return Err(JoinError::NotClustered(peer.clone()));
     }
@@ -109,6 +114,9 @@ pub async fn classic_config(
                     return Ok(Formed::Joined(peer.clone()));
                 }
                 Err(JoinError::NotClustered(_)) => {}
+                Err(JoinError::NotReady(_, reason)) => {
+                    tracing::debug!("peer {peer} is not ready: {reason}");
+                }
                 Err(JoinError::Transport(TransportError::Failed { reason, .. })) => {
                     tracing::warn!("node {peer} refused to add this node: {reason}");
                 }
