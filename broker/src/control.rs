@@ -77,7 +77,14 @@ pub(crate) async fn handle(
             tracing::info!("node {joining} joined the cluster");
             Ok(ControlResponse::Done(format!("added {joining}")))
         }
-        ControlRequest::ForgetNode { node: target } => forget(node, &target).await,
+        ControlRequest::ForgetNode {
+            node: target,
+            offline: false,
+        } => forget(node, &target).await,
+        ControlRequest::ForgetNode {
+            node: target,
+            offline: true,
+        } => forget_offline(node, &target).await,
         ControlRequest::JoinCluster { node: target } => join_cluster(node, &target).await,
         ControlRequest::Reset => reset(node).await,
     }
@@ -220,6 +227,55 @@ async fn forget(node: &NodeShared, target: &str) -> Result<ControlResponse, Stri
     tracing::info!("node {target} was removed from the cluster");
     Ok(ControlResponse::Done(format!(
         "Removing node {target} from the cluster"
+    )))
+}
+
+/// `forget_cluster_node --offline`: when the cluster's majority is gone for good, the members
+/// this node can still reach become the cluster without `target`, by a membership change no
+/// majority agreed to (Raft's unsafe recovery). Refused while a majority is reachable, and for
+/// a member that answers.
+async fn forget_offline(node: &NodeShared, target: &str) -> Result<ControlResponse, String> {
+    let _lifecycle = node.lifecycle().await;
+    let current = status(node).await?;
+    let me = node.transport.node().to_string();
+    if target == me {
+        return Err(format!("cannot forget node {me} from itself"));
+    }
+    let Some(forgotten) = current.members.iter().find(|member| member.name == target) else {
+        return Err(format!("node {target} is not a member of this cluster"));
+    };
+    let voters: Vec<&MemberStatus> = current.members.iter().filter(|m| m.voter).collect();
+    let reachable = voters.iter().filter(|member| member.running).count();
+    if reachable * 2 > voters.len() {
+        return Err(
+            "a majority of the cluster is reachable: use forget_cluster_node without --offline"
+                .into(),
+        );
+    }
+    if forgotten.running {
+        return Err(format!(
+            "node {target} is running: stop it first, or run 'warrenctl reset' on it"
+        ));
+    }
+    let remaining: std::collections::BTreeMap<u64, String> = current
+        .members
+        .iter()
+        .filter(|member| member.voter && member.name != target)
+        .map(|member| (member.id, member.name.clone()))
+        .collect();
+    tracing::warn!(
+        "forget_cluster_node --offline {target}: making {:?} the cluster without a majority's \
+         agreement (unsafe recovery)",
+        remaining.values().collect::<Vec<_>>()
+    );
+    node.restart_with_log(move |log| async move {
+        log.force_membership(remaining)
+            .await
+            .map_err(|error| error.to_string())
+    })
+    .await?;
+    Ok(ControlResponse::Done(format!(
+        "Removing node {target} from the cluster (offline)"
     )))
 }
 

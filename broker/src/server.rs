@@ -22,6 +22,8 @@ use warren_config::{Config, ListenAddress, PartitionHandling};
 
 use crate::broker::{Broker, Formation, SetupError};
 use crate::connection;
+use crate::store::Store;
+use warren_cluster::raft::log::RaftLog;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -447,6 +449,49 @@ impl NodeShared {
         tracing::info!(
             "Cluster minority/secondary status cleared: the node reaches a majority again; client listeners are open"
         );
+    }
+
+    /// Stops the current incarnation, runs `change` on the metadata Raft log of the data
+    /// directory (nothing else is running on it), and starts again on the same data.
+    pub(crate) async fn restart_with_log<F, Fut>(&self, change: F) -> Result<(), String>
+    where
+        F: FnOnce(RaftLog) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let running = self.current.lock().take();
+        let listen: Vec<ListenAddress> = match &running {
+            Some(running) => running
+                .amqp
+                .iter()
+                .map(|address| ListenAddress::Socket(*address))
+                .collect(),
+            None => self.config.listeners.clone(),
+        };
+        if let Some(running) = running {
+            stop_incarnation(running, RESTART_GRACE).await;
+        }
+        let changed = async {
+            let (store, scanned) = Store::open(&self.config.data_dir, self.config.segment_size, 0)
+                .map_err(|error| error.to_string())?;
+            let log = RaftLog::open(&store.wal, scanned.raft)
+                .await
+                .map_err(|error| error.to_string())?;
+            let outcome = change(log).await;
+            let wal = Arc::downgrade(&store.wal);
+            drop(store);
+            let deadline = tokio::time::Instant::now() + RESTART_GRACE;
+            while wal.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            outcome
+        }
+        .await;
+        let running = self
+            .start_incarnation(&Formation::Configured, listen)
+            .await
+            .map_err(|error| error.to_string())?;
+        *self.current.lock() = Some(running);
+        changed
     }
 
     /// Holds the lifecycle lock (no join, reset or stop meanwhile).

@@ -37,6 +37,8 @@ pub enum ControlRequest {
     ForgetNode {
         /// The member to remove.
         node: String,
+        /// `--offline`: the majority is gone for good; remove it without one (unsafe recovery).
+        offline: bool,
     },
     /// The nodes the asked node has live links to (to tell a partition from a stopped node).
     Links,

@@ -132,6 +132,7 @@ async fn forget_and_rejoin_after_reset() {
         .node(0)
         .control(ControlRequest::ForgetNode {
             node: third.clone(),
+            offline: false,
         })
         .await
         .expect_err("a running member is not forgotten");
@@ -154,6 +155,7 @@ async fn forget_and_rejoin_after_reset() {
         .node(0)
         .control(ControlRequest::ForgetNode {
             node: third.clone(),
+            offline: false,
         })
         .await
         .expect("a stopped member is forgotten");
@@ -718,5 +720,75 @@ async fn concurrent_conflicting_declarations_agree_on_one_winner() {
         assert_eq!(winner_ttl(0), winner_ttl(1), "round {round}");
         assert_eq!(winner_ttl(1), winner_ttl(2), "round {round}");
     }
+    cluster.stop().await;
+}
+
+/// `forget_cluster_node --offline`: two of three members are gone for good; the survivor
+/// cannot change metadata, refuses an offline forget of a node that answers, and after
+/// forgetting both dead members offline is a cluster of one that writes again, with everything
+/// it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_offline_recovers_a_survivor_without_a_majority() {
+    let mut cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (connection, on_survivor) = channel(&cluster.node(0).url()).await;
+    on_survivor
+        .exchange_declare(
+            "kept".into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declared while all run");
+    let _ = connection.close(200, "bye".into()).await;
+    let (second, third) = (
+        cluster.node(1).name().to_string(),
+        cluster.node(2).name().to_string(),
+    );
+    let refused = cluster
+        .node(0)
+        .control(ControlRequest::ForgetNode {
+            node: second.clone(),
+            offline: true,
+        })
+        .await
+        .expect_err("a majority is reachable");
+    assert!(refused.contains("majority"), "{refused}");
+    cluster.stop_node(1).await;
+    cluster.stop_node(2).await;
+    for dead in [&second, &third] {
+        cluster
+            .node(0)
+            .control(ControlRequest::ForgetNode {
+                node: dead.clone(),
+                offline: true,
+            })
+            .await
+            .expect("forgotten offline");
+    }
+    cluster.wait_for_members(1, SETTLE).await;
+    let (_c, on_survivor) = channel(&cluster.node(0).url()).await;
+    on_survivor
+        .exchange_declare(
+            "kept".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..durable()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("what it had is still there");
+    on_survivor
+        .exchange_declare(
+            "after".into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("the survivor writes metadata again");
     cluster.stop().await;
 }

@@ -277,6 +277,66 @@ impl RaftLog {
         written(receiver).await
     }
 
+    /// Unsafe recovery (`forget_cluster_node --offline`): makes `members` (this node among them)
+    /// the whole group by appending a membership entry in a new term of this node's own, asking
+    /// no one. Only for a group whose majority is gone for good, and only while no Raft node runs
+    /// on this log. Every entry already here stays; the new term orders the entry after them.
+    pub async fn force_membership(&self, members: BTreeMap<u64, String>) -> io::Result<()> {
+        let members: BTreeMap<u64, openraft::BasicNode> = members
+            .into_iter()
+            .map(|(id, name)| (id, openraft::BasicNode::new(name)))
+            .collect();
+        let (vote, entry) = {
+            let inner = self.inner.lock();
+            if !members.contains_key(&inner.node_id) {
+                return Err(io_error("the remaining members must include this node"));
+            }
+            let last_term = inner
+                .entries
+                .values()
+                .next_back()
+                .map(|entry| entry.log_id().leader_id.term)
+                .or_else(|| {
+                    inner
+                        .snapshot
+                        .as_ref()
+                        .and_then(|(meta, _)| meta.last_log_id.map(|id| id.leader_id.term))
+                })
+                .unwrap_or(0);
+            let vote_term = inner.vote.map_or(0, |vote| vote.leader_id.term);
+            let term = last_term.max(vote_term) + 1;
+            let index = inner
+                .entries
+                .keys()
+                .next_back()
+                .copied()
+                .or_else(|| {
+                    inner
+                        .snapshot
+                        .as_ref()
+                        .and_then(|(meta, _)| meta.last_log_id.map(|id| id.index))
+                })
+                .map_or(0, |last| last + 1);
+            let voters: std::collections::BTreeSet<u64> = members.keys().copied().collect();
+            let membership = openraft::Membership::new(vec![voters], members)
+                .map_err(|error| io_error(error.to_string()))?;
+            let leader = openraft::impls::leader_id_adv::LeaderId {
+                term,
+                node_id: inner.node_id,
+            };
+            let vote = Vote::new(term, inner.node_id);
+            let entry = Entry::new_membership(LogId::new(leader, index), membership);
+            (vote, entry)
+        };
+        self.push_and_wait(LogRecord::Vote(vote)).await?;
+        self.push_and_wait(LogRecord::Entries(vec![entry.clone()]))
+            .await?;
+        let mut inner = self.inner.lock();
+        inner.vote = Some(vote);
+        inner.entries.insert(entry.index(), entry);
+        Ok(())
+    }
+
     /// Writes the whole state (with `snapshot` as the newest, if given) and, once it is synced,
     /// deletes the segments before it.
     pub async fn checkpoint(&self, snapshot: Option<(SnapshotMeta, Vec<u8>)>) -> io::Result<()> {

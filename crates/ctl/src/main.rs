@@ -27,7 +27,10 @@ Commands:
   cluster_status [--formatter json]   the cluster as NODE sees it
   join_cluster OTHER_NODE             NODE drops its data and joins OTHER_NODE's cluster
   reset                               NODE leaves its cluster and starts again blank
-  forget_cluster_node OTHER_NODE      remove a stopped member from NODE's cluster
+  forget_cluster_node [--offline] OTHER_NODE
+                                      remove a stopped member from NODE's cluster; --offline
+                                      when no majority is left to agree (unsafe: only when the
+                                      missing members are gone for good)
 
 NODE defaults to warren@<this host> (WARREN_NODENAME / RABBITMQ_NODENAME when set);
 the port is WARREN_DIST_PORT / RABBITMQ_DIST_PORT, or 25672.";
@@ -163,21 +166,24 @@ fn request(command: &[String]) -> Result<(ControlRequest, bool), String> {
         ["cluster_status", "--formatter", "json"] | ["cluster_status", "--formatter=json"] => {
             Ok((ControlRequest::Status, true))
         }
-        ["join_cluster", node] => Ok((
+        ["join_cluster", node] if !node.starts_with('-') => Ok((
             ControlRequest::JoinCluster {
                 node: node.to_string(),
             },
             false,
         )),
         ["reset"] => Ok((ControlRequest::Reset, false)),
-        ["forget_cluster_node", "--offline", _] => Err(
-            "forget_cluster_node --offline is not supported yet: start the node, and forget the \
-             member from it while a majority of the cluster runs"
-                .into(),
-        ),
-        ["forget_cluster_node", node] => Ok((
+        ["forget_cluster_node", "--offline", node] => Ok((
             ControlRequest::ForgetNode {
                 node: node.to_string(),
+                offline: true,
+            },
+            false,
+        )),
+        ["forget_cluster_node", node] if !node.starts_with('-') => Ok((
+            ControlRequest::ForgetNode {
+                node: node.to_string(),
+                offline: false,
             },
             false,
         )),
@@ -243,7 +249,7 @@ async fn run(arguments: Arguments) -> ExitCode {
             println!("Clustering node {node} with {other}");
         }
         ControlRequest::Reset => println!("Resetting node {node} ..."),
-        ControlRequest::ForgetNode { node: other } => {
+        ControlRequest::ForgetNode { node: other, .. } => {
             println!("Removing node {other} from the cluster");
         }
         _ => {}

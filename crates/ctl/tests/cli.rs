@@ -16,7 +16,7 @@ fn usage_errors_and_unreachable_nodes_have_their_exit_codes() {
     let output = warrenctl(&["frobnicate"]);
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown command"));
-    let output = warrenctl(&["forget_cluster_node", "--offline", "warren@elsewhere"]);
+    let output = warrenctl(&["forget_cluster_node", "--offline"]);
     assert_eq!(output.status.code(), Some(64));
     // Nothing listens on port 1 of 127.0.0.1.
     let output = warrenctl(&[
