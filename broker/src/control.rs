@@ -103,13 +103,13 @@ pub(crate) async fn status(node: &NodeShared) -> Result<ClusterStatus, String> {
         .ok_or("the metadata store is not running")?;
     let me = node.transport.node().clone();
     let raft = group.status();
-    // Members with no link yet (followers only talk to the leader) are dialled: a member runs
+    // Every member is asked, even over a live link (one to a node that just stopped may not
+    // have noticed yet; followers only talk to the leader, so there may be no link): a member runs
     // if it answers.
     let mut members = Vec::with_capacity(raft.members.len());
     for member in &raft.members {
         let name = NodeName::new_unchecked(member.name.clone());
         let running = name == me
-            || node.transport.is_connected(&name)
             || control::call(
                 &node.transport,
                 &name,

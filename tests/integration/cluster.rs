@@ -757,15 +757,27 @@ async fn forget_offline_recovers_a_survivor_without_a_majority() {
     assert!(refused.contains("majority"), "{refused}");
     cluster.stop_node(1).await;
     cluster.stop_node(2).await;
+    for _ in 0..100 {
+        let status = cluster.node(0).status().await;
+        if status.members.iter().filter(|m| m.running).count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for dead in [&second, &third] {
-        cluster
+        let forgotten = cluster
             .node(0)
             .control(ControlRequest::ForgetNode {
                 node: dead.clone(),
                 offline: true,
             })
-            .await
-            .expect("forgotten offline");
+            .await;
+        if let Err(error) = forgotten {
+            panic!(
+                "{dead} not forgotten: {error}; {}",
+                cluster.node(0).status().await
+            );
+        }
     }
     cluster.wait_for_members(1, SETTLE).await;
     let (_c, on_survivor) = channel(&cluster.node(0).url()).await;
@@ -790,5 +802,88 @@ async fn forget_offline_recovers_a_survivor_without_a_majority() {
         )
         .await
         .expect("the survivor writes metadata again");
+    cluster.stop().await;
+}
+
+/// A slow network (100 ms each way between every pair of nodes): the leader stays, metadata
+/// commits, and a queue used through another node still confirms and delivers, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_network_slows_but_breaks_nothing() {
+    use futures_lite::StreamExt;
+    use lapin::BasicProperties;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    };
+
+    let cluster = TestCluster::builder().nodes(3).build().await;
+    let before = {
+        cluster.wait_for_members(3, SETTLE).await;
+        cluster.node(0).status().await
+    };
+    cluster.delay(&[0], &[1, 2], Duration::from_millis(100));
+    cluster.delay(&[1], &[2], Duration::from_millis(100));
+    let (_a, on_a) = channel(&cluster.node(0).url()).await;
+    on_a.queue_declare(
+        "slow".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("metadata commits over a slow network");
+    let node = cluster.node(1);
+    wait_until("the queue reaches node 1", || {
+        node.broker()
+            .vhost("/")
+            .is_some_and(|vhost| vhost.queue(b"slow").is_some())
+    })
+    .await;
+    let (_b, on_b) = channel(&cluster.node(1).url()).await;
+    on_b.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut confirms = Vec::new();
+    for index in 0..20u32 {
+        confirms.push(
+            on_b.basic_publish(
+                "".into(),
+                "slow".into(),
+                BasicPublishOptions::default(),
+                &index.to_be_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("published"),
+        );
+    }
+    for confirm in confirms {
+        assert!(confirm.await.expect("confirmed").is_ack());
+    }
+    let (_c, on_c) = channel(&cluster.node(2).url()).await;
+    let mut consumer = on_c
+        .basic_consume(
+            "slow".into(),
+            "slowpoke".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for expected in 0..20u32 {
+        let delivery = promptly("a delivery", consumer.next())
+            .await
+            .expect("open")
+            .expect("delivery");
+        assert_eq!(delivery.data, expected.to_be_bytes());
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let after = cluster.node(0).status().await;
+    assert_eq!(
+        after.leader, before.leader,
+        "no election over 100 ms of latency"
+    );
+    cluster.heal();
     cluster.stop().await;
 }

@@ -25,6 +25,9 @@ use super::{GroupInner, TypeConfig};
 use crate::identity::NodeName;
 use crate::transport::{BoxFuture, Service, Transport, TransportError};
 
+/// The shortest time a Raft RPC is given.
+const MIN_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The transport service number of the metadata Raft group.
 pub const RAFT_SERVICE: u16 = 10;
 
@@ -114,7 +117,10 @@ impl Peer {
                 &self.name,
                 RAFT_SERVICE,
                 encode(&envelope),
-                option.hard_ttl(),
+                // openraft's time-to-live is its heartbeat interval: a link slower than that
+                // (a round trip over 200 ms) would never replicate. A late answer is still
+                // an answer; a dead peer fails at once.
+                option.hard_ttl().max(MIN_RPC_TIMEOUT),
             )
             .await?;
         decode(&body).map_err(|reason| TransportError::Failed {

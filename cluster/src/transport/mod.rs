@@ -181,6 +181,7 @@ impl Link {
 pub struct Faults {
     cut: Mutex<HashSet<NodeName>>,
     deaf: Mutex<HashSet<NodeName>>,
+    delay: Mutex<HashMap<NodeName, Duration>>,
 }
 
 struct Inner {
@@ -298,8 +299,14 @@ impl Transport {
         self.inner.faults.deaf.lock().insert(peer.clone());
     }
 
+    /// Delays everything `peer` sends by `delay` (in order), as a slow network would.
+    pub fn delay(&self, peer: &NodeName, delay: Duration) {
+        self.inner.faults.delay.lock().insert(peer.clone(), delay);
+    }
+
     /// Lets links to every peer be made, and heard, again.
     pub fn heal(&self) {
+        self.inner.faults.delay.lock().clear();
         self.inner.faults.cut.lock().clear();
         self.inner.faults.deaf.lock().clear();
     }
@@ -733,20 +740,34 @@ async fn read_loop(
         None => return,
     };
     let mut last_heard = Instant::now();
+    let mut received_at = Instant::now();
     let mut ticks = tokio::time::interval(ping);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'reading: loop {
         loop {
             match Frame::decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    let Some(inner) = inner.upgrade() else {
+                    let Some(strong) = inner.upgrade() else {
                         break 'reading;
                     };
-                    if inner.faults.deaf.lock().contains(&link.peer) {
+                    if strong.faults.deaf.lock().contains(&link.peer) {
+                        continue;
+                    }
+                    let delay = strong.faults.delay.lock().get(&link.peer).copied();
+                    if let Some(delay) = delay {
+                        // Latency: everything from this peer is handled `delay` after it
+                        // arrived, in order.
+                        drop(strong);
+                        tokio::time::sleep_until(received_at + delay).await;
+                        let Some(again) = inner.upgrade() else {
+                            break 'reading;
+                        };
+                        last_heard = Instant::now();
+                        handle(&again, &link, frame);
                         continue;
                     }
                     last_heard = Instant::now();
-                    handle(&inner, &link, frame);
+                    handle(&strong, &link, frame);
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -758,7 +779,7 @@ async fn read_loop(
         tokio::select! {
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(_) => received_at = Instant::now(),
             },
             _ = ticks.tick() => {
                 if last_heard.elapsed() > timeout {

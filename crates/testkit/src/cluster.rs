@@ -14,7 +14,8 @@
 //! resolve through the cluster's own table, never through DNS, so clusters cannot reach each
 //! other. All nodes share one secret and start at once with `classic_config` listing them all,
 //! as three processes started together would. [`TestCluster::partition`] cuts links between
-//! nodes, as a network partition would (openraft's test router is the model).
+//! nodes, as a network partition would, and [`TestCluster::delay`] slows them (openraft's test
+//! router is the model).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -232,6 +233,20 @@ impl TestCluster {
                 if let (Some(left), Some(right)) = (&left.node, &right.node) {
                     left.transport().cut(right.name());
                     right.transport().cut(left.name());
+                }
+            }
+        }
+    }
+
+    /// Delays everything between every node of `a` and every node of `b`, both ways, by `delay`
+    /// (until [`TestCluster::heal`]).
+    pub fn delay(&self, a: &[usize], b: &[usize], delay: Duration) {
+        for &i in a {
+            for &j in b {
+                let (left, right) = (&self.nodes[i], &self.nodes[j]);
+                if let (Some(left), Some(right)) = (&left.node, &right.node) {
+                    left.transport().delay(right.name(), delay);
+                    right.transport().delay(left.name(), delay);
                 }
             }
         }
