@@ -190,6 +190,30 @@ async fn start_metadata_group(
                 .map(drop)
                 .map_err(join_failed)
             }
+            DiscoveryBackend::K8s => {
+                let seed = match &config.cluster.k8s_seed_node {
+                    Some(seed) => {
+                        NodeName::parse(seed, config.cluster.use_longname, "").map_err(|error| {
+                            SetupError::Cluster(format!("cluster_formation.k8s.seed_node: {error}"))
+                        })?
+                    }
+                    None => warren_cluster::formation::k8s_seed(
+                        transport.node(),
+                        config.cluster.k8s_ordinal_start,
+                    )
+                    .map_err(SetupError::Cluster)?,
+                };
+                warren_cluster::formation::seeded(
+                    transport,
+                    &group,
+                    &seed,
+                    config.cluster.discovery_retry_limit,
+                    config.cluster.discovery_retry_interval,
+                )
+                .await
+                .map(drop)
+                .map_err(join_failed)
+            }
         },
     };
     if let Err(error) = formed {

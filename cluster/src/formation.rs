@@ -146,6 +146,79 @@ pub async fn classic_config(
     }
 }
 
+/// The Kubernetes seed for `me`: the same name with the StatefulSet ordinal of the host's first
+/// label replaced by `ordinal_start` (`warren@warren-2.warren-nodes.ns.svc.cluster.local` ->
+/// `warren@warren-0.warren-nodes.ns.svc.cluster.local`), as RabbitMQ 4.1 derives it.
+pub fn k8s_seed(me: &NodeName, ordinal_start: u32) -> Result<NodeName, String> {
+    let host = me.host();
+    let (first, rest) = host.split_at(host.find('.').unwrap_or(host.len()));
+    let ordinal = first
+        .rsplit_once('-')
+        .filter(|(base, digits)| {
+            !base.is_empty() && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|(base, _)| base);
+    let Some(base) = ordinal else {
+        return Err(format!(
+            "cluster_formation.k8s: the host '{host}' of node name '{me}' does not end in a \
+             StatefulSet ordinal (pod-N); set cluster_formation.k8s.seed_node"
+        ));
+    };
+    Ok(NodeName::new_unchecked(format!(
+        "{}@{base}-{ordinal_start}{rest}",
+        me.prefix()
+    )))
+}
+
+/// Forms or joins with a known seed (Kubernetes): the seed forms a cluster at once; every other
+/// node joins the seed, trying for as long as it takes, as RabbitMQ 4.1 does.
+pub async fn seeded(
+    transport: &Transport,
+    group: &RaftGroup,
+    seed: &NodeName,
+    retry_limit: u32,
+    interval: Duration,
+) -> Result<Formed, RaftGroupError> {
+    if group.is_initialized().await? {
+        tracing::info!(
+            "the node has data: rejoining the members it last knew, skipping peer discovery"
+        );
+        return Ok(Formed::AlreadyMember);
+    }
+    if seed == transport.node() {
+        tracing::info!("this node is the seed ({seed}): forming a new cluster");
+        group.initialize_alone().await?;
+        return Ok(Formed::New);
+    }
+    tracing::info!("peer discovery (k8s): joining the seed node {seed}");
+    let mut attempt: u32 = 0;
+    loop {
+        match join(transport, group, seed).await {
+            Ok(()) => {
+                tracing::info!("joined the cluster of {seed}");
+                return Ok(Formed::Joined(seed.clone()));
+            }
+            Err(JoinError::Transport(TransportError::Failed { reason, .. })) => {
+                tracing::warn!("the seed node {seed} refused to add this node: {reason}");
+            }
+            Err(error) => tracing::debug!("seed {seed}: {error}"),
+        }
+        attempt += 1;
+        let left = retry_limit.saturating_sub(attempt);
+        if left > 0 {
+            tracing::info!(
+                "Trying to join discovered peers failed. Will retry after a delay of {} ms, {left} retries left...",
+                interval.as_millis()
+            );
+        } else if (attempt - retry_limit).is_multiple_of(20) {
+            tracing::warn!(
+                "Trying to join the seed node {seed} failed {attempt} times; still trying (only the seed forms the cluster)"
+            );
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +234,22 @@ mod tests {
         }
         let lone = NodeName::new_unchecked("warren@z");
         assert_eq!(seed(&lone, &[]), &lone);
+    }
+
+    #[test]
+    fn the_k8s_seed_is_the_pod_with_the_first_ordinal() {
+        let pod = NodeName::new_unchecked("rabbit@warren-12.nodes.prod.svc.cluster.local");
+        assert_eq!(
+            k8s_seed(&pod, 0).unwrap().as_str(),
+            "rabbit@warren-0.nodes.prod.svc.cluster.local"
+        );
+        assert_eq!(
+            k8s_seed(&pod, 1).unwrap().as_str(),
+            "rabbit@warren-1.nodes.prod.svc.cluster.local"
+        );
+        let short = NodeName::new_unchecked("warren@my-set-3");
+        assert_eq!(k8s_seed(&short, 0).unwrap().as_str(), "warren@my-set-0");
+        let error = k8s_seed(&NodeName::new_unchecked("warren@db.example"), 0).unwrap_err();
+        assert!(error.contains("seed_node"), "{error}");
     }
 }

@@ -887,3 +887,62 @@ async fn a_slow_network_slows_but_breaks_nothing() {
     cluster.heal();
     cluster.stop().await;
 }
+
+/// Kubernetes formation, as RabbitMQ 4.1 does it: pods named like a StatefulSet's; the pod with
+/// the first ordinal forms the cluster and every other pod joins it, waiting for it as long as
+/// it takes. Pod names resolve through the test cluster's own table (no Kubernetes API is
+/// involved: the backend makes no API calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_pods_join_the_first_ordinal_and_wait_for_it() {
+    let pods = |ordinals: [u32; 3]| -> Vec<String> {
+        ordinals
+            .iter()
+            .map(|n| format!("warren@warren-{n}.warren-nodes.test.svc.cluster.local"))
+            .collect()
+    };
+    let names = pods([0, 1, 2]);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let cluster = TestCluster::builder()
+        .names(&names)
+        .config(|config| config.cluster.discovery = warren_config::DiscoveryBackend::K8s)
+        .build()
+        .await;
+    let status = cluster.node(2).status().await;
+    assert_eq!(status.members.len(), 3, "{status}");
+    cluster.wait_for_members(3, SETTLE).await;
+    cluster.stop().await;
+
+    // ordinal_start = 1: pods 2 and 3 start first and wait for pod 1, which forms the cluster.
+    let names = pods([1, 2, 3]);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut cluster = TestCluster::builder()
+        .names(&names)
+        .config(|config| {
+            config.cluster.discovery = warren_config::DiscoveryBackend::K8s;
+            config.cluster.k8s_ordinal_start = 1;
+        })
+        .start_only(&[])
+        .build()
+        .await;
+    let waiting = [
+        cluster.start_in_background(1),
+        cluster.start_in_background(2),
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        waiting.iter().all(|start| !start.is_finished()),
+        "pods other than the seed never form a cluster of their own"
+    );
+    let seed = cluster.start_in_background(0);
+    cluster.adopt(0, seed.await.expect("seed starts"));
+    let [second, third] = waiting;
+    cluster.adopt(1, second.await.expect("pod 2 joins"));
+    cluster.adopt(2, third.await.expect("pod 3 joins"));
+    cluster.wait_for_members(3, SETTLE).await;
+    let status = cluster.node(2).status().await;
+    assert!(
+        status.members.iter().any(|m| m.name == names[0]),
+        "{status}"
+    );
+    cluster.stop().await;
+}

@@ -185,6 +185,9 @@ pub enum DiscoveryBackend {
     None,
     /// `classic_config`: a fixed list of nodes (`cluster_formation.classic_config.nodes.*`).
     ClassicConfig(Vec<String>),
+    /// `k8s`: StatefulSet pods; the pod with ordinal `cluster_formation.k8s.ordinal_start` (or
+    /// `cluster_formation.k8s.seed_node`) forms the cluster, every other pod joins it.
+    K8s,
 }
 
 /// What a node does when it finds itself cut from part of the cluster
@@ -233,6 +236,10 @@ pub struct ClusterConfig {
     pub discovery_retry_interval: Duration,
     /// `cluster_partition_handling` (default `ignore`).
     pub partition_handling: PartitionHandling,
+    /// `cluster_formation.k8s.ordinal_start` (default 0).
+    pub k8s_ordinal_start: u32,
+    /// `cluster_formation.k8s.seed_node`: overrides the seed the ordinal gives.
+    pub k8s_seed_node: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -246,6 +253,8 @@ impl Default for ClusterConfig {
             discovery_retry_limit: 10,
             discovery_retry_interval: Duration::from_millis(500),
             partition_handling: PartitionHandling::Ignore,
+            k8s_ordinal_start: 0,
+            k8s_seed_node: None,
         }
     }
 }

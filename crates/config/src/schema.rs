@@ -204,20 +204,24 @@ const KEYS: &[(&str, Apply)] = &[
                 }
                 Ok(())
             }
+            "k8s" | "rabbit_peer_discovery_k8s" => {
+                config.cluster.discovery = DiscoveryBackend::K8s;
+                Ok(())
+            }
             "dns"
             | "rabbit_peer_discovery_dns"
-            | "k8s"
-            | "rabbit_peer_discovery_k8s"
             | "etcd"
             | "rabbit_peer_discovery_etcd"
             | "consul"
             | "rabbit_peer_discovery_consul"
             | "aws"
             | "rabbit_peer_discovery_aws" => Err(format!(
-                "the '{}' backend is not available yet; classic_config is",
+                "the '{}' backend is not available yet; classic_config and k8s are",
                 setting.value
             )),
-            _ => Err("expected classic_config (or rabbit_peer_discovery_classic_config)".into()),
+            _ => Err(
+                "expected classic_config or k8s (or their rabbit_peer_discovery_* names)".into(),
+            ),
         },
     ),
     (
@@ -229,12 +233,40 @@ const KEYS: &[(&str, Apply)] = &[
             }
             match &mut config.cluster.discovery {
                 DiscoveryBackend::ClassicConfig(nodes) => nodes.push(name),
+                // Settings of a backend that is not selected are accepted and unused.
+                DiscoveryBackend::K8s => {}
                 // The list may come before the backend key; keep it for when the backend is set.
                 other => *other = DiscoveryBackend::ClassicConfig(vec![name]),
             }
             Ok(())
         },
     ),
+    (
+        "cluster_formation.k8s.ordinal_start",
+        |config, setting, _| {
+            config.cluster.k8s_ordinal_start =
+                integer(&setting.value, 0, u64::from(u32::MAX))? as u32;
+            Ok(())
+        },
+    ),
+    ("cluster_formation.k8s.seed_node", |config, setting, _| {
+        if !setting.value.contains('@') {
+            return Err("expected a node name such as rabbit@seed-node-hostname".into());
+        }
+        config.cluster.k8s_seed_node = Some(setting.value.clone());
+        Ok(())
+    }),
+    // Kubernetes API settings of RabbitMQ before 4.1: the backend no longer calls the API, and
+    // RabbitMQ 4.1 accepts and ignores them, as Warren does.
+    ("cluster_formation.k8s.host", |_, _, _| Ok(())),
+    ("cluster_formation.k8s.port", |_, _, _| Ok(())),
+    ("cluster_formation.k8s.scheme", |_, _, _| Ok(())),
+    ("cluster_formation.k8s.token_path", |_, _, _| Ok(())),
+    ("cluster_formation.k8s.cert_path", |_, _, _| Ok(())),
+    ("cluster_formation.k8s.namespace_path", |_, _, _| Ok(())),
+    ("cluster_formation.k8s.service_name", |_, _, _| Ok(())),
+    ("cluster_formation.k8s.address_type", |_, _, _| Ok(())),
+    ("cluster_formation.k8s.hostname_suffix", |_, _, _| Ok(())),
     (
         "cluster_formation.discovery_retry_limit",
         |config, setting, _| {
@@ -552,6 +584,31 @@ mod tests {
         );
         let error = load("cluster_formation.classic_config.nodes.1 = hare\n").unwrap_err();
         assert!(error.to_string().contains("node name"), "{error}");
+    }
+
+    #[test]
+    fn k8s_keys_are_read_and_a_misspelt_one_is_named() {
+        let config = load(
+            "cluster_formation.peer_discovery_backend = rabbit_peer_discovery_k8s\n\
+             cluster_formation.k8s.ordinal_start = 1\n\
+             cluster_formation.k8s.seed_node = rabbit@seed-0.nodes\n\
+             cluster_formation.k8s.host = kubernetes.default.svc\n\
+             cluster_formation.classic_config.nodes.1 = rabbit@unused\n",
+        )
+        .unwrap();
+        assert_eq!(config.cluster.discovery, DiscoveryBackend::K8s);
+        assert_eq!(config.cluster.k8s_ordinal_start, 1);
+        assert_eq!(
+            config.cluster.k8s_seed_node.as_deref(),
+            Some("rabbit@seed-0.nodes")
+        );
+        let error = load("cluster_formation.k8s.ordnal_start = 1\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cluster_formation.k8s.ordnal_start"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -85,12 +85,29 @@ impl TestNode {
 pub struct TestClusterBuilder {
     nodes: usize,
     config: Config,
+    names: Option<Vec<String>>,
+    started: Option<Vec<usize>>,
 }
 
 impl TestClusterBuilder {
     /// How many nodes (default 3).
     pub fn nodes(mut self, count: usize) -> Self {
         self.nodes = count;
+        self
+    }
+
+    /// Node names of your choosing (long names; they resolve through the cluster's table), e.g.
+    /// StatefulSet pod names.
+    pub fn names(mut self, names: &[&str]) -> Self {
+        self.nodes = names.len();
+        self.names = Some(names.iter().map(|name| name.to_string()).collect());
+        self
+    }
+
+    /// Starts only these nodes in [`TestClusterBuilder::build`]; the others are configured and
+    /// can be started later ([`TestCluster::start_in_background`]).
+    pub fn start_only(mut self, indexes: &[usize]) -> Self {
+        self.started = Some(indexes.to_vec());
         self
     }
 
@@ -108,7 +125,10 @@ impl TestClusterBuilder {
         for index in 0..self.nodes {
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + index as u8));
             let mut config = self.config.clone();
-            config.node_name = format!("warren@{ip}");
+            config.node_name = match &self.names {
+                Some(names) => names[index].clone(),
+                None => format!("warren@{ip}"),
+            };
             config.cluster.use_longname = true;
             config.cluster.interface = Some(ip);
             config.cluster.port = free_port(ip);
@@ -127,16 +147,42 @@ impl TestClusterBuilder {
         }
         let names: Vec<String> = configs.iter().map(|c| c.node_name.clone()).collect();
         for config in &mut configs {
-            config.cluster.discovery = DiscoveryBackend::ClassicConfig(names.clone());
+            if config.cluster.discovery == DiscoveryBackend::None {
+                config.cluster.discovery = DiscoveryBackend::ClassicConfig(names.clone());
+            }
             config.cluster.discovery_retry_interval = Duration::from_millis(100);
         }
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             table,
         };
-        let starts = configs.into_iter().map(|config| cluster.start_node(config));
-        let nodes = join_all(starts).await;
-        cluster.nodes = nodes;
+        let started = self.started.clone();
+        let starting: Vec<_> = configs
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| started.as_ref().is_none_or(|list| list.contains(index)))
+            .map(|(_, config)| cluster.start_node(config.clone()))
+            .collect();
+        let mut running = join_all(starting).await.into_iter();
+        cluster.nodes = configs
+            .into_iter()
+            .enumerate()
+            .map(|(index, config)| {
+                if started.as_ref().is_none_or(|list| list.contains(&index)) {
+                    running.next().expect("one started node per listed index")
+                } else {
+                    let address = match config.listeners.first() {
+                        Some(warren_config::ListenAddress::Socket(address)) => *address,
+                        _ => SocketAddr::from(([127, 0, 0, 1], 0)),
+                    };
+                    TestNode {
+                        node: None,
+                        config,
+                        address,
+                    }
+                }
+            })
+            .collect();
         cluster
     }
 }
@@ -154,6 +200,8 @@ impl TestCluster {
         TestClusterBuilder {
             nodes: 3,
             config: TestBroker::default_config(),
+            names: None,
+            started: None,
         }
     }
 
@@ -198,6 +246,29 @@ impl TestCluster {
         if let Some(node) = self.nodes[index].node.take() {
             node.shutdown(Duration::from_secs(5)).await;
         }
+    }
+
+    /// Starts node `index` (not running) in a task of its own, for a start that waits on other
+    /// nodes; hand the result to [`TestCluster::adopt`].
+    pub fn start_in_background(&self, index: usize) -> tokio::task::JoinHandle<TestNode> {
+        let config = self.nodes[index].config.clone();
+        let options = self.options();
+        tokio::spawn(async move {
+            let node = Node::start_with(config.clone(), options)
+                .await
+                .expect("cluster node starts");
+            let address = node.amqp_addresses()[0];
+            TestNode {
+                node: Some(node),
+                config,
+                address,
+            }
+        })
+    }
+
+    /// Takes back a node started with [`TestCluster::start_in_background`].
+    pub fn adopt(&mut self, index: usize, node: TestNode) {
+        self.nodes[index] = node;
     }
 
     /// Starts node `index` again on its data.
