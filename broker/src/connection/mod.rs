@@ -55,6 +55,8 @@ use writer::Outbound;
 /// Longest wait for `close-ok` after the server closed the connection (RabbitMQ's
 /// `?CLOSING_TIMEOUT`).
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client's `connection.close` waits for its exclusive queues to be deleted.
+const EXCLUSIVE_DELETION_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection closed by node shutdown waits for `close-ok`.
 const SHUTDOWN_CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Room made in the read buffer before reading a busy socket.
@@ -478,7 +480,7 @@ impl Connection {
         }
         match frame {
             Frame::Heartbeat => {}
-            Frame::Method { channel: 0, method } => self.handle_connection_method(method),
+            Frame::Method { channel: 0, method } => self.handle_connection_method(method).await,
             Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => {
                 let error = AmqpError::unexpected_frame("content frame on channel 0");
                 self.close_connection(error, true);
@@ -492,7 +494,7 @@ impl Connection {
         }
     }
 
-    fn handle_connection_method(&mut self, method: Method) {
+    async fn handle_connection_method(&mut self, method: Method) {
         match method {
             Method::ConnectionClose(close) => {
                 tracing::info!(
@@ -503,7 +505,23 @@ impl Connection {
                     close.reply_code,
                     close.reply_text
                 );
-                self.release_everything();
+                // close-ok once the exclusive queues are gone everywhere: a client that closed
+                // and declares the name again on another connection finds it free.
+                let deletions = self.release_everything();
+                let deleted = async {
+                    for deletion in deletions {
+                        let _ = deletion.await;
+                    }
+                };
+                if tokio::time::timeout(EXCLUSIVE_DELETION_WAIT, deleted)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "connection ({}): exclusive queues not deleted within {EXCLUSIVE_DELETION_WAIT:?}",
+                        self.ctx.name
+                    );
+                }
                 self.ctx
                     .out
                     .method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
@@ -700,7 +718,7 @@ impl Connection {
                 self.ctx.user.name
             );
         }
-        self.release_everything();
+        drop(self.release_everything());
         self.ctx.out.method(
             0,
             &Method::ConnectionClose(ConnectionClose {
@@ -723,24 +741,31 @@ impl Connection {
 
     /// Releases every channel's consumers and unacknowledged messages and deletes the
     /// connection's exclusive queues.
-    fn release_everything(&mut self) {
+    /// Returns what answers once each exclusive queue's deletion is applied.
+    fn release_everything(
+        &mut self,
+    ) -> Vec<tokio::sync::oneshot::Receiver<crate::error::AmqpResult<u32>>> {
         self.ctx.flush_queues();
         for channel in self.channels.values_mut() {
             channel.release(&mut self.ctx);
         }
         self.channels.clear();
+        let mut deletions = Vec::new();
         for queue in std::mem::take(&mut self.ctx.exclusive_queues) {
-            let (reply, _) = tokio::sync::oneshot::channel();
-            queue.send(QueueCommand::Delete {
+            let (reply, deleted) = tokio::sync::oneshot::channel();
+            if queue.send(QueueCommand::Delete {
                 if_unused: false,
                 if_empty: false,
                 reply,
-            });
+            }) {
+                deletions.push(deleted);
+            }
         }
+        deletions
     }
 
     fn finish(mut self) {
-        self.release_everything();
+        drop(self.release_everything());
         self.ctx.detach_publisher();
         self.ctx.out.close();
         tracing::debug!("connection ({}) closed", self.ctx.name);
