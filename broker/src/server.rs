@@ -333,10 +333,9 @@ impl NodeShared {
         })
     }
 
-    /// Stops the current incarnation, drops the node's data, and starts again as `formation`
-    /// says, on the same AMQP addresses. If that fails, the node starts again blank, alone, so
-    /// that it stays reachable, and the error is returned.
-    pub(crate) async fn restart_blank(&self, formation: Formation) -> Result<(), String> {
+    /// Stops the current incarnation; returns the addresses its AMQP listeners had, to listen
+    /// on again.
+    async fn stop_current(&self) -> Vec<ListenAddress> {
         let running = self.current.lock().take();
         let listen: Vec<ListenAddress> = match &running {
             Some(running) => running
@@ -349,6 +348,14 @@ impl NodeShared {
         if let Some(running) = running {
             stop_incarnation(running, RESTART_GRACE).await;
         }
+        listen
+    }
+
+    /// Stops the current incarnation, drops the node's data, and starts again as `formation`
+    /// says, on the same AMQP addresses. If that fails, the node starts again blank, alone, so
+    /// that it stays reachable, and the error is returned.
+    pub(crate) async fn restart_blank(&self, formation: Formation) -> Result<(), String> {
+        let listen = self.stop_current().await;
         wipe(&self.config.data_dir)
             .map_err(|error| format!("cannot reset the data directory: {error}"))?;
         match self.start_incarnation(&formation, listen.clone()).await {
@@ -458,18 +465,7 @@ impl NodeShared {
         F: FnOnce(RaftLog) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
-        let running = self.current.lock().take();
-        let listen: Vec<ListenAddress> = match &running {
-            Some(running) => running
-                .amqp
-                .iter()
-                .map(|address| ListenAddress::Socket(*address))
-                .collect(),
-            None => self.config.listeners.clone(),
-        };
-        if let Some(running) = running {
-            stop_incarnation(running, RESTART_GRACE).await;
-        }
+        let listen = self.stop_current().await;
         let changed = async {
             let (store, scanned) = Store::open(&self.config.data_dir, self.config.segment_size, 0)
                 .map_err(|error| error.to_string())?;

@@ -350,13 +350,12 @@ impl VHost {
         Ok((queue, false))
     }
 
-    /// Starts a queue homed on this node from the metadata, with the messages recovered for it.
-    pub(crate) fn restore_queue(
-        self: &Arc<Self>,
+    /// What a queue's metadata record declares.
+    fn queue_spec(
+        &self,
         name: &[u8],
         record: &QueueRecord,
-        messages: Vec<Queued>,
-    ) -> Result<QueueHandle, String> {
+    ) -> Result<(ShortString, QueueSpec, queue::QueueConfig), String> {
         let name = ShortString::try_from(name).map_err(|error| error.to_string())?;
         let arguments = decode_table(&record.arguments)?;
         let config = queue::arguments::parse(&arguments, &name, &self.name)
@@ -368,6 +367,17 @@ impl VHost {
             auto_delete: record.auto_delete,
             arguments,
         };
+        Ok((name, spec, config))
+    }
+
+    /// Starts a queue homed on this node from the metadata, with the messages recovered for it.
+    pub(crate) fn restore_queue(
+        self: &Arc<Self>,
+        name: &[u8],
+        record: &QueueRecord,
+        messages: Vec<Queued>,
+    ) -> Result<QueueHandle, String> {
+        let (name, spec, config) = self.queue_spec(name, record)?;
         let handle = queue::spawn(spec, config, self, record.id, messages);
         self.queues.write().insert(name, handle.clone());
         Ok(handle)
@@ -376,17 +386,7 @@ impl VHost {
     /// Makes the local handle of a queue whose home is another node: a proxy to it.
     pub(crate) fn add_remote_queue(self: &Arc<Self>, name: &[u8], record: &QueueRecord) {
         let added = (|| -> Result<(), String> {
-            let name = ShortString::try_from(name).map_err(|error| error.to_string())?;
-            let arguments = decode_table(&record.arguments)?;
-            let config = queue::arguments::parse(&arguments, &name, &self.name)
-                .map_err(|error| error.to_string())?;
-            let spec = QueueSpec {
-                name: name.clone(),
-                durable: record.durable,
-                exclusive_owner: record.exclusive_owner,
-                auto_delete: record.auto_delete,
-                arguments,
-            };
+            let (name, spec, config) = self.queue_spec(name, record)?;
             let handle = crate::remote::proxy::spawn(
                 &self.remote,
                 spec,

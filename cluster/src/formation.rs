@@ -92,10 +92,7 @@ pub async fn classic_config(
     retry_limit: u32,
     interval: Duration,
 ) -> Result<Formed, RaftGroupError> {
-    if group.is_initialized().await? {
-        tracing::info!(
-            "the node has data: rejoining the members it last knew, skipping peer discovery"
-        );
+    if has_data(group).await? {
         return Ok(Formed::AlreadyMember);
     }
     let me = transport.node().clone();
@@ -131,19 +128,37 @@ pub async fn classic_config(
             return Ok(Formed::New);
         }
         attempt += 1;
-        let left = retry_limit.saturating_sub(attempt);
-        if left > 0 {
-            tracing::info!(
-                "Trying to join discovered peers failed. Will retry after a delay of {} ms, {left} retries left...",
-                interval.as_millis()
-            );
-        } else if (attempt - retry_limit).is_multiple_of(20) {
-            tracing::warn!(
-                "Trying to join discovered peers failed {attempt} times; still waiting for the seed node {seed} to form the cluster (only the seed forms one)"
-            );
-        }
-        tokio::time::sleep(interval).await;
+        wait_to_retry(attempt, retry_limit, interval, &seed).await;
     }
+}
+
+/// Whether the node already belongs to a cluster: then discovery is skipped, and Raft
+/// reconnects it to the members it last knew.
+async fn has_data(group: &RaftGroup) -> Result<bool, RaftGroupError> {
+    let initialized = group.is_initialized().await?;
+    if initialized {
+        tracing::info!(
+            "the node has data: rejoining the members it last knew, skipping peer discovery"
+        );
+    }
+    Ok(initialized)
+}
+
+/// Logs a failed round as RabbitMQ does (each of the first `retry_limit`, then every 20th, since
+/// a node that is not the seed never gives up) and waits `interval`.
+async fn wait_to_retry(attempt: u32, retry_limit: u32, interval: Duration, seed: &NodeName) {
+    let left = retry_limit.saturating_sub(attempt);
+    if left > 0 {
+        tracing::info!(
+            "Trying to join discovered peers failed. Will retry after a delay of {} ms, {left} retries left...",
+            interval.as_millis()
+        );
+    } else if (attempt - retry_limit).is_multiple_of(20) {
+        tracing::warn!(
+            "Trying to join discovered peers failed {attempt} times; still waiting for the seed node {seed} (only the seed forms the cluster)"
+        );
+    }
+    tokio::time::sleep(interval).await;
 }
 
 /// The Kubernetes seed for `me`: the same name with the StatefulSet ordinal of the host's first
@@ -179,10 +194,7 @@ pub async fn seeded(
     retry_limit: u32,
     interval: Duration,
 ) -> Result<Formed, RaftGroupError> {
-    if group.is_initialized().await? {
-        tracing::info!(
-            "the node has data: rejoining the members it last knew, skipping peer discovery"
-        );
+    if has_data(group).await? {
         return Ok(Formed::AlreadyMember);
     }
     if seed == transport.node() {
@@ -204,18 +216,7 @@ pub async fn seeded(
             Err(error) => tracing::debug!("seed {seed}: {error}"),
         }
         attempt += 1;
-        let left = retry_limit.saturating_sub(attempt);
-        if left > 0 {
-            tracing::info!(
-                "Trying to join discovered peers failed. Will retry after a delay of {} ms, {left} retries left...",
-                interval.as_millis()
-            );
-        } else if (attempt - retry_limit).is_multiple_of(20) {
-            tracing::warn!(
-                "Trying to join the seed node {seed} failed {attempt} times; still trying (only the seed forms the cluster)"
-            );
-        }
-        tokio::time::sleep(interval).await;
+        wait_to_retry(attempt, retry_limit, interval, seed).await;
     }
 }
 
