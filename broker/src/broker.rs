@@ -240,14 +240,13 @@ impl Broker {
         formation: &Formation,
     ) -> Result<Arc<Broker>, SetupError> {
         let started = Instant::now();
-        let origin = fastrand::u64(1..);
-        let (store, scanned) = Store::open(&config.data_dir, config.segment_size, origin)?;
+        let (store, scanned) = Store::open(&config.data_dir, config.segment_size)?;
         let store = Arc::new(store);
         let Scanned { raft, messages } = scanned;
         let log = RaftLog::open(&store.wal, raft)
             .await
             .map_err(|error| SetupError::Persist(error.to_string()))?;
-        let machine = Arc::new(MetadataMachine::new(origin));
+        let machine = Arc::new(MetadataMachine::new());
         let (group, new_cluster) =
             start_metadata_group(&config, transport, log, machine.clone(), formation).await?;
         let broker = Arc::new(Broker {

@@ -467,7 +467,7 @@ impl NodeShared {
     {
         let listen = self.stop_current().await;
         let changed = async {
-            let (store, scanned) = Store::open(&self.config.data_dir, self.config.segment_size, 0)
+            let (store, scanned) = Store::open(&self.config.data_dir, self.config.segment_size)
                 .map_err(|error| error.to_string())?;
             let log = RaftLog::open(&store.wal, scanned.raft)
                 .await

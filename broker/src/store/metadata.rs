@@ -161,14 +161,6 @@ impl MetadataCommand {
     }
 }
 
-/// A command as proposed to the metadata Raft group: who proposed it, and what.
-#[derive(Debug, Serialize, Deserialize)]
-struct Proposal {
-    /// The proposing node's incarnation (random at every start).
-    origin: u64,
-    command: MetadataCommand,
-}
-
 type Outcome = oneshot::Receiver<Result<(), String>>;
 
 /// Metadata commands handed to the log, to wait for before telling a client they succeeded.
@@ -209,24 +201,27 @@ type Queued = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 
 /// Hands metadata commands to the metadata Raft group, in the order they are submitted.
 ///
-/// The node changes its memory first (under the vhost's change lock) and submits the command;
-/// one task proposes submitted commands in order, and each submitter waits for its own to be
-/// committed. The durable state is what the group's state machine ([`MetadataMachine`]) has
-/// applied; other nodes apply the command to their memory when they apply it.
+/// One task proposes submitted commands in order, and each submitter waits for its own to be
+/// applied. The state is what the group's state machine ([`MetadataMachine`]) has
+/// applied, on every node.
 #[derive(Debug)]
 pub struct MetadataLog {
-    origin: u64,
     queue: mpsc::UnboundedSender<Queued>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
     group: OnceLock<RaftGroup>,
 }
 
+impl Default for MetadataLog {
+    fn default() -> Self {
+        MetadataLog::new()
+    }
+}
+
 impl MetadataLog {
-    /// A log for this incarnation of the node; nothing is proposed until [`MetadataLog::start`].
-    pub fn new(origin: u64) -> MetadataLog {
+    /// A log; nothing is proposed until [`MetadataLog::start`].
+    pub fn new() -> MetadataLog {
         let (queue, receiver) = mpsc::unbounded_channel();
         MetadataLog {
-            origin,
             queue,
             receiver: Mutex::new(Some(receiver)),
             group: OnceLock::new(),
@@ -252,15 +247,10 @@ impl MetadataLog {
         });
     }
 
-    /// Hands `command` to the store, without waiting. Callers submit while holding the lock that
-    /// orders the in-memory change, so the log's order is the order the state changed in; they
-    /// wait for the commit afterwards, with no lock held.
+    /// Hands `command` to the store, without waiting: commands submitted one after another are
+    /// proposed in that order. Wait on `pending` for them to be applied here.
     pub fn submit(&self, command: MetadataCommand, pending: &mut PendingWrites) {
-        let proposal = Proposal {
-            origin: self.origin,
-            command,
-        };
-        let bytes = postcard::to_stdvec(&proposal).expect("invariant: proposals always serialize");
+        let bytes = command.encode();
         let (sender, receiver) = oneshot::channel();
         if self.queue.send((bytes, sender)).is_ok() {
             pending.writes.push(receiver);
@@ -301,28 +291,22 @@ pub type ApplyToMemory = Box<dyn Fn(&MetadataCommand) + Send + Sync>;
 /// Every committed command changes the state, and, once the node's memory is built
 /// ([`MetadataMachine::start_with`]), its memory too, through the broker's [`ApplyToMemory`]:
 /// memory changes only here, in log order, the same way on every node.
+#[derive(Default)]
 pub struct MetadataMachine {
-    origin: u64,
     state: Mutex<DurableState>,
     foreign: OnceLock<ApplyToMemory>,
 }
 
 impl std::fmt::Debug for MetadataMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetadataMachine")
-            .field("origin", &self.origin)
-            .finish_non_exhaustive()
+        f.debug_struct("MetadataMachine").finish_non_exhaustive()
     }
 }
 
 impl MetadataMachine {
-    /// An empty machine for the incarnation `origin`.
-    pub fn new(origin: u64) -> MetadataMachine {
-        MetadataMachine {
-            origin,
-            state: Mutex::new(DurableState::default()),
-            foreign: OnceLock::new(),
-        }
+    /// An empty machine.
+    pub fn new() -> MetadataMachine {
+        MetadataMachine::default()
     }
 
     /// A copy of the durable state.
@@ -348,17 +332,17 @@ impl MetadataMachine {
 
 impl StateMachine for MetadataMachine {
     fn apply(&self, index: u64, command: &[u8]) -> Vec<u8> {
-        let proposal: Proposal = match postcard::from_bytes(command) {
-            Ok(proposal) => proposal,
+        let command = match MetadataCommand::decode(command) {
+            Ok(command) => command,
             Err(error) => {
                 tracing::error!("metadata entry {index} is unreadable and was skipped: {error}");
                 return Vec::new();
             }
         };
         let mut state = self.state.lock();
-        state.apply(&proposal.command);
+        state.apply(&command);
         if let Some(apply) = self.foreign.get() {
-            apply(&proposal.command);
+            apply(&command);
         }
         Vec::new()
     }
@@ -393,13 +377,12 @@ mod tests {
             arguments: vec![0, 0, 0, 0],
         };
         assert_eq!(MetadataCommand::decode(&command.encode()).unwrap(), command);
-        let machine = MetadataMachine::new(1);
+        let machine = MetadataMachine::new();
         let put = |name: &str| MetadataCommand::PutVHost { name: name.into() };
-        for (origin, command) in [(2, put("/")), (1, put("b")), (2, command.clone())] {
-            let proposal = postcard::to_stdvec(&Proposal { origin, command }).unwrap();
-            machine.apply(1, &proposal);
+        for command in [put("/"), put("b"), command.clone()] {
+            machine.apply(1, &command.encode());
         }
-        let copy = MetadataMachine::new(3);
+        let copy = MetadataMachine::new();
         copy.restore(&machine.snapshot()).unwrap();
         assert_eq!(copy.state(), machine.state());
         assert_eq!(

@@ -115,11 +115,7 @@ fn index_enqueue(payload: &[u8]) -> Option<(u64, u64, Entry)> {
 
 impl Store {
     /// Opens the data directory (the WAL takes its lock) and scans what it holds.
-    pub fn open(
-        dir: &Path,
-        segment_size: u32,
-        origin: u64,
-    ) -> Result<(Store, Scanned), StorageError> {
+    pub fn open(dir: &Path, segment_size: u32) -> Result<(Store, Scanned), StorageError> {
         let mut raft = RaftRecovered::default();
         let mut queues: HashMap<u64, BTreeMap<u64, Entry>> = HashMap::new();
         let mut malformed = 0u64;
@@ -183,7 +179,7 @@ impl Store {
         Ok((
             Store {
                 wal: Arc::new(wal),
-                metadata: MetadataLog::new(origin),
+                metadata: MetadataLog::new(),
                 dir: dir.to_path_buf(),
             },
             Scanned {
