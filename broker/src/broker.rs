@@ -230,6 +230,25 @@ async fn start_metadata_group(
     Ok((group, new_cluster))
 }
 
+/// A user from its metadata; an unreadable password hash is logged and the user cannot log in.
+fn user(name: &str, password_hash: Option<&str>, tags: &[String]) -> User {
+    let password = match password_hash.map(PasswordHash::from_base64) {
+        Some(None) => {
+            tracing::error!(
+                "user '{name}': stored password hash is unreadable; the user cannot log in"
+            );
+            None
+        }
+        Some(hash) => hash,
+        None => None,
+    };
+    User {
+        name: name.to_string(),
+        password,
+        tags: tags.to_vec(),
+    }
+}
+
 impl Broker {
     /// Opens the data directory named in `config`, makes the node a member of a cluster as
     /// `formation` says, recovers what the directory holds (or sets up the default vhost and
@@ -368,21 +387,8 @@ impl Broker {
             self.add_vhost(name);
         }
         for (name, (password_hash, tags)) in &state.users {
-            let password = match password_hash.as_deref().map(PasswordHash::from_base64) {
-                Some(None) => {
-                    tracing::error!(
-                        "user '{name}': stored password hash is unreadable; the user cannot log in"
-                    );
-                    None
-                }
-                Some(hash) => hash,
-                None => None,
-            };
-            self.users.insert(User {
-                name: name.clone(),
-                password,
-                tags: tags.clone(),
-            });
+            self.users
+                .insert(user(name, password_hash.as_deref(), tags));
         }
         for ((user, vhost), (configure, write, read)) in &state.permissions {
             if let Err(error) = self
@@ -479,12 +485,8 @@ impl Broker {
                 password_hash,
                 tags,
             } => {
-                let password = password_hash.as_deref().and_then(PasswordHash::from_base64);
-                self.users.insert(User {
-                    name: name.clone(),
-                    password,
-                    tags: tags.clone(),
-                });
+                self.users
+                    .insert(user(name, password_hash.as_deref(), tags));
             }
             MetadataCommand::DeleteUser { name } => self.users.remove(name),
             MetadataCommand::SetPermissions {

@@ -423,25 +423,10 @@ impl VHost {
             tracing::warn!("vhost '{}': {what}: {error}", self.name);
         };
         match command {
-            MetadataCommand::DeclareExchange {
-                name,
-                kind,
-                durable,
-                home,
-                auto_delete,
-                internal,
-                arguments,
-                ..
-            } => {
-                let record = ExchangeRecord {
-                    kind: kind.clone(),
-                    durable: *durable,
-                    home: home.clone(),
-                    auto_delete: *auto_delete,
-                    internal: *internal,
-                    arguments: arguments.clone(),
-                };
-                if let Err(error) = self.restore_exchange(name, &record) {
+            MetadataCommand::DeclareExchange { name, .. } => {
+                if let Some(record) = command.exchange_record()
+                    && let Err(error) = self.restore_exchange(name, &record)
+                {
                     failed("exchange", error);
                 }
             }
@@ -450,28 +435,14 @@ impl VHost {
                     self.remove_exchanges(vec![name], false);
                 }
             }
-            MetadataCommand::DeclareQueue {
-                name,
-                id,
-                home,
-                durable,
-                exclusive_owner,
-                auto_delete,
-                arguments,
-                ..
-            } => {
+            MetadataCommand::DeclareQueue { name, .. } => {
+                let Some(record) = command.queue_record() else {
+                    return;
+                };
                 if self.queues.read().contains_key(name.as_slice()) {
                     return;
                 }
-                let record = QueueRecord {
-                    id: *id,
-                    home: home.clone(),
-                    durable: *durable,
-                    exclusive_owner: *exclusive_owner,
-                    auto_delete: *auto_delete,
-                    arguments: arguments.clone(),
-                };
-                if *home == *self.node {
+                if *record.home == *self.node {
                     if let Err(error) = self.restore_queue(name, &record, Vec::new()) {
                         failed("queue", error);
                     }

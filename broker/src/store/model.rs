@@ -105,6 +105,54 @@ fn destination(destination: &BindingDestination) -> (bool, Vec<u8>) {
     }
 }
 
+impl MetadataCommand {
+    /// The exchange a `DeclareExchange` declares.
+    pub fn exchange_record(&self) -> Option<ExchangeRecord> {
+        match self {
+            MetadataCommand::DeclareExchange {
+                kind,
+                durable,
+                home,
+                auto_delete,
+                internal,
+                arguments,
+                ..
+            } => Some(ExchangeRecord {
+                kind: kind.clone(),
+                durable: *durable,
+                home: home.clone(),
+                auto_delete: *auto_delete,
+                internal: *internal,
+                arguments: arguments.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The queue a `DeclareQueue` declares.
+    pub fn queue_record(&self) -> Option<QueueRecord> {
+        match self {
+            MetadataCommand::DeclareQueue {
+                id,
+                home,
+                durable,
+                exclusive_owner,
+                auto_delete,
+                arguments,
+                ..
+            } => Some(QueueRecord {
+                id: *id,
+                home: home.clone(),
+                durable: *durable,
+                exclusive_owner: *exclusive_owner,
+                auto_delete: *auto_delete,
+                arguments: arguments.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl DurableState {
     /// Applies one command.
     pub fn apply(&mut self, command: &MetadataCommand) {
@@ -143,53 +191,24 @@ impl DurableState {
                     (configure.clone(), write.clone(), read.clone()),
                 );
             }
-            MetadataCommand::DeclareExchange {
-                vhost,
-                name,
-                kind,
-                durable,
-                home,
-                auto_delete,
-                internal,
-                arguments,
-            } => {
-                if self.vhosts.contains(vhost) {
+            MetadataCommand::DeclareExchange { vhost, name, .. } => {
+                if let (true, Some(record)) =
+                    (self.vhosts.contains(vhost), command.exchange_record())
+                {
                     self.exchanges
                         .entry((vhost.clone(), name.clone()))
-                        .or_insert_with(|| ExchangeRecord {
-                            kind: kind.clone(),
-                            durable: *durable,
-                            home: home.clone(),
-                            auto_delete: *auto_delete,
-                            internal: *internal,
-                            arguments: arguments.clone(),
-                        });
+                        .or_insert(record);
                 }
             }
             MetadataCommand::DeleteExchange { vhost, name } => {
                 self.remove_exchange(vhost, name);
             }
-            MetadataCommand::DeclareQueue {
-                vhost,
-                name,
-                id,
-                home,
-                durable,
-                exclusive_owner,
-                auto_delete,
-                arguments,
-            } => {
-                if self.vhosts.contains(vhost) {
+            MetadataCommand::DeclareQueue { vhost, name, .. } => {
+                if let (true, Some(record)) = (self.vhosts.contains(vhost), command.queue_record())
+                {
                     self.queues
                         .entry((vhost.clone(), name.clone()))
-                        .or_insert_with(|| QueueRecord {
-                            id: *id,
-                            home: home.clone(),
-                            durable: *durable,
-                            exclusive_owner: *exclusive_owner,
-                            auto_delete: *auto_delete,
-                            arguments: arguments.clone(),
-                        });
+                        .or_insert(record);
                 }
             }
             MetadataCommand::DeleteQueue { vhost, name, id } => {

@@ -215,15 +215,7 @@ impl TestCluster {
     }
 
     async fn start_node(&self, config: Config) -> TestNode {
-        let node = Node::start_with(config.clone(), self.options())
-            .await
-            .expect("cluster node starts");
-        let address = node.amqp_addresses()[0];
-        TestNode {
-            node: Some(node),
-            config,
-            address,
-        }
+        start(config, self.options()).await
     }
 
     /// Node `index` (from 0).
@@ -253,17 +245,7 @@ impl TestCluster {
     pub fn start_in_background(&self, index: usize) -> tokio::task::JoinHandle<TestNode> {
         let config = self.nodes[index].config.clone();
         let options = self.options();
-        tokio::spawn(async move {
-            let node = Node::start_with(config.clone(), options)
-                .await
-                .expect("cluster node starts");
-            let address = node.amqp_addresses()[0];
-            TestNode {
-                node: Some(node),
-                config,
-                address,
-            }
-        })
+        tokio::spawn(start(config, options))
     }
 
     /// Takes back a node started with [`TestCluster::start_in_background`].
@@ -375,6 +357,19 @@ impl Drop for TestCluster {
             }
             let _ = std::fs::remove_dir_all(&node.config.data_dir);
         }
+    }
+}
+
+/// Starts a node of a cluster.
+async fn start(config: Config, options: NodeOptions) -> TestNode {
+    let node = Node::start_with(config.clone(), options)
+        .await
+        .expect("cluster node starts");
+    let address = node.amqp_addresses()[0];
+    TestNode {
+        node: Some(node),
+        config,
+        address,
     }
 }
 
