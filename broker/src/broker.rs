@@ -133,6 +133,9 @@ pub enum Formation {
     Join(NodeName),
     /// Form a cluster of one (after `warrenctl reset`).
     Alone,
+    /// Carry on as the member the data says this node is, without waiting for the others
+    /// (after `warrenctl forget_cluster_node --offline`, whose operator knows they are gone).
+    Resume,
 }
 
 /// Why the broker could not join a cluster.
@@ -165,6 +168,7 @@ async fn start_metadata_group(
             .await
             .map_err(join_failed),
         Formation::Alone => group.initialize_alone().await.map_err(join_failed),
+        Formation::Resume => Ok(()),
         Formation::Configured => match &config.cluster.discovery {
             DiscoveryBackend::None => group.initialize_alone().await.map_err(join_failed),
             DiscoveryBackend::ClassicConfig(nodes) => {
@@ -220,7 +224,9 @@ async fn start_metadata_group(
         group.shutdown().await;
         return Err(error);
     }
-    if let Err(error) = group.wait_caught_up(METADATA_RECOVERY).await {
+    if matches!(formation, Formation::Resume) {
+        // What it applied is what it had a moment ago: nothing to wait for.
+    } else if let Err(error) = group.wait_caught_up(METADATA_RECOVERY).await {
         tracing::warn!("metadata store: {error}; starting with what has been applied");
     }
     let new_cluster = !was_member && !matches!(formation, Formation::Join(_)) && {

@@ -97,6 +97,9 @@ struct Running {
 
 /// How long a node stopping for a join or a reset gives its clients.
 const RESTART_GRACE: Duration = Duration::from_secs(5);
+/// How many times a restarting node tries to start again, and how long it waits in between.
+const START_ATTEMPTS: u32 = 10;
+const START_RETRY: Duration = Duration::from_millis(500);
 
 impl Node {
     /// Binds the configured listeners and starts accepting connections.
@@ -162,6 +165,11 @@ impl Node {
         self.shared
             .broker()
             .expect("invariant: a node has a broker outside a join or reset")
+    }
+
+    /// The node's shared state, unless a join, reset or restart is under way.
+    pub fn try_broker(&self) -> Option<Arc<Broker>> {
+        self.shared.broker()
     }
 
     /// The node's name.
@@ -324,7 +332,9 @@ impl NodeShared {
         for (local, listener) in listeners {
             tracing::info!("started TCP listener on {local}");
             amqp.push(local);
-            tokio::spawn(accept_loop(listener, broker.clone(), clients.clone()));
+            broker
+                .connections
+                .spawn(accept_loop(listener, broker.clone(), clients.clone()));
         }
         Ok(Running {
             broker,
@@ -367,12 +377,12 @@ impl NodeShared {
                 tracing::error!("{error}; the node starts again as a cluster of its own");
                 wipe(&self.config.data_dir)
                     .map_err(|error| format!("cannot reset the data directory: {error}"))?;
-                let running = self
-                    .start_incarnation(&Formation::Alone, listen)
-                    .await
-                    .map_err(|again| {
-                        format!("{error}; and starting again alone failed: {again}")
-                    })?;
+                let running =
+                    self.start_again(&Formation::Alone, listen)
+                        .await
+                        .map_err(|again| {
+                            format!("{error}; and starting again alone failed: {again}")
+                        })?;
                 *self.current.lock() = Some(running);
                 Err(error.to_string())
             }
@@ -444,7 +454,7 @@ impl NodeShared {
         }
         let clients = running.broker.shutdown.child_token();
         for listener in listeners {
-            tokio::spawn(accept_loop(
+            running.broker.connections.spawn(accept_loop(
                 listener,
                 running.broker.clone(),
                 clients.clone(),
@@ -483,11 +493,37 @@ impl NodeShared {
         }
         .await;
         let running = self
-            .start_incarnation(&Formation::Configured, listen)
+            .start_again(&Formation::Resume, listen)
             .await
             .map_err(|error| error.to_string())?;
         *self.current.lock() = Some(running);
         changed
+    }
+
+    /// Starts an incarnation after a restart, trying again for a while: what the last one held
+    /// (its listening sockets, its data directory) can take a moment to be let go on a busy
+    /// machine, and a node left with no incarnation would serve nobody.
+    async fn start_again(
+        &self,
+        formation: &Formation,
+        listen: Vec<ListenAddress>,
+    ) -> Result<Running, StartError> {
+        let mut attempt = 1;
+        loop {
+            match self.start_incarnation(formation, listen.clone()).await {
+                Ok(running) => return Ok(running),
+                Err(error) if attempt < START_ATTEMPTS => {
+                    tracing::warn!(
+                        "starting again failed: {error}; trying again in {:?} ({} attempts left)",
+                        START_RETRY,
+                        START_ATTEMPTS - attempt
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(START_RETRY).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Holds the lifecycle lock (no join, reset or stop meanwhile).

@@ -774,8 +774,8 @@ async fn forget_offline_recovers_a_survivor_without_a_majority() {
             .await;
         if let Err(error) = forgotten {
             panic!(
-                "{dead} not forgotten: {error}; {}",
-                cluster.node(0).status().await
+                "{dead} not forgotten: {error}; {:?}",
+                cluster.node(0).node().cluster_status().await
             );
         }
     }

@@ -119,6 +119,7 @@ impl TestClusterBuilder {
 
     /// Starts every node at once and waits until they form one cluster.
     pub async fn build(self) -> TestCluster {
+        crate::init_logging();
         let table: Table = Arc::default();
         let secret = format!("test-cookie-{}", fastrand_u64());
         let mut configs = Vec::new();
@@ -350,9 +351,10 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         for node in &self.nodes {
             if let Some(running) = &node.node {
-                let broker = running.broker();
-                broker.shutdown.cancel();
-                broker.queues.stop.cancel();
+                if let Some(broker) = running.try_broker() {
+                    broker.shutdown.cancel();
+                    broker.queues.stop.cancel();
+                }
                 running.transport().shutdown();
             }
             let _ = std::fs::remove_dir_all(&node.config.data_dir);

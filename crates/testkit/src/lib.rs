@@ -15,6 +15,9 @@
 //! runtime. [`TestBroker::builder`] changes the configuration, with the same keys as
 //! `rabbitmq.conf`; [`TestBrokerBuilder::data_dir`] keeps the data somewhere of your choosing,
 //! to restart a broker on it.
+//!
+//! Set `WARREN_TEST_LOG` (a `RUST_LOG`-style filter such as `info` or `warren_broker=debug`) to
+//! see the brokers' logs on the test's output.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,19 @@ pub struct TestBroker {
     password: String,
     /// A temporary data directory to remove when the broker stops.
     temporary_dir: Option<PathBuf>,
+}
+
+/// Sends the brokers' logs to the test output when `WARREN_TEST_LOG` is set (once per process).
+pub(crate) fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("WARREN_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// A fresh directory under the system's temporary directory.
@@ -97,6 +113,7 @@ impl TestBrokerBuilder {
 
     /// Starts the broker.
     pub async fn start(self) -> TestBroker {
+        init_logging();
         self.try_start().await.expect("test broker starts")
     }
 
@@ -205,9 +222,10 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         if let Some(node) = &self.node {
-            let broker = node.broker();
-            broker.shutdown.cancel();
-            broker.queues.stop.cancel();
+            if let Some(broker) = node.try_broker() {
+                broker.shutdown.cancel();
+                broker.queues.stop.cancel();
+            }
             node.transport().shutdown();
         }
         if let Some(dir) = self.temporary_dir.take() {
