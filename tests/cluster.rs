@@ -42,6 +42,8 @@ pub struct ClusterProcesses {
     /// The inter-node port every node listens on.
     pub port: u16,
     cookie: String,
+    /// Options added to every `warrenctl` command (`--nameserver`).
+    pub ctl_options: Vec<String>,
 }
 
 /// What `warrenctl` printed and how it exited.
@@ -85,35 +87,48 @@ fn common_port(ips: &[IpAddr]) -> u16 {
 impl ClusterProcesses {
     /// Options for `count` nodes listing each other; `extra` is added to every configuration.
     pub fn new(count: usize, extra: &str) -> ClusterProcesses {
-        let block = block();
-        let ips: Vec<IpAddr> = (1..=count as u8)
-            .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, block, n)))
-            .collect();
-        let port = common_port(&ips);
+        let (ips, port) = ClusterProcesses::addresses(count);
         ClusterProcesses::on(&ips, port, extra)
     }
 
     /// Options for nodes on `ips` (one each), all listening for peers on `port`.
     pub fn on(ips: &[IpAddr], port: u16, extra: &str) -> ClusterProcesses {
-        let cookie = unique("cookie");
         let names: Vec<String> = ips.iter().map(|ip| format!("warren@{ip}")).collect();
-        let mut peers = String::new();
+        let mut formation =
+            String::from("cluster_formation.peer_discovery_backend = classic_config\n");
         for (index, name) in names.iter().enumerate() {
-            peers.push_str(&format!(
+            formation.push_str(&format!(
                 "cluster_formation.classic_config.nodes.{} = {name}\n",
                 index + 1
             ));
         }
+        ClusterProcesses::named(ips, &names, port, &format!("{formation}{extra}"))
+    }
+
+    /// Fresh addresses for `count` nodes (their own `127.0.<block>.0/24`) and a port free on
+    /// all of them.
+    pub fn addresses(count: usize) -> (Vec<IpAddr>, u16) {
+        let block = block();
+        let ips: Vec<IpAddr> = (1..=count as u8)
+            .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, block, n)))
+            .collect();
+        let port = common_port(&ips);
+        (ips, port)
+    }
+
+    /// Nodes named `names` on `ips` (one each), listening for peers on `port`, with `config`
+    /// (the formation settings and anything else) added to every node's configuration.
+    pub fn named(ips: &[IpAddr], names: &[String], port: u16, config: &str) -> ClusterProcesses {
+        let cookie = unique("cookie");
         let members = ips
             .iter()
-            .zip(&names)
+            .zip(names)
             .map(|(ip, name)| {
                 let mut options = NodeOptions::new(&format!(
                     "listeners.tcp.default = {ip}:0\n\
                      distribution.listener.interface = {ip}\n\
-                     cluster_formation.peer_discovery_backend = classic_config\n\
                      cluster_formation.discovery_retry_interval = 200\n\
-                     {peers}{extra}\n"
+                     {config}\n"
                 ));
                 options.env = vec![
                     ("WARREN_NODENAME".into(), name.clone()),
@@ -132,6 +147,7 @@ impl ClusterProcesses {
             members,
             port,
             cookie,
+            ctl_options: Vec::new(),
         }
     }
 
@@ -183,6 +199,7 @@ impl ClusterProcesses {
                 "--dist-port",
                 &self.port.to_string(),
             ])
+            .args(&self.ctl_options)
             .args(arguments)
             .env("WARREN_ERLANG_COOKIE", &self.cookie)
             .output()

@@ -25,6 +25,7 @@ use crate::store::metadata::MetadataMachine;
 use crate::store::metadata::{MetadataCommand, PendingWrites};
 use crate::store::{Recovered, Scanned, Store};
 use crate::vhost::VHost;
+use warren_cluster::discovery::Discovery;
 use warren_cluster::raft::log::RaftLog;
 use warren_cluster::raft::{GroupConfig, RaftGroup};
 use warren_cluster::{NodeName, Transport};
@@ -53,6 +54,9 @@ pub struct Broker {
     node: NodeName,
     transport: Transport,
     remote: Arc<RemoteHub>,
+    /// Peer discovery through a service (DNS, etcd, Consul), when configured: registration,
+    /// node cleanup, the health check.
+    discovery: Option<Arc<Discovery>>,
 }
 
 /// Why the broker could not be set up.
@@ -145,14 +149,17 @@ fn join_failed(error: impl std::fmt::Display) -> SetupError {
 
 /// Starts the metadata Raft group on `log` and makes the node a member of a cluster as
 /// `formation` says; then waits until the group has applied what it had logged. Says whether
-/// the node formed a new cluster (only such a node sets up the default vhost and user).
+/// the node formed a new cluster (only such a node sets up the default vhost and user), and
+/// returns the peer discovery service (DNS, etcd, Consul) when one is configured.
 async fn start_metadata_group(
     config: &Config,
     transport: &Transport,
     log: RaftLog,
     machine: Arc<MetadataMachine>,
     formation: &Formation,
-) -> Result<(RaftGroup, bool), SetupError> {
+) -> Result<(RaftGroup, bool, Option<Arc<Discovery>>), SetupError> {
+    let discovery = Discovery::from_config(&config.cluster, transport.node(), transport.dns())
+        .map_err(SetupError::Cluster)?;
     let group = RaftGroup::start(transport, log, machine, GroupConfig::default())
         .await
         .map_err(|error| SetupError::Persist(error.to_string()))?;
@@ -171,6 +178,16 @@ async fn start_metadata_group(
         Formation::Resume => Ok(()),
         Formation::Configured => match &config.cluster.discovery {
             DiscoveryBackend::None => group.initialize_alone().await.map_err(join_failed),
+            DiscoveryBackend::Dns | DiscoveryBackend::Etcd | DiscoveryBackend::Consul => {
+                match &discovery {
+                    Some(discovery) => discovery
+                        .form(transport, &group)
+                        .await
+                        .map(drop)
+                        .map_err(join_failed),
+                    None => Err(SetupError::Cluster("peer discovery is not set up".into())),
+                }
+            }
             DiscoveryBackend::ClassicConfig(nodes) => {
                 let mut peers = Vec::new();
                 for node in nodes {
@@ -233,7 +250,18 @@ async fn start_metadata_group(
         let status = group.status();
         status.members.len() == 1 && status.members[0].id == group.id()
     };
-    Ok((group, new_cluster))
+    if let Some(discovery) = &discovery
+        && !matches!(formation, Formation::Configured)
+    {
+        // Joined or reset by an operator: a member all the same, so registered.
+        if let Err(error) = discovery.register().await {
+            tracing::warn!(
+                "peer discovery ({}): registration failed: {error}",
+                discovery.name()
+            );
+        }
+    }
+    Ok((group, new_cluster, discovery))
 }
 
 /// A user from its metadata; an unreadable password hash is logged and the user cannot log in.
@@ -272,8 +300,11 @@ impl Broker {
             .await
             .map_err(|error| SetupError::Persist(error.to_string()))?;
         let machine = Arc::new(MetadataMachine::new());
-        let (group, new_cluster) =
+        let (group, new_cluster, discovery) =
             start_metadata_group(&config, transport, log, machine.clone(), formation).await?;
+        if let Some(discovery) = &discovery {
+            discovery.start_background(transport, &group);
+        }
         let broker = Arc::new(Broker {
             users: Users::default(),
             vhosts: RwLock::new(HashMap::new()),
@@ -287,6 +318,7 @@ impl Broker {
             node: transport.node().clone(),
             transport: transport.clone(),
             remote: RemoteHub::start(transport),
+            discovery,
             config: Arc::new(config),
         });
         broker.remote.attach(&broker);
@@ -337,6 +369,11 @@ impl Broker {
     /// The metadata Raft group.
     pub fn metadata_group(&self) -> Option<&RaftGroup> {
         self.store.metadata.group()
+    }
+
+    /// Peer discovery through a service, when one is configured.
+    pub fn discovery(&self) -> Option<&Arc<Discovery>> {
+        self.discovery.as_ref()
     }
 
     /// A new cluster: the default vhost and user from the configuration, through the metadata

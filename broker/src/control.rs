@@ -15,7 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use warren_cluster::NodeName;
 use warren_cluster::control::{
-    self, ClusterStatus, ControlRequest, ControlResponse, MemberStatus, decode, encode,
+    self, ClusterStatus, ControlRequest, ControlResponse, HealthReport, MemberStatus, decode,
+    encode,
 };
 use warren_cluster::transport::{BoxFuture, Service};
 
@@ -57,6 +58,7 @@ pub(crate) async fn handle(
 ) -> Result<ControlResponse, String> {
     match request {
         ControlRequest::Status => Ok(ControlResponse::Status(status(node).await?)),
+        ControlRequest::HealthCheck => Ok(ControlResponse::Health(health(node).await)),
         ControlRequest::Links => Ok(ControlResponse::Links(
             node.transport
                 .connected()
@@ -93,6 +95,52 @@ pub(crate) async fn handle(
 fn running(node: &NodeShared) -> Result<std::sync::Arc<Broker>, String> {
     node.broker()
         .ok_or_else(|| "the node is restarting (a join or reset is under way)".to_string())
+}
+
+/// The health check (the seeds' `cluster_health_check_report`): the node runs and serves
+/// clients, is clustered with the seed its discovery backend names, and sees no partition.
+async fn health(node: &NodeShared) -> HealthReport {
+    let me = node.transport.node().to_string();
+    let current = match status(node).await {
+        Ok(current) => current,
+        Err(error) => {
+            return HealthReport {
+                node: me,
+                seed: None,
+                problems: vec![error],
+            };
+        }
+    };
+    let mut problems = Vec::new();
+    if !current.initialized {
+        problems.push("the node is not a member of any cluster yet".to_string());
+    }
+    if current.paused {
+        problems.push(
+            "the node is paused (cluster_partition_handling = pause_minority): it cannot reach \
+             a majority of the cluster"
+                .to_string(),
+        );
+    }
+    for partitioned in &current.partitions {
+        problems.push(format!("partitioned from {partitioned}"));
+    }
+    if current.leader.is_none() {
+        problems.push("the metadata store has no leader".to_string());
+    }
+    let mut seed = None;
+    if let Ok(broker) = running(node)
+        && let (Some(discovery), Some(group)) = (broker.discovery(), broker.metadata_group())
+    {
+        let (named, seed_problems) = discovery.check_seed(group).await;
+        seed = named;
+        problems.extend(seed_problems);
+    }
+    HealthReport {
+        node: me,
+        seed,
+        problems,
+    }
 }
 
 /// The cluster as this node sees it.

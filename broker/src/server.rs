@@ -14,11 +14,12 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use warren_cluster::control::{CONTROL_SERVICE, ClusterStatus, ControlRequest, ControlResponse};
+use warren_cluster::discovery::dns::Dns;
 use warren_cluster::identity::{NameError, local_host};
 use warren_cluster::secret::COOKIE_FILE;
 use warren_cluster::transport::Resolver;
 use warren_cluster::{NodeName, Secret, Transport, TransportConfig};
-use warren_config::{Config, ListenAddress, PartitionHandling};
+use warren_config::{Config, DiscoveryBackend, ListenAddress, PartitionHandling};
 
 use crate::broker::{Broker, Formation, SetupError};
 use crate::connection;
@@ -111,8 +112,26 @@ impl Node {
     pub async fn start_with(config: Config, options: NodeOptions) -> Result<Node, StartError> {
         let long = config.cluster.use_longname;
         let name = NodeName::parse(&config.node_name, long, &local_host(long))?;
+        let dns = peer_dns(&config)?;
         if options.resolver.is_none() {
-            name.resolve(config.cluster.port).await?;
+            match &dns {
+                Some(dns) => {
+                    dns.resolve(&name, config.cluster.port)
+                        .await
+                        .map_err(|reason| {
+                            StartError::Name(NameError::Unresolvable {
+                                name: name.to_string(),
+                                host: name.host().to_string(),
+                                reason: format!(
+                                    "{reason} (through cluster_formation.dns.nameservers)"
+                                ),
+                            })
+                        })?;
+                }
+                None => {
+                    name.resolve(config.cluster.port).await?;
+                }
+            }
         }
         let secret = Secret::load(
             std::env::var("WARREN_ERLANG_COOKIE")
@@ -121,7 +140,7 @@ impl Node {
             &config.data_dir,
         )
         .map_err(|error| StartError::Secret(error.to_string()))?;
-        let transport = start_transport(&config, name, secret, options.resolver).await?;
+        let transport = start_transport(&config, name, secret, options.resolver, dns).await?;
         let shared = Arc::new(NodeShared {
             config,
             transport: transport.clone(),
@@ -242,6 +261,18 @@ async fn watch_partitions(node: std::sync::Weak<NodeShared>) {
     }
 }
 
+/// The DNS servers to resolve peers' names through: those of the DNS backend, when it is
+/// selected and names some (`cluster_formation.dns.nameservers`).
+fn peer_dns(config: &Config) -> Result<Option<Dns>, StartError> {
+    let nameservers = &config.cluster.discovery_settings.dns.nameservers;
+    if config.cluster.discovery != DiscoveryBackend::Dns || nameservers.is_empty() {
+        return Ok(None);
+    }
+    Dns::new(nameservers)
+        .map(Some)
+        .map_err(|error| StartError::Setup(SetupError::Cluster(error)))
+}
+
 /// Binds the inter-node listener: on `distribution.listener.interface`, or on every interface
 /// (dual-stack where IPv6 exists).
 async fn start_transport(
@@ -249,6 +280,7 @@ async fn start_transport(
     name: NodeName,
     secret: Secret,
     resolver: Option<Resolver>,
+    dns: Option<Dns>,
 ) -> Result<Transport, StartError> {
     let port = config.cluster.port;
     let candidates: Vec<SocketAddr> = match config.cluster.interface {
@@ -268,6 +300,7 @@ async fn start_transport(
             let mut transport_config =
                 TransportConfig::new(name.clone(), secret.clone(), Some(*address), port);
             transport_config.resolver = resolver.clone();
+            transport_config.dns = dns.clone();
             match Transport::start(transport_config).await {
                 Ok(transport) => return Ok(transport),
                 Err(error) => last_error = Some((*address, error)),
@@ -536,6 +569,10 @@ impl NodeShared {
 /// last reference to the broker.
 async fn stop_incarnation(running: Running, grace: Duration) {
     let broker = running.broker;
+    // Deregistered first: no node should be told to join this one while it stops.
+    if let Some(discovery) = broker.discovery() {
+        discovery.stop().await;
+    }
     broker.shutdown.cancel();
     broker.connections.close();
     if tokio::time::timeout(grace, broker.connections.wait())

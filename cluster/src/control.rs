@@ -49,6 +49,20 @@ pub enum ControlRequest {
         /// Its name.
         node: String,
     },
+    /// Whether the node is healthy as a cluster member: it runs, is clustered with the node
+    /// its peer discovery backend names as seed, and sees no partition.
+    HealthCheck,
+}
+
+/// What a health check found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// The node answering.
+    pub node: String,
+    /// The node the peer discovery backend names as seed, when it names one.
+    pub seed: Option<String>,
+    /// What is wrong; empty when healthy.
+    pub problems: Vec<String>,
 }
 
 /// One member as a node sees it.
@@ -98,6 +112,8 @@ pub enum ControlResponse {
     Done(String),
     /// Nodes with live links.
     Links(Vec<String>),
+    /// A health check's findings.
+    Health(HealthReport),
 }
 
 /// Encodes a control message.

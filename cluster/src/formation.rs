@@ -134,7 +134,7 @@ pub async fn classic_config(
 
 /// Whether the node already belongs to a cluster: then discovery is skipped, and Raft
 /// reconnects it to the members it last knew.
-async fn has_data(group: &RaftGroup) -> Result<bool, RaftGroupError> {
+pub(crate) async fn has_data(group: &RaftGroup) -> Result<bool, RaftGroupError> {
     let initialized = group.is_initialized().await?;
     if initialized {
         tracing::info!(
@@ -146,7 +146,12 @@ async fn has_data(group: &RaftGroup) -> Result<bool, RaftGroupError> {
 
 /// Logs a failed round as RabbitMQ does (each of the first `retry_limit`, then every 20th, since
 /// a node that is not the seed never gives up) and waits `interval`.
-async fn wait_to_retry(attempt: u32, retry_limit: u32, interval: Duration, seed: &NodeName) {
+pub(crate) async fn wait_to_retry(
+    attempt: u32,
+    retry_limit: u32,
+    interval: Duration,
+    seed: &NodeName,
+) {
     let left = retry_limit.saturating_sub(attempt);
     if left > 0 {
         tracing::info!(

@@ -8,13 +8,15 @@
 //!             one-way messages of registered services, batched per link, bounded
 //!  raft       openraft groups: log in the WAL, RPCs on the transport, an application state machine
 //!  control    what warrenctl asks a node, and what nodes ask each other to join and leave
-//!  formation  classic_config: who forms the cluster, who joins it
+//!  formation  classic_config and k8s: who forms the cluster, who joins it
+//!  discovery  DNS, etcd and Consul: discovery, registration, locks, node cleanup, health
 //! ```
 //!
 //! This crate never imports the broker: the broker registers services on the transport and hands
 //! Raft groups their state machines.
 
 pub mod control;
+pub mod discovery;
 pub mod formation;
 pub mod identity;
 pub mod raft;

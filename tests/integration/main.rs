@@ -12,6 +12,7 @@
 mod amqprs_client;
 mod cluster;
 mod cluster_process;
+mod discovery;
 mod durability;
 mod extensions;
 mod faults;

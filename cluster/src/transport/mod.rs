@@ -107,6 +107,9 @@ pub struct TransportConfig {
     pub peer_port: u16,
     /// Overrides name resolution (tests with nodes on one address and many ports).
     pub resolver: Option<Resolver>,
+    /// Resolves peers' host names through these DNS servers instead of the system's
+    /// (`cluster_formation.dns.nameservers`).
+    pub dns: Option<crate::discovery::dns::Dns>,
     /// How often a quiet link is pinged.
     pub ping: Duration,
     /// How long a peer may stay silent before its link is dropped.
@@ -136,6 +139,7 @@ impl TransportConfig {
             listen,
             peer_port,
             resolver: None,
+            dns: None,
             ping: Duration::from_secs(2),
             timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -248,6 +252,11 @@ impl Transport {
     /// This node's name.
     pub fn node(&self) -> &NodeName {
         &self.inner.config.node
+    }
+
+    /// The DNS servers peers' names are resolved through, when not the system's.
+    pub fn dns(&self) -> Option<&crate::discovery::dns::Dns> {
+        self.inner.config.dns.as_ref()
     }
 
     /// The listener's address.
@@ -578,10 +587,16 @@ async fn dial(inner: &Arc<Inner>, to: &NodeName) -> Result<Arc<Link>, TransportE
         Some(resolver) => resolver(to)
             .map(|address| vec![address])
             .ok_or_else(|| unreachable("unknown node".into()))?,
-        None => to
-            .resolve(inner.config.peer_port)
-            .await
-            .map_err(|error| unreachable(error.to_string()))?,
+        None => match &inner.config.dns {
+            Some(dns) => dns
+                .resolve(to, inner.config.peer_port)
+                .await
+                .map_err(unreachable)?,
+            None => to
+                .resolve(inner.config.peer_port)
+                .await
+                .map_err(|error| unreachable(error.to_string()))?,
+        },
     };
     let mut last_error = String::from("no address");
     for address in addresses {

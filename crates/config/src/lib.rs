@@ -11,6 +11,7 @@
 //! but Warren does not implement, and a bad value each stop the node with an error that names
 //! the file, the line and the key.
 
+mod discovery;
 mod parse;
 mod schema;
 
@@ -18,6 +19,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use discovery::{
+    ConsulConfig, DiscoverySettings, DnsConfig, EtcdConfig, NodeCleanup, ProxyConfig,
+};
 pub use parse::{Origin, Setting};
 
 /// Why the configuration could not be loaded.
@@ -188,6 +192,26 @@ pub enum DiscoveryBackend {
     /// `k8s`: StatefulSet pods; the pod with ordinal `cluster_formation.k8s.ordinal_start` (or
     /// `cluster_formation.k8s.seed_node`) forms the cluster, every other pod joins it.
     K8s,
+    /// `dns`: the A/AAAA records of `cluster_formation.dns.hostname`, named by reverse lookup.
+    Dns,
+    /// `etcd`: nodes registered under a key prefix in etcd, formation under an etcd lock.
+    Etcd,
+    /// `consul`: nodes registered as a Consul service, formation under a Consul lock.
+    Consul,
+}
+
+impl DiscoveryBackend {
+    /// The backend's name in `cluster_formation.peer_discovery_backend`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DiscoveryBackend::None => "none",
+            DiscoveryBackend::ClassicConfig(_) => "classic_config",
+            DiscoveryBackend::K8s => "k8s",
+            DiscoveryBackend::Dns => "dns",
+            DiscoveryBackend::Etcd => "etcd",
+            DiscoveryBackend::Consul => "consul",
+        }
+    }
 }
 
 /// What a node does when it finds itself cut from part of the cluster
@@ -240,6 +264,9 @@ pub struct ClusterConfig {
     pub k8s_ordinal_start: u32,
     /// `cluster_formation.k8s.seed_node`: overrides the seed the ordinal gives.
     pub k8s_seed_node: Option<String>,
+    /// The other `cluster_formation.*` settings: registration, cleanup, proxies and the
+    /// settings of the DNS, etcd and Consul backends.
+    pub discovery_settings: DiscoverySettings,
 }
 
 impl Default for ClusterConfig {
@@ -255,6 +282,7 @@ impl Default for ClusterConfig {
             partition_handling: PartitionHandling::Ignore,
             k8s_ordinal_start: 0,
             k8s_seed_node: None,
+            discovery_settings: DiscoverySettings::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     PartitionHandling, Setting,
 };
 
-type Apply = fn(&mut Config, &Setting, &[&str]) -> Result<(), String>;
+pub(crate) type Apply = fn(&mut Config, &Setting, &[&str]) -> Result<(), String>;
 
 /// Every key Warren implements.
 const KEYS: &[(&str, Apply)] = &[
@@ -208,19 +208,27 @@ const KEYS: &[(&str, Apply)] = &[
                 config.cluster.discovery = DiscoveryBackend::K8s;
                 Ok(())
             }
-            "dns"
-            | "rabbit_peer_discovery_dns"
-            | "etcd"
-            | "rabbit_peer_discovery_etcd"
-            | "consul"
-            | "rabbit_peer_discovery_consul"
-            | "aws"
-            | "rabbit_peer_discovery_aws" => Err(format!(
-                "the '{}' backend is not available yet; classic_config and k8s are",
-                setting.value
-            )),
+            "dns" | "rabbit_peer_discovery_dns" => {
+                config.cluster.discovery = DiscoveryBackend::Dns;
+                Ok(())
+            }
+            "etcd" | "rabbit_peer_discovery_etcd" => {
+                config.cluster.discovery = DiscoveryBackend::Etcd;
+                Ok(())
+            }
+            "consul" | "rabbit_peer_discovery_consul" => {
+                config.cluster.discovery = DiscoveryBackend::Consul;
+                Ok(())
+            }
+            "aws" | "rabbit_peer_discovery_aws" => Err(
+                "the 'aws' backend is not available yet; classic_config, dns, k8s, etcd and \
+                 consul are"
+                    .into(),
+            ),
             _ => Err(
-                "expected classic_config or k8s (or their rabbit_peer_discovery_* names)".into(),
+                "expected classic_config, dns, k8s, etcd or consul (or their \
+                 rabbit_peer_discovery_* names)"
+                    .into(),
             ),
         },
     ),
@@ -233,10 +241,12 @@ const KEYS: &[(&str, Apply)] = &[
             }
             match &mut config.cluster.discovery {
                 DiscoveryBackend::ClassicConfig(nodes) => nodes.push(name),
-                // Settings of a backend that is not selected are accepted and unused.
-                DiscoveryBackend::K8s => {}
                 // The list may come before the backend key; keep it for when the backend is set.
-                other => *other = DiscoveryBackend::ClassicConfig(vec![name]),
+                DiscoveryBackend::None => {
+                    config.cluster.discovery = DiscoveryBackend::ClassicConfig(vec![name]);
+                }
+                // Settings of a backend that is not selected are accepted and unused.
+                _ => {}
             }
             Ok(())
         },
@@ -338,7 +348,7 @@ const RABBITMQ_ONLY: &[&str] = &[
 /// Checks one setting against the schema and stores it in `config`.
 pub(crate) fn apply(config: &mut Config, setting: &Setting) -> Result<(), ConfigError> {
     let key: Vec<&str> = setting.key.iter().map(String::as_str).collect();
-    for (pattern, apply) in KEYS {
+    for (pattern, apply) in KEYS.iter().chain(crate::discovery::KEYS) {
         if let Some(wildcards) = matches(pattern, &key) {
             return apply(config, setting, &wildcards).map_err(|message| {
                 ConfigError::InvalidValue {
@@ -362,6 +372,7 @@ pub(crate) fn apply(config: &mut Config, setting: &Setting) -> Result<(), Config
     }
     let hint = KEYS
         .iter()
+        .chain(crate::discovery::KEYS)
         .map(|(pattern, _)| *pattern)
         .filter(|pattern| !pattern.contains('*'))
         .map(|pattern| (edit_distance(pattern, &text), pattern))
@@ -407,7 +418,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
-fn boolean(value: &str) -> Result<bool, String> {
+pub(crate) fn boolean(value: &str) -> Result<bool, String> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -415,7 +426,7 @@ fn boolean(value: &str) -> Result<bool, String> {
     }
 }
 
-fn integer(value: &str, min: u64, max: u64) -> Result<u64, String> {
+pub(crate) fn integer(value: &str, min: u64, max: u64) -> Result<u64, String> {
     match value.parse::<u64>() {
         Ok(number) if (min..=max).contains(&number) => Ok(number),
         _ => Err(format!("expected an integer from {min} to {max}")),

@@ -16,12 +16,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use warren_cluster::control::{self, ControlRequest, ControlResponse};
+use warren_cluster::discovery::dns::Dns;
 use warren_cluster::identity::{NodeName, local_host};
 use warren_cluster::secret::COOKIE_FILE;
 use warren_cluster::transport::TransportError;
 use warren_cluster::{Secret, Transport, TransportConfig};
 
-const USAGE: &str = "usage: warrenctl [-n NODE] [--longnames] [--erlang-cookie COOKIE] [--dist-port PORT] [-t SECONDS] COMMAND
+const USAGE: &str = "usage: warrenctl [-n NODE] [--longnames] [--erlang-cookie COOKIE] [--dist-port PORT] [-t SECONDS] [--nameserver IP[:PORT]]... COMMAND
 
 Commands:
   cluster_status [--formatter json]   the cluster as NODE sees it
@@ -31,9 +32,13 @@ Commands:
                                       remove a stopped member from NODE's cluster; --offline
                                       when no majority is left to agree (unsafe: only when the
                                       missing members are gone for good)
+  cluster_health_check                NODE runs, is clustered with the node its peer discovery
+                                      backend names as seed, and sees no partition; exits 69
+                                      with the problems when not (a Kubernetes probe can run it)
 
 NODE defaults to warren@<this host> (WARREN_NODENAME / RABBITMQ_NODENAME when set);
-the port is WARREN_DIST_PORT / RABBITMQ_DIST_PORT, or 25672.";
+the port is WARREN_DIST_PORT / RABBITMQ_DIST_PORT, or 25672. --nameserver resolves NODE
+through that DNS server (as cluster_formation.dns.nameservers does for the nodes).";
 
 /// Exit codes, as rabbitmqctl's (sysexits).
 const USAGE_ERROR: u8 = 64;
@@ -47,6 +52,7 @@ struct Arguments {
     cookie: Option<String>,
     port: Option<u16>,
     timeout: Duration,
+    nameservers: Vec<std::net::SocketAddr>,
     command: Vec<String>,
 }
 
@@ -57,6 +63,7 @@ fn parse(mut rest: impl Iterator<Item = String>) -> Result<Arguments, String> {
         cookie: None,
         port: None,
         timeout: Duration::from_secs(70),
+        nameservers: Vec::new(),
         command: Vec::new(),
     };
     while let Some(argument) = rest.next() {
@@ -75,6 +82,18 @@ fn parse(mut rest: impl Iterator<Item = String>) -> Result<Arguments, String> {
                     .parse()
                     .map_err(|_| format!("bad timeout '{seconds}'"))?;
                 arguments.timeout = Duration::from_secs(seconds);
+            }
+            "--nameserver" => {
+                let server = value("--nameserver")?;
+                let address = server
+                    .parse::<std::net::SocketAddr>()
+                    .or_else(|_| {
+                        server
+                            .parse::<std::net::IpAddr>()
+                            .map(|ip| std::net::SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| format!("bad name server '{server}': expected IP or IP:PORT"))?;
+                arguments.nameservers.push(address);
             }
             _ => {
                 arguments.command.push(argument);
@@ -173,6 +192,7 @@ fn request(command: &[String]) -> Result<(ControlRequest, bool), String> {
             false,
         )),
         ["reset"] => Ok((ControlRequest::Reset, false)),
+        ["cluster_health_check"] => Ok((ControlRequest::HealthCheck, false)),
         ["forget_cluster_node", "--offline", node] => Ok((
             ControlRequest::ForgetNode {
                 node: node.to_string(),
@@ -237,6 +257,15 @@ async fn run(arguments: Arguments) -> ExitCode {
     let mut config = TransportConfig::new(me, secret, None, port);
     config.tool = true;
     config.request_timeout = arguments.timeout;
+    if !arguments.nameservers.is_empty() {
+        match Dns::new(&arguments.nameservers) {
+            Ok(dns) => config.dns = Some(dns),
+            Err(error) => {
+                eprintln!("warrenctl: {error}");
+                return ExitCode::from(USAGE_ERROR);
+            }
+        }
+    }
     let transport = match Transport::start(config).await {
         Ok(transport) => transport,
         Err(error) => {
@@ -270,6 +299,24 @@ async fn run(arguments: Arguments) -> ExitCode {
                 println!("{status}");
             }
             ExitCode::SUCCESS
+        }
+        Ok(ControlResponse::Health(report)) => {
+            if report.problems.is_empty() {
+                match &report.seed {
+                    Some(seed) => println!(
+                        "Node {} is healthy: clustered with the seed {seed}, no partitions",
+                        report.node
+                    ),
+                    None => println!("Node {} is healthy: no partitions", report.node),
+                }
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("Error: node {} is not healthy:", report.node);
+                for problem in &report.problems {
+                    eprintln!("  - {problem}");
+                }
+                ExitCode::from(UNAVAILABLE)
+            }
         }
         Ok(ControlResponse::Done(_)) | Ok(ControlResponse::Links(_)) => ExitCode::SUCCESS,
         Err(TransportError::Failed { reason, .. }) => {

@@ -1,0 +1,323 @@
+//! A small HTTP/1.1 client for the backends that speak JSON over HTTP (etcd's v3 gateway,
+//! Consul's agent API): one request per connection, `Content-Length` or chunked responses,
+//! through `cluster_formation.proxy.*` when set. Plain HTTP only.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use warren_config::ProxyConfig;
+
+/// The largest response body read (discovery answers are small).
+const MAX_BODY: usize = 16 << 20;
+
+/// A request's answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as text, for error messages.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
+}
+
+/// An HTTP client bound to one base URL (`http://host:port`).
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    host: String,
+    port: u16,
+    /// Where to connect: the proxy, or the host itself.
+    via_proxy: Option<(String, u16)>,
+    timeout: Duration,
+    headers: Vec<(String, String)>,
+}
+
+/// Splits `http://host:port` (or `host:port`, or `host`) into host and port.
+pub(crate) fn split_url(url: &str, default_port: u16) -> Result<(String, u16), String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "{url}: HTTPS is not available yet (Warren's discovery client speaks plain HTTP)"
+        ));
+    } else {
+        url
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if authority.is_empty() {
+        return Err(format!("{url}: no host"));
+    }
+    // [v6]:port, host:port, host
+    if let Some(inner) = authority.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("{url}: unclosed '['"))?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().map_err(|_| format!("{url}: bad port"))?,
+            None => default_port,
+        };
+        return Ok((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Ok((
+            host.to_string(),
+            port.parse().map_err(|_| format!("{url}: bad port"))?,
+        )),
+        None => Ok((authority.to_string(), default_port)),
+    }
+}
+
+impl Client {
+    /// A client for `host:port`, through the configured HTTP proxy unless `host` is excluded.
+    pub(crate) fn new(host: &str, port: u16, proxy: &ProxyConfig) -> Result<Client, String> {
+        let excluded = proxy
+            .exclusions
+            .iter()
+            .any(|excluded| excluded.eq_ignore_ascii_case(host));
+        let via_proxy = match (&proxy.http_proxy, excluded) {
+            (Some(proxy), false) => Some(
+                split_url(proxy, 80)
+                    .map_err(|error| format!("cluster_formation.proxy.http_proxy: {error}"))?,
+            ),
+            _ => None,
+        };
+        Ok(Client {
+            host: host.to_string(),
+            port,
+            via_proxy,
+            timeout: Duration::from_secs(15),
+            headers: Vec::new(),
+        })
+    }
+
+    /// Sends `name: value` with every request.
+    pub(crate) fn with_header(mut self, name: &str, value: &str) -> Client {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// `host:port` of the server.
+    pub(crate) fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Sends a request with a JSON (or empty) body; `timeout` overrides the default.
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Response, String> {
+        let timeout = timeout.unwrap_or(self.timeout);
+        let body = body.map(|body| body.to_string()).unwrap_or_default();
+        let what = format!("{method} http://{}{path}", self.authority());
+        let answer = tokio::time::timeout(timeout, self.exchange(method, path, &body)).await;
+        let response = match answer {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(format!("{what}: {error}")),
+            Err(_) => return Err(format!("{what}: no answer within {timeout:?}")),
+        };
+        tracing::debug!("{what} -> {}", response.status);
+        Ok(response)
+    }
+
+    async fn exchange(&self, method: &str, path: &str, body: &str) -> Result<Response, String> {
+        let (connect_host, connect_port) = match &self.via_proxy {
+            Some((host, port)) => (host.as_str(), *port),
+            None => (self.host.as_str(), self.port),
+        };
+        let stream = TcpStream::connect((connect_host, connect_port))
+            .await
+            .map_err(|error| error.to_string())?;
+        let target = match self.via_proxy {
+            Some(_) => format!("http://{}{path}", self.authority()),
+            None => path.to_string(),
+        };
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: warren\r\n",
+            self.authority()
+        );
+        for (name, value) in &self.headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        request.push_str(body);
+        let mut stream = BufReader::new(stream);
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|error| error.to_string())?;
+        read_response(&mut stream).await
+    }
+}
+
+/// Reads a status line, headers and body.
+pub(crate) async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Response, String> {
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .await
+        .map_err(|error| error.to_string())?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {:?}", line.trim()))?;
+    let headers = read_headers(reader).await?;
+    let response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let body = read_body(reader, &response.headers).await?;
+    Ok(Response { body, ..response })
+}
+
+/// Reads header lines up to the empty line.
+pub(crate) async fn read_headers<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Vec<(String, String)>, String> {
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        let read = reader
+            .read_line(&mut line)
+            .await
+            .map_err(|error| error.to_string())?;
+        let line = line.trim_end();
+        if read == 0 || line.is_empty() {
+            return Ok(headers);
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        if headers.len() > 200 {
+            return Err("too many headers".into());
+        }
+    }
+}
+
+/// Reads a body framed by `Content-Length`, chunked encoding, or the end of the connection.
+pub(crate) async fn read_body<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    headers: &[(String, String)],
+) -> Result<Vec<u8>, String> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding").is_some_and(|value| value.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader
+                .read_line(&mut size)
+                .await
+                .map_err(|error| error.to_string())?;
+            let size = size.trim().split(';').next().unwrap_or("");
+            let size =
+                usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size {size:?}"))?;
+            if size == 0 {
+                let _ = read_headers(reader).await;
+                return Ok(body);
+            }
+            if body.len() + size > MAX_BODY {
+                return Err("response too large".into());
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader
+                .read_exact(&mut body[start..])
+                .await
+                .map_err(|error| error.to_string())?;
+            let mut crlf = [0u8; 2];
+            reader
+                .read_exact(&mut crlf)
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+    }
+    if let Some(length) = header("content-length") {
+        let length: usize = length
+            .parse()
+            .map_err(|_| format!("bad Content-Length {length:?}"))?;
+        if length > MAX_BODY {
+            return Err("response too large".into());
+        }
+        body.resize(length, 0);
+        reader
+            .read_exact(&mut body)
+            .await
+            .map_err(|error| error.to_string())?;
+        return Ok(body);
+    }
+    reader
+        .take(MAX_BODY as u64)
+        .read_to_end(&mut body)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_host_and_port() {
+        assert_eq!(
+            split_url("http://etcd.local:2379", 80).unwrap(),
+            ("etcd.local".to_string(), 2379)
+        );
+        assert_eq!(
+            split_url("127.0.0.1:2379", 80).unwrap(),
+            ("127.0.0.1".to_string(), 2379)
+        );
+        assert_eq!(
+            split_url("proxy.local", 3128).unwrap(),
+            ("proxy.local".to_string(), 3128)
+        );
+        assert_eq!(
+            split_url("http://[::1]:8500/", 80).unwrap(),
+            ("::1".to_string(), 8500)
+        );
+        assert!(
+            split_url("https://etcd:2379", 80)
+                .unwrap_err()
+                .contains("HTTPS")
+        );
+    }
+
+    #[tokio::test]
+    async fn chunked_and_sized_bodies_are_read() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n";
+        let mut reader = BufReader::new(&raw[..]);
+        let response = read_response(&mut reader).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"Wikipedia");
+        let raw = b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nX-Consul-Index: 7\r\n\r\nabcdef";
+        let mut reader = BufReader::new(&raw[..]);
+        let response = read_response(&mut reader).await.unwrap();
+        assert_eq!(response.status, 404);
+        assert_eq!(response.body, b"abc");
+        assert_eq!(response.headers[1], ("X-Consul-Index".into(), "7".into()));
+    }
+}

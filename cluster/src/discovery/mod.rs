@@ -1,0 +1,449 @@
+//! Peer discovery through a service: DNS, etcd, Consul. (`classic_config` and `k8s`, which
+//! need no service, are in [`crate::formation`].)
+//!
+//! A blank node, as RabbitMQ's guide describes it:
+//!
+//! ```text
+//!  register with the backend (etcd key on a lease, Consul service with a TTL check)
+//!  DNS only: wait a random start-up delay (there is no lock)
+//!  repeat: discover the nodes the backend lists
+//!          a listed peer is in a cluster?   ─> take the lock, join it, release the lock
+//!          this node is the seed?           ─> form a new cluster
+//!          otherwise                        ─> "Trying to join discovered peers failed. Will
+//!                                               retry after a delay of 500 ms, 4 retries left..."
+//! ```
+//!
+//! The seed is the node every node agrees on: for etcd and Consul the one registered first
+//! (lowest create revision, lowest `CreateIndex`), for DNS the smallest name the records give.
+//! Only the seed forms a cluster, so nodes started at the same instant form exactly one. A node
+//! whose backend cannot be reached `discovery_retry_limit` times in a row stops instead of
+//! forming a cluster of its own. A node with data skips discovery: Raft reconnects it to the
+//! members it last knew; it registers again all the same.
+//!
+//! While the node runs, its registration is kept alive, and every `node_cleanup.interval`
+//! members the backend does not list are logged (or, with `only_log_warning = false`, removed
+//! when they are unreachable). On a clean stop the registration is deleted.
+
+pub mod dns;
+pub(crate) mod etcd;
+pub(crate) mod http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use warren_config::{ClusterConfig, DiscoveryBackend, DiscoverySettings};
+
+use crate::formation::{Formed, JoinError, has_data, join, wait_to_retry};
+use crate::identity::NodeName;
+use crate::raft::{RaftGroup, RaftGroupError};
+use crate::transport::{Transport, TransportError};
+use dns::Dns;
+use etcd::Etcd;
+
+/// A backend and what it needs.
+#[derive(Debug)]
+enum Backend {
+    Dns { dns: Dns, hostname: String },
+    Etcd(Etcd),
+}
+
+/// A held formation lock.
+enum Lock {
+    Etcd((String, i64)),
+}
+
+/// Peer discovery through a service, for one incarnation of a node.
+#[derive(Debug)]
+pub struct Discovery {
+    backend: Backend,
+    settings: DiscoverySettings,
+    node: NodeName,
+    long_names: bool,
+    retry_limit: u32,
+    interval: Duration,
+    /// Whether this node is registered (and should deregister on stop).
+    registered: Mutex<bool>,
+    /// The keep-alive and cleanup tasks.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Discovery {
+    /// The discovery the configuration asks for; `None` for the backends that need no service
+    /// (none, classic_config, k8s). `dns` is the resolver to use for the DNS backend.
+    pub fn from_config(
+        config: &ClusterConfig,
+        node: &NodeName,
+        dns: Option<&Dns>,
+    ) -> Result<Option<Arc<Discovery>>, String> {
+        let settings = &config.discovery_settings;
+        let backend = match &config.discovery {
+            DiscoveryBackend::None | DiscoveryBackend::ClassicConfig(_) | DiscoveryBackend::K8s => {
+                return Ok(None);
+            }
+            DiscoveryBackend::Dns => {
+                let hostname = settings
+                    .dns
+                    .hostname
+                    .clone()
+                    .ok_or("cluster_formation.dns.hostname is required with the dns backend")?;
+                let dns = match dns {
+                    Some(dns) => dns.clone(),
+                    None => Dns::new(&settings.dns.nameservers)?,
+                };
+                Backend::Dns { dns, hostname }
+            }
+            DiscoveryBackend::Etcd => {
+                Backend::Etcd(Etcd::new(&settings.etcd, &settings.proxy, node)?)
+            }
+            DiscoveryBackend::Consul => {
+                return Err("the consul backend is not available yet".into());
+            }
+        };
+        Ok(Some(Arc::new(Discovery {
+            backend,
+            settings: settings.clone(),
+            node: node.clone(),
+            long_names: config.use_longname,
+            retry_limit: config.discovery_retry_limit,
+            interval: config.discovery_retry_interval,
+            registered: Mutex::new(false),
+            tasks: Mutex::new(Vec::new()),
+        })))
+    }
+
+    /// The backend's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self.backend {
+            Backend::Dns { .. } => "dns",
+            Backend::Etcd(_) => "etcd",
+        }
+    }
+
+    fn registers(&self) -> bool {
+        self.settings.registration_enabled && !matches!(self.backend, Backend::Dns { .. })
+    }
+
+    /// The nodes the backend lists, the seed first.
+    pub async fn discover(&self) -> Result<Vec<NodeName>, String> {
+        match &self.backend {
+            Backend::Dns { dns, hostname } => {
+                dns.discover(hostname, self.node.prefix(), self.long_names)
+                    .await
+            }
+            Backend::Etcd(etcd) => etcd.registered().await,
+        }
+    }
+
+    /// Registers this node, if the backend supports it and registration is enabled.
+    pub async fn register(&self) -> Result<(), String> {
+        if !self.registers() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Dns { .. } => {}
+            Backend::Etcd(etcd) => etcd.register().await?,
+        }
+        *self.registered.lock() = true;
+        Ok(())
+    }
+
+    async fn keep_alive(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::Dns { .. } => Ok(()),
+            Backend::Etcd(etcd) => etcd.keep_alive().await,
+        }
+    }
+
+    fn keep_alive_interval(&self) -> Duration {
+        match &self.backend {
+            Backend::Dns { .. } => Duration::from_secs(3600),
+            Backend::Etcd(etcd) => etcd.keep_alive_interval(),
+        }
+    }
+
+    async fn lock(&self) -> Result<Option<Lock>, String> {
+        match &self.backend {
+            Backend::Dns { .. } => Ok(None),
+            Backend::Etcd(etcd) => etcd.lock().await.map(|lock| Some(Lock::Etcd(lock))),
+        }
+    }
+
+    async fn unlock(&self, lock: Option<Lock>) {
+        let released = match (&self.backend, lock) {
+            (Backend::Etcd(etcd), Some(Lock::Etcd(lock))) => etcd.unlock(lock).await,
+            _ => Ok(()),
+        };
+        if let Err(error) = released {
+            tracing::warn!(
+                "peer discovery ({}): releasing the lock failed: {error}",
+                self.name()
+            );
+        }
+    }
+
+    /// The seed among `discovered` (listed seed first by [`Discovery::discover`]).
+    fn seed(&self, discovered: &[NodeName]) -> Option<NodeName> {
+        match self.backend {
+            Backend::Dns { .. } => discovered.iter().min().cloned(),
+            Backend::Etcd(_) => discovered.first().cloned(),
+        }
+    }
+
+    /// Makes a blank node a member: joins the cluster of a discovered peer, or forms one if this
+    /// node is the seed (see the module's documentation). A node with data only registers.
+    pub async fn form(
+        &self,
+        transport: &Transport,
+        group: &RaftGroup,
+    ) -> Result<Formed, RaftGroupError> {
+        let backend = self.name();
+        if has_data(group).await? {
+            self.register_or_warn().await;
+            return Ok(Formed::AlreadyMember);
+        }
+        if let Backend::Dns { .. } = self.backend {
+            let (min, max) = self.settings.startup_delay;
+            let delay = if max > min {
+                min + Duration::from_millis(fastrand::u64(0..=(max - min).as_millis() as u64))
+            } else {
+                min
+            };
+            if !delay.is_zero() {
+                tracing::info!(
+                    "peer discovery (dns): waiting a random start-up delay of {} ms \
+                     (cluster_formation.randomized_startup_delay_range)",
+                    delay.as_millis()
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+        self.register_or_warn().await;
+        let me = transport.node().clone();
+        let mut attempt: u32 = 0;
+        let mut failures: u32 = 0;
+        loop {
+            let discovered = match self.discover().await {
+                Ok(discovered) => {
+                    failures = 0;
+                    discovered
+                }
+                Err(error) => {
+                    failures += 1;
+                    if failures > self.retry_limit {
+                        return Err(RaftGroupError::Refused(format!(
+                            "peer discovery ({backend}) failed {failures} times in a row: \
+                             {error}; the node stops rather than form a cluster of its own"
+                        )));
+                    }
+                    tracing::warn!("peer discovery ({backend}) failed: {error}");
+                    attempt += 1;
+                    wait_to_retry(attempt, self.retry_limit, self.interval, &me).await;
+                    continue;
+                }
+            };
+            let names: Vec<&str> = discovered.iter().map(NodeName::as_str).collect();
+            tracing::info!("peer discovery ({backend}): discovered {names:?}");
+            let seed = self.seed(&discovered);
+            // The seed first, then the other peers: join whichever is in a cluster.
+            let mut peers: Vec<&NodeName> = seed.iter().chain(discovered.iter()).collect();
+            peers.dedup();
+            let mut seen = Vec::new();
+            for peer in peers {
+                if *peer == me || seen.contains(&peer) {
+                    continue;
+                }
+                seen.push(peer);
+                match self.join_locked(transport, group, peer).await {
+                    Ok(()) => {
+                        tracing::info!("peer discovery ({backend}): joined the cluster of {peer}");
+                        self.register_or_warn().await;
+                        return Ok(Formed::Joined(peer.clone()));
+                    }
+                    Err(JoinError::NotClustered(_)) => {}
+                    Err(JoinError::NotReady(_, reason)) => {
+                        tracing::warn!("Could not auto-cluster with node {peer}: {reason}");
+                    }
+                    Err(JoinError::Transport(TransportError::Failed { reason, .. })) => {
+                        tracing::warn!("node {peer} refused to add this node: {reason}");
+                    }
+                    Err(error) => {
+                        tracing::warn!("Could not auto-cluster with node {peer}: {error}")
+                    }
+                }
+            }
+            let lone = discovered.iter().all(|node| *node == me);
+            if seed.as_ref() == Some(&me) || (lone && attempt >= self.retry_limit) {
+                if lone && seed.as_ref() != Some(&me) {
+                    tracing::warn!(
+                        "peer discovery ({backend}): the backend lists no node, not even this \
+                         one, after {attempt} attempts"
+                    );
+                }
+                tracing::info!(
+                    "peer discovery ({backend}): no discovered peer is in a cluster and this \
+                     node is the seed: forming a new cluster"
+                );
+                group.initialize_alone().await?;
+                self.register_or_warn().await;
+                return Ok(Formed::New);
+            }
+            attempt += 1;
+            let seed = seed.unwrap_or_else(|| me.clone());
+            wait_to_retry(attempt, self.retry_limit, self.interval, &seed).await;
+        }
+    }
+
+    async fn register_or_warn(&self) {
+        if *self.registered.lock() {
+            return;
+        }
+        if let Err(error) = self.register().await {
+            tracing::warn!(
+                "peer discovery ({}): registration failed: {error}; will try again",
+                self.name()
+            );
+        }
+    }
+
+    /// Joins `peer` holding the backend's lock (joins are one at a time cluster-wide).
+    async fn join_locked(
+        &self,
+        transport: &Transport,
+        group: &RaftGroup,
+        peer: &NodeName,
+    ) -> Result<(), JoinError> {
+        // Only take the lock for a peer that is in a cluster.
+        let status = crate::control::status(transport, peer, Duration::from_secs(3))
+            .await
+            .map_err(|error| JoinError::NotReady(peer.clone(), error.to_string()))?;
+        if !status.initialized {
+            return Err(JoinError::NotClustered(peer.clone()));
+        }
+        let lock = self
+            .lock()
+            .await
+            .map_err(|error| JoinError::NotReady(peer.clone(), error))?;
+        let joined = join(transport, group, peer).await;
+        self.unlock(lock).await;
+        joined
+    }
+
+    /// Starts keeping the registration alive and the node cleanup; both stop with
+    /// [`Discovery::stop`].
+    pub fn start_background(self: &Arc<Self>, transport: &Transport, group: &RaftGroup) {
+        let mut tasks = self.tasks.lock();
+        if self.registers() {
+            let discovery = self.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(discovery.keep_alive_interval()).await;
+                    if let Err(error) = discovery.keep_alive().await {
+                        tracing::warn!(
+                            "peer discovery ({}): keeping the registration alive failed: {error}",
+                            discovery.name()
+                        );
+                    }
+                }
+            }));
+        }
+        let discovery = self.clone();
+        let transport = transport.clone();
+        let group = group.clone();
+        tasks.push(tokio::spawn(async move {
+            let interval = discovery.settings.node_cleanup.interval;
+            loop {
+                tokio::time::sleep(interval).await;
+                discovery.clean_up(&transport, &group).await;
+            }
+        }));
+    }
+
+    /// Logs, or removes when unreachable, the members the backend does not list.
+    pub async fn clean_up(&self, transport: &Transport, group: &RaftGroup) {
+        let backend = self.name();
+        let listed = match self.discover().await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::debug!("node cleanup ({backend}): discovery failed: {error}");
+                return;
+            }
+        };
+        let status = group.status();
+        for member in &status.members {
+            let name = NodeName::new_unchecked(member.name.clone());
+            if name == self.node || listed.contains(&name) {
+                continue;
+            }
+            let reachable = transport.is_connected(&name);
+            if self.settings.node_cleanup.only_log_warning || reachable {
+                tracing::warn!(
+                    "node cleanup ({backend}): {name} is a member of the cluster but the backend \
+                     does not list it{}; remove it with 'warrenctl forget_cluster_node {name}' \
+                     if it is gone for good (or set cluster_formation.node_cleanup.only_log_warning \
+                     = false)",
+                    if reachable { " (it is reachable)" } else { "" }
+                );
+                continue;
+            }
+            if !group.is_leader() {
+                continue;
+            }
+            tracing::warn!(
+                "node cleanup ({backend}): removing {name} from the cluster: the backend does not \
+                 list it and it is unreachable"
+            );
+            if let Err(error) = group.remove_member(member.id).await {
+                tracing::warn!("node cleanup ({backend}): removing {name} failed: {error}");
+            }
+        }
+    }
+
+    /// The seed the backend names, and whether this node is clustered with it: the part of
+    /// the health check that is the backend's (the rest is the cluster status's).
+    pub async fn check_seed(&self, group: &RaftGroup) -> (Option<String>, Vec<String>) {
+        let mut problems = Vec::new();
+        let seed = match self.discover().await {
+            Ok(discovered) => self.seed(&discovered),
+            Err(error) => {
+                problems.push(format!("peer discovery ({}) failed: {error}", self.name()));
+                None
+            }
+        };
+        if let Some(seed) = &seed
+            && !group
+                .status()
+                .members
+                .iter()
+                .any(|member| member.name == seed.as_str())
+        {
+            problems.push(format!(
+                "not clustered with {seed}, the node the {} backend names as seed",
+                self.name()
+            ));
+        }
+        (seed.map(|seed| seed.to_string()), problems)
+    }
+
+    /// Stops the background tasks and deletes the registration (a clean stop).
+    pub async fn stop(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        let registered = std::mem::take(&mut *self.registered.lock());
+        if !registered {
+            return;
+        }
+        let unregistered = match &self.backend {
+            Backend::Dns { .. } => Ok(()),
+            Backend::Etcd(etcd) => etcd.unregister().await,
+        };
+        if let Err(error) = unregistered {
+            tracing::warn!(
+                "peer discovery ({}): deregistration failed: {error}",
+                self.name()
+            );
+        }
+    }
+}

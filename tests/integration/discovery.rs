@@ -1,0 +1,380 @@
+//! Peer discovery through real services, started by the tests on loopback: etcd (Debian's
+//! `etcd-server`, with `etcdctl` to read its keys) and DNS (`dnsmasq` serving A and PTR records
+//! on a port of its own; nodes and warrenctl resolve names through it). Clusters of `warren`
+//! processes, each on its own `127.0.<block>.0/24`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use warren_tests::cluster::ClusterProcesses;
+use warren_tests::{require, unique};
+
+fn installed(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+        || std::path::Path::new(&format!("/usr/sbin/{program}")).exists()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// A real etcd on loopback, stopped (by its pid) and wiped when dropped.
+struct EtcdServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl EtcdServer {
+    /// Starts etcd, or says why the test is skipped (`None`).
+    async fn start() -> Option<EtcdServer> {
+        let hint = "apt-get install etcd-server etcd-client";
+        if !require("etcd", installed("etcd"), hint)
+            || !require("etcdctl", installed("etcdctl"), hint)
+        {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(unique("warren-etcd"));
+        for _ in 0..5 {
+            let (port, peer) = (free_port(), free_port());
+            let child = Command::new("etcd")
+                .args([
+                    "--data-dir",
+                    &dir.display().to_string(),
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{port}"),
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{port}"),
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-cluster",
+                    &format!("default=http://127.0.0.1:{peer}"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("etcd starts");
+            let mut server = EtcdServer {
+                child,
+                port,
+                dir: dir.clone(),
+            };
+            for _ in 0..100 {
+                if server.etcdctl(&["endpoint", "health"]).await.is_some() {
+                    return Some(server);
+                }
+                if server.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = server.child.kill().await;
+        }
+        panic!("etcd did not start");
+    }
+
+    async fn etcdctl(&self, arguments: &[&str]) -> Option<String> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://127.0.0.1:{}", self.port))
+            .args(arguments)
+            .output()
+            .await
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The keys under `prefix`.
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let listed = self
+            .etcdctl(&["get", "--prefix", "--keys-only", prefix])
+            .await
+            .expect("etcdctl get");
+        let mut keys: Vec<String> = listed
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn etcd_config(etcd: &EtcdServer, cluster_name: &str, extra: &str) -> String {
+    format!(
+        "cluster_formation.peer_discovery_backend = etcd\n\
+         cluster_formation.etcd.endpoints.1 = 127.0.0.1:{}\n\
+         cluster_formation.etcd.cluster_name = {cluster_name}\n\
+         cluster_formation.etcd.node_ttl = 5\n\
+         {extra}",
+        etcd.port
+    )
+}
+
+fn names(ips: &[IpAddr]) -> Vec<String> {
+    ips.iter().map(|ip| format!("warren@{ip}")).collect()
+}
+
+async fn wait_for_keys(etcd: &EtcdServer, prefix: &str, expected: &[String]) {
+    let mut expected: Vec<String> = expected.to_vec();
+    expected.sort();
+    for _ in 0..100 {
+        if etcd.keys(prefix).await == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "etcd keys under {prefix}: {:?}, expected {expected:?}",
+        etcd.keys(prefix).await
+    );
+}
+
+/// Waits for a log line of node `index` containing `text`.
+async fn wait_for_log(cluster: &mut ClusterProcesses, index: usize, text: &str) {
+    let process = cluster.members[index]
+        .process
+        .as_mut()
+        .expect("the node runs");
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = process.log.recv().await {
+            if line.contains(text) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "node {index} never logged {text:?}");
+}
+
+/// etcd: three nodes started at the same instant form one cluster, again and again, each
+/// registered under RabbitMQ's key names; the health check passes; a node killed with -9 and
+/// restarted rejoins; a new node joins the running cluster; a cleanly stopped node deletes its
+/// key, and the others log that the backend no longer lists it; a node reset out of the cluster
+/// fails the health check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_nodes_form_one_cluster_register_and_rejoin() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    for round in 0..3 {
+        let cluster_name = unique("etcd-round");
+        let prefix = format!("/rabbitmq/discovery/rabbitmq/clusters/{cluster_name}/nodes/");
+        let (ips, port) = ClusterProcesses::addresses(4);
+        let names = names(&ips);
+        let config = etcd_config(
+            &etcd,
+            &cluster_name,
+            "cluster_formation.node_cleanup.interval = 1\n",
+        );
+        let mut cluster = ClusterProcesses::named(&ips, &names, port, &config);
+        cluster.start(&[0, 1, 2]).await;
+        cluster.wait_for_members(3).await;
+        let keys: Vec<String> = names[..3]
+            .iter()
+            .map(|name| format!("{prefix}{name}"))
+            .collect();
+        wait_for_keys(&etcd, &prefix, &keys).await;
+        for index in 0..3 {
+            let health = cluster.ctl(index, &["cluster_health_check"]).await;
+            assert_eq!(health.code, Some(0), "round {round}: {health:?}");
+        }
+        if round < 2 {
+            for index in 0..3 {
+                cluster.stop(index).await;
+            }
+            continue;
+        }
+        cluster.kill(1).await;
+        cluster.start(&[1]).await;
+        cluster.wait_for_members(3).await;
+        cluster.start(&[3]).await;
+        cluster.wait_for_members(4).await;
+        let keys: Vec<String> = names.iter().map(|name| format!("{prefix}{name}")).collect();
+        wait_for_keys(&etcd, &prefix, &keys).await;
+        cluster.stop(2).await;
+        wait_for_keys(&etcd, &prefix, &[&keys[..2], &keys[3..]].concat()).await;
+        wait_for_log(
+            &mut cluster,
+            0,
+            &format!(
+                "{} is a member of the cluster but the backend does not list it",
+                names[2]
+            ),
+        )
+        .await;
+        // A node reset out of the cluster is registered on its own: not with the seed.
+        let reset = cluster.ctl(3, &["reset"]).await;
+        assert_eq!(reset.code, Some(0), "{reset:?}");
+        let unhealthy = cluster.ctl(3, &["cluster_health_check"]).await;
+        assert_eq!(unhealthy.code, Some(69), "{unhealthy:?}");
+        assert!(
+            unhealthy.stderr.contains("not clustered with"),
+            "{unhealthy:?}"
+        );
+        for index in [0, 1, 3] {
+            cluster.stop(index).await;
+        }
+        wait_for_keys(&etcd, &prefix, &[]).await;
+    }
+}
+
+/// etcd with `node_cleanup.only_log_warning = false`: a member that is gone (its key deleted,
+/// it does not answer) is removed from the cluster by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_cleanup_removes_members_the_backend_no_longer_lists() {
+    let Some(etcd) = EtcdServer::start().await else {
+        return;
+    };
+    let (ips, port) = ClusterProcesses::addresses(3);
+    let names = names(&ips);
+    let config = etcd_config(
+        &etcd,
+        &unique("etcd-cleanup"),
+        "cluster_formation.node_cleanup.interval = 1\n\
+         cluster_formation.node_cleanup.only_log_warning = false\n",
+    );
+    let mut cluster = ClusterProcesses::named(&ips, &names, port, &config);
+    cluster.start(&[0, 1, 2]).await;
+    cluster.wait_for_members(3).await;
+    cluster.stop(2).await;
+    let status = cluster.wait_for_members(2).await;
+    assert!(!status.members.contains(&names[2]), "{status:?}");
+    for index in [0, 1] {
+        cluster.stop(index).await;
+    }
+}
+
+/// A dnsmasq on a loopback port serving the seed name's A records and each node's A and PTR
+/// records; stopped by its pid when dropped.
+struct DnsServer {
+    child: Child,
+    port: u16,
+}
+
+impl DnsServer {
+    async fn start(seed: &str, nodes: &[(String, IpAddr)]) -> Option<DnsServer> {
+        if !require(
+            "dnsmasq",
+            installed("dnsmasq"),
+            "apt-get install dnsmasq-base",
+        ) {
+            return None;
+        }
+        for _ in 0..5 {
+            let port = free_port();
+            let mut arguments = vec![
+                "--keep-in-foreground".to_string(),
+                format!("--port={port}"),
+                "--listen-address=127.0.0.1".into(),
+                "--bind-interfaces".into(),
+                "--no-resolv".into(),
+                "--no-hosts".into(),
+                "--conf-file=/dev/null".into(),
+                "--pid-file=".into(),
+            ];
+            for (host, ip) in nodes {
+                arguments.push(format!("--host-record={host},{ip}"));
+                arguments.push(format!("--address=/{seed}/{ip}"));
+            }
+            let program =
+                if installed("dnsmasq") && std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+                    "/usr/sbin/dnsmasq"
+                } else {
+                    "dnsmasq"
+                };
+            let mut child = Command::new(program)
+                .args(&arguments)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("dnsmasq starts");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if child.try_wait().ok().flatten().is_none() {
+                return Some(DnsServer { child, port });
+            }
+        }
+        panic!("dnsmasq did not start");
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// DNS: the seed name's A records list the nodes, PTR records name them; three nodes started
+/// at the same instant (no start-up delay) form one cluster, again and again, and the health
+/// check names the seed; a node killed with -9 and restarted rejoins; a node added to DNS
+/// later joins the running cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_nodes_form_one_cluster_and_rejoin() {
+    for round in 0..3 {
+        let (ips, port) = ClusterProcesses::addresses(4);
+        let zone = format!("{}.warren.test", unique("zone").replace(['_', '.'], "-"));
+        let hosts: Vec<String> = (1..=4).map(|n| format!("node{n}.{zone}")).collect();
+        let records: Vec<(String, IpAddr)> =
+            hosts.iter().cloned().zip(ips.iter().copied()).collect();
+        let seed = format!("seed.{zone}");
+        let Some(dns) = DnsServer::start(&seed, &records).await else {
+            return;
+        };
+        let names: Vec<String> = hosts.iter().map(|host| format!("warren@{host}")).collect();
+        let config = format!(
+            "cluster_formation.peer_discovery_backend = dns\n\
+             cluster_formation.dns.hostname = {seed}\n\
+             cluster_formation.dns.nameservers.1 = 127.0.0.1:{}\n\
+             cluster_formation.randomized_startup_delay_range.min = 0\n\
+             cluster_formation.randomized_startup_delay_range.max = 0\n",
+            dns.port
+        );
+        let mut cluster = ClusterProcesses::named(&ips, &names, port, &config);
+        cluster.ctl_options = vec!["--nameserver".into(), format!("127.0.0.1:{}", dns.port)];
+        cluster.start(&[0, 1, 2]).await;
+        let status = cluster.wait_for_members(3).await;
+        assert!(status.members.contains(&names[0]), "{status:?}");
+        let health = cluster.ctl(1, &["cluster_health_check"]).await;
+        assert_eq!(health.code, Some(0), "round {round}: {health:?}");
+        assert!(
+            health.stdout.contains(&names[0]),
+            "the seed is named: {health:?}"
+        );
+        if round == 2 {
+            cluster.kill(1).await;
+            cluster.start(&[1]).await;
+            cluster.wait_for_members(3).await;
+            cluster.start(&[3]).await;
+            cluster.wait_for_members(4).await;
+            cluster.stop(3).await;
+        }
+        for index in 0..3 {
+            cluster.stop(index).await;
+        }
+    }
+}
