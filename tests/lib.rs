@@ -3,6 +3,7 @@
 //! waits, and the rule for tests that need an outside program.
 
 pub mod cluster;
+pub mod consul;
 pub mod netns;
 pub mod node;
 

@@ -1,7 +1,8 @@
 //! Peer discovery through real services, started by the tests on loopback: etcd (Debian's
 //! `etcd-server`, with `etcdctl` to read its keys) and DNS (`dnsmasq` serving A and PTR records
-//! on a port of its own; nodes and warrenctl resolve names through it). Clusters of `warren`
-//! processes, each on its own `127.0.<block>.0/24`.
+//! on a port of its own; nodes and warrenctl resolve names through it); Consul, which cannot run
+//! here, through a fake agent that follows its HTTP API. Clusters of `warren` processes, each on
+//! its own `127.0.<block>.0/24`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use warren_tests::cluster::ClusterProcesses;
+use warren_tests::consul::FakeConsul;
 use warren_tests::{require, unique};
 
 fn installed(program: &str) -> bool {
@@ -377,4 +379,78 @@ async fn dns_nodes_form_one_cluster_and_rejoin() {
             cluster.stop(index).await;
         }
     }
+}
+
+/// Consul, against a fake agent that follows Consul's documented HTTP API (no Consul can run
+/// here; see `warren_tests::consul`): three nodes started at the same instant form one cluster,
+/// again and again, each registered as a service with a passing TTL check and the ACL token;
+/// the health check passes; a node killed with -9 and restarted rejoins; a new node joins; a
+/// cleanly stopped node deregisters and, with `only_log_warning = false`, is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_nodes_form_one_cluster_register_and_clean_up() {
+    let consul = FakeConsul::start().await;
+    for round in 0..3 {
+        let (ips, port) = ClusterProcesses::addresses(4);
+        let names = names(&ips);
+        let cluster_name = unique("consul-round");
+        let config = format!(
+            "cluster_formation.peer_discovery_backend = rabbit_peer_discovery_consul\n\
+             cluster_formation.consul.host = 127.0.0.1\n\
+             cluster_formation.consul.port = {}\n\
+             cluster_formation.consul.acl_token = secret-token\n\
+             cluster_formation.consul.cluster_name = {cluster_name}\n\
+             cluster_formation.consul.svc_addr_auto = true\n\
+             cluster_formation.consul.svc_addr_use_nodename = true\n\
+             cluster_formation.consul.svc_ttl = 4\n\
+             cluster_formation.consul.svc_tags.1 = qa\n\
+             cluster_formation.node_cleanup.interval = 1\n\
+             cluster_formation.node_cleanup.only_log_warning = false\n",
+            consul.port
+        );
+        let mut cluster = ClusterProcesses::named(&ips, &names, port, &config);
+        cluster.start(&[0, 1, 2]).await;
+        cluster.wait_for_members(3).await;
+        let ids: Vec<String> = ips.iter().map(|ip| format!("rabbitmq:{ip}")).collect();
+        let registered = |consul: &FakeConsul| -> Vec<String> {
+            consul
+                .services()
+                .into_iter()
+                .filter(|(id, status)| ids.contains(id) && status == "passing")
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(registered(&consul), ids[..3].to_vec(), "round {round}");
+        let health = cluster.ctl(2, &["cluster_health_check"]).await;
+        assert_eq!(health.code, Some(0), "round {round}: {health:?}");
+        if round == 2 {
+            cluster.kill(1).await;
+            cluster.start(&[1]).await;
+            cluster.wait_for_members(3).await;
+            cluster.start(&[3]).await;
+            cluster.wait_for_members(4).await;
+            assert!(
+                consul.saw("PUT", "/v1/session/create"),
+                "joins take the lock"
+            );
+            assert!(consul.saw("PUT", "/v1/agent/check/pass/service:"));
+            cluster.stop(2).await;
+            let status = cluster.wait_for_members(3).await;
+            assert!(!status.members.contains(&names[2]), "{status:?}");
+            assert!(
+                !registered(&consul).contains(&ids[2]),
+                "deregistered on stop"
+            );
+        }
+        for index in 0..4 {
+            cluster.stop(index).await;
+        }
+        assert!(registered(&consul).is_empty(), "round {round}");
+    }
+    assert!(
+        consul
+            .tokens()
+            .iter()
+            .all(|token| token.as_deref() == Some("secret-token")),
+        "every request carries the ACL token"
+    );
 }

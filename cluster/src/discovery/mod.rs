@@ -24,6 +24,7 @@
 //! members the backend does not list are logged (or, with `only_log_warning = false`, removed
 //! when they are unreachable). On a clean stop the registration is deleted.
 
+pub(crate) mod consul;
 pub mod dns;
 pub(crate) mod etcd;
 pub(crate) mod http;
@@ -39,6 +40,7 @@ use crate::formation::{Formed, JoinError, has_data, join, wait_to_retry};
 use crate::identity::NodeName;
 use crate::raft::{RaftGroup, RaftGroupError};
 use crate::transport::{Transport, TransportError};
+use consul::Consul;
 use dns::Dns;
 use etcd::Etcd;
 
@@ -47,11 +49,13 @@ use etcd::Etcd;
 enum Backend {
     Dns { dns: Dns, hostname: String },
     Etcd(Etcd),
+    Consul(Consul),
 }
 
 /// A held formation lock.
 enum Lock {
     Etcd((String, i64)),
+    Consul(String),
 }
 
 /// Peer discovery through a service, for one incarnation of a node.
@@ -97,9 +101,12 @@ impl Discovery {
             DiscoveryBackend::Etcd => {
                 Backend::Etcd(Etcd::new(&settings.etcd, &settings.proxy, node)?)
             }
-            DiscoveryBackend::Consul => {
-                return Err("the consul backend is not available yet".into());
-            }
+            DiscoveryBackend::Consul => Backend::Consul(Consul::new(
+                &settings.consul,
+                &settings.proxy,
+                node,
+                config.use_longname,
+            )?),
         };
         Ok(Some(Arc::new(Discovery {
             backend,
@@ -118,6 +125,7 @@ impl Discovery {
         match self.backend {
             Backend::Dns { .. } => "dns",
             Backend::Etcd(_) => "etcd",
+            Backend::Consul(_) => "consul",
         }
     }
 
@@ -133,6 +141,7 @@ impl Discovery {
                     .await
             }
             Backend::Etcd(etcd) => etcd.registered().await,
+            Backend::Consul(consul) => consul.registered().await,
         }
     }
 
@@ -144,6 +153,7 @@ impl Discovery {
         match &self.backend {
             Backend::Dns { .. } => {}
             Backend::Etcd(etcd) => etcd.register().await?,
+            Backend::Consul(consul) => consul.register().await?,
         }
         *self.registered.lock() = true;
         Ok(())
@@ -153,6 +163,7 @@ impl Discovery {
         match &self.backend {
             Backend::Dns { .. } => Ok(()),
             Backend::Etcd(etcd) => etcd.keep_alive().await,
+            Backend::Consul(consul) => consul.keep_alive().await,
         }
     }
 
@@ -160,6 +171,7 @@ impl Discovery {
         match &self.backend {
             Backend::Dns { .. } => Duration::from_secs(3600),
             Backend::Etcd(etcd) => etcd.keep_alive_interval(),
+            Backend::Consul(consul) => consul.keep_alive_interval(),
         }
     }
 
@@ -167,12 +179,14 @@ impl Discovery {
         match &self.backend {
             Backend::Dns { .. } => Ok(None),
             Backend::Etcd(etcd) => etcd.lock().await.map(|lock| Some(Lock::Etcd(lock))),
+            Backend::Consul(consul) => consul.lock().await.map(|lock| Some(Lock::Consul(lock))),
         }
     }
 
     async fn unlock(&self, lock: Option<Lock>) {
         let released = match (&self.backend, lock) {
             (Backend::Etcd(etcd), Some(Lock::Etcd(lock))) => etcd.unlock(lock).await,
+            (Backend::Consul(consul), Some(Lock::Consul(session))) => consul.unlock(session).await,
             _ => Ok(()),
         };
         if let Err(error) = released {
@@ -187,7 +201,7 @@ impl Discovery {
     fn seed(&self, discovered: &[NodeName]) -> Option<NodeName> {
         match self.backend {
             Backend::Dns { .. } => discovered.iter().min().cloned(),
-            Backend::Etcd(_) => discovered.first().cloned(),
+            Backend::Etcd(_) | Backend::Consul(_) => discovered.first().cloned(),
         }
     }
 
@@ -438,6 +452,7 @@ impl Discovery {
         let unregistered = match &self.backend {
             Backend::Dns { .. } => Ok(()),
             Backend::Etcd(etcd) => etcd.unregister().await,
+            Backend::Consul(consul) => consul.unregister().await,
         };
         if let Err(error) = unregistered {
             tracing::warn!(

@@ -81,8 +81,8 @@ pub struct ConsulConfig {
     pub svc_addr_auto: bool,
     /// `cluster_formation.consul.svc_addr_nic`: compute it from this interface's address.
     pub svc_addr_nic: Option<String>,
-    /// `cluster_formation.consul.svc_addr_use_nodename` (default true): compute it from the
-    /// node name's host.
+    /// `cluster_formation.consul.svc_addr_use_nodename` (default false): with `svc_addr_auto`,
+    /// the node name's host rather than the machine's host name.
     pub svc_addr_use_nodename: bool,
     /// `cluster_formation.consul.use_longname` (default false).
     pub use_longname: bool,
@@ -100,8 +100,8 @@ pub struct ConsulConfig {
     pub deregister_after: Option<Duration>,
     /// `cluster_formation.consul.include_nodes_with_warnings` (default false).
     pub include_nodes_with_warnings: bool,
-    /// `cluster_formation.consul.domain_suffix`: appended to short host names (with
-    /// `use_longname`).
+    /// `cluster_formation.consul.domain_suffix` (default `consul`): with long names, a node
+    /// known only by its Consul node name is `prefix@<node>.node.<domain_suffix>`.
     pub domain_suffix: Option<String>,
     /// `cluster_formation.consul.lock_prefix` (default `rabbitmq`).
     pub lock_prefix: String,
@@ -121,7 +121,7 @@ impl Default for ConsulConfig {
             svc_addr: None,
             svc_addr_auto: false,
             svc_addr_nic: None,
-            svc_addr_use_nodename: true,
+            svc_addr_use_nodename: false,
             use_longname: false,
             svc_port: 5672,
             svc_tags: Vec::new(),

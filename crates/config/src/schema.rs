@@ -598,6 +598,68 @@ mod tests {
     }
 
     #[test]
+    fn discovery_service_keys_are_read_and_unselected_backends_accepted() {
+        let config = load(
+            "cluster_formation.peer_discovery_backend = rabbit_peer_discovery_etcd\n\
+             cluster_formation.etcd.endpoints.1 = one.etcd.local:2379\n\
+             cluster_formation.etcd.endpoints.2 = two.etcd.local:2479\n\
+             cluster_formation.etcd.key_prefix = rabbitmq_discovery\n\
+             cluster_formation.etcd.cluster_name = staging\n\
+             cluster_formation.etcd.node_ttl = 40\n\
+             cluster_formation.etcd.lock_timeout = 60\n\
+             cluster_formation.etcd.username = rabbitmq\n\
+             cluster_formation.etcd.password = s3kR37\n\
+             cluster_formation.dns.hostname = discovery.eng.example.local.\n\
+             cluster_formation.consul.host = consul.local\n\
+             cluster_formation.consul.svc_tags.1 = qa\n\
+             cluster_formation.consul.svc_meta.owner = team\n\
+             cluster_formation.consul.deregister_after = 90\n\
+             cluster_formation.registration.enabled = false\n\
+             cluster_formation.node_cleanup.only_log_warning = false\n\
+             cluster_formation.node_cleanup.interval = 90\n\
+             cluster_formation.proxy.http_proxy = 192.168.0.98\n\
+             cluster_formation.proxy.proxy_exclusions.1 = 169.254.169.254\n",
+        )
+        .unwrap();
+        let cluster = &config.cluster;
+        assert_eq!(cluster.discovery, DiscoveryBackend::Etcd);
+        let settings = &cluster.discovery_settings;
+        assert_eq!(settings.etcd.endpoints.len(), 2);
+        assert_eq!(settings.etcd.key_prefix, "rabbitmq_discovery");
+        assert_eq!(settings.etcd.cluster_name, "staging");
+        assert_eq!(settings.etcd.node_ttl.as_secs(), 40);
+        assert_eq!(settings.etcd.lock_timeout.as_secs(), 60);
+        assert_eq!(
+            settings.dns.hostname.as_deref(),
+            Some("discovery.eng.example.local")
+        );
+        assert_eq!(settings.consul.host, "consul.local");
+        assert_eq!(settings.consul.svc_tags, vec!["qa".to_string()]);
+        assert_eq!(
+            settings.consul.svc_meta,
+            vec![("owner".to_string(), "team".to_string())]
+        );
+        assert!(!settings.registration_enabled);
+        assert!(!settings.node_cleanup.only_log_warning);
+        assert_eq!(settings.node_cleanup.interval.as_secs(), 90);
+        assert_eq!(
+            settings.proxy.exclusions,
+            vec!["169.254.169.254".to_string()]
+        );
+        let error = load("cluster_formation.etcd.endpont.1 = a:1\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cluster_formation.etcd.endpont.1"),
+            "{error}"
+        );
+        let error = load("cluster_formation.consul.port = many\n").unwrap_err();
+        assert!(error.to_string().contains("consul.port"), "{error}");
+        let error = load("cluster_formation.peer_discovery_backend = aws\n").unwrap_err();
+        assert!(error.to_string().contains("not available yet"), "{error}");
+    }
+
+    #[test]
     fn k8s_keys_are_read_and_a_misspelt_one_is_named() {
         let config = load(
             "cluster_formation.peer_discovery_backend = rabbit_peer_discovery_k8s\n\
