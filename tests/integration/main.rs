@@ -16,6 +16,7 @@ mod discovery;
 mod durability;
 mod extensions;
 mod faults;
+mod k8s_docker;
 mod lapin_client;
 mod pika;
 mod process;
