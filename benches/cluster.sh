@@ -29,6 +29,7 @@ start() { # name ip
     cat > "$conf" <<EOF
 listeners.tcp.default = $2:5672
 distribution.listener.interface = $2
+management.tcp.ip = $2
 loopback_users = none
 log.console.level = warning
 cluster_formation.peer_discovery_backend = classic_config

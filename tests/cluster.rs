@@ -126,6 +126,8 @@ impl ClusterProcesses {
             .map(|(ip, name)| {
                 let mut options = NodeOptions::new(&format!(
                     "listeners.tcp.default = {ip}:0\n\
+                     management.tcp.ip = {ip}\n\
+                     management.tcp.port = 0\n\
                      distribution.listener.interface = {ip}\n\
                      cluster_formation.discovery_retry_interval = 200\n\
                      {config}\n"

@@ -53,6 +53,33 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     .await;
 }
 
+/// `GET path` over HTTP/1.1 with optional basic credentials (`user:password`): the status, the
+/// head and the body.
+pub async fn http_get(
+    address: SocketAddr,
+    path: &str,
+    credentials: Option<&str>,
+) -> (u16, String, String) {
+    use base64::Engine;
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    if let Some(credentials) = credentials {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        request.push_str(&format!("Authorization: Basic {encoded}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status");
+    (status, head.to_string(), body.to_string())
+}
+
 /// Whether an outside program a test needs is there. Outside CI a missing program skips the
 /// test with a printed reason; under `CI=true` it fails the test, so CI never skips silently.
 pub fn require(program: &str, available: bool, install_hint: &str) -> bool {

@@ -62,6 +62,9 @@ impl NodeProcess {
         if !text.contains("listeners.tcp") {
             text.push_str("\nlisteners.tcp.default = 127.0.0.1:0\n");
         }
+        if !text.contains("management.tcp") {
+            text.push_str("\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = 0\n");
+        }
         text.push_str("log.console.level = info\n");
         let config = std::env::temp_dir().join(format!("{}.conf", unique("warren-node")));
         std::fs::write(&config, text).expect("write config");

@@ -195,7 +195,9 @@ fn warren_command(tools: &Tools, dir: &Path) -> Command {
         format!(
             "listeners.tcp.default = 127.0.0.1:{}\nlog.console.level = warning\n\
              distribution.listener.interface = 127.0.0.1\n\
-             distribution.listener.port_range.min = 0\n",
+             distribution.listener.port_range.min = 0\n\
+             management.tcp.ip = 127.0.0.1\n\
+             management.tcp.port = 0\n",
             Kind::Warren.port()
         ),
     )

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use warren_cluster::NodeName;
+use warren_config::DiscoveryBackend;
 use warren_cluster::control::{
     self, ClusterStatus, ControlRequest, ControlResponse, HealthReport, MemberStatus, decode,
     encode,
@@ -99,7 +100,7 @@ fn running(node: &NodeShared) -> Result<std::sync::Arc<Broker>, String> {
 
 /// The health check (the seeds' `cluster_health_check_report`): the node runs and serves
 /// clients, is clustered with the seed its discovery backend names, and sees no partition.
-async fn health(node: &NodeShared) -> HealthReport {
+pub(crate) async fn health(node: &NodeShared) -> HealthReport {
     let me = node.transport.node().to_string();
     let current = match status(node).await {
         Ok(current) => current,
@@ -130,16 +131,48 @@ async fn health(node: &NodeShared) -> HealthReport {
     }
     let mut seed = None;
     if let Ok(broker) = running(node)
-        && let (Some(discovery), Some(group)) = (broker.discovery(), broker.metadata_group())
+        && let Some(group) = broker.metadata_group()
     {
-        let (named, seed_problems) = discovery.check_seed(group).await;
-        seed = named;
-        problems.extend(seed_problems);
+        if let Some(discovery) = broker.discovery() {
+            let (named, seed_problems) = discovery.check_seed(group).await;
+            seed = named;
+            problems.extend(seed_problems);
+        } else if let Some(named) = configured_seed(node) {
+            if !current.members.iter().any(|member| member.name == named) {
+                problems.push(format!(
+                    "not clustered with {named}, the seed node of the {} configuration",
+                    node.config.cluster.discovery.name()
+                ));
+            }
+            seed = Some(named);
+        }
     }
     HealthReport {
         node: me,
         seed,
         problems,
+    }
+}
+
+/// The seed the `classic_config` or `k8s` settings name (the backends without a service).
+fn configured_seed(node: &NodeShared) -> Option<String> {
+    let cluster = &node.config.cluster;
+    let me = node.transport.node();
+    match &cluster.discovery {
+        DiscoveryBackend::ClassicConfig(nodes) => {
+            let peers: Vec<NodeName> = nodes
+                .iter()
+                .filter_map(|name| NodeName::parse(name, cluster.use_longname, "").ok())
+                .collect();
+            Some(warren_cluster::formation::seed(me, &peers).to_string())
+        }
+        DiscoveryBackend::K8s => match &cluster.k8s_seed_node {
+            Some(seed) => Some(seed.clone()),
+            None => warren_cluster::formation::k8s_seed(me, cluster.k8s_ordinal_start)
+                .ok()
+                .map(|seed| seed.to_string()),
+        },
+        _ => None,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod direct_reply;
 pub mod error;
 pub mod events;
 pub mod exchange;
+mod management;
 pub mod message;
 mod names;
 pub mod queue;

@@ -84,6 +84,9 @@ pub(crate) struct NodeShared {
     lifecycle: tokio::sync::Mutex<()>,
     /// Whether `pause_minority` has closed the client listeners.
     pub(crate) paused: std::sync::atomic::AtomicBool,
+    /// The management HTTP listener's address, and what stops it.
+    management: Option<SocketAddr>,
+    management_stop: CancellationToken,
 }
 
 /// One incarnation: a broker and its AMQP listeners.
@@ -140,6 +143,22 @@ impl Node {
             &config.data_dir,
         )
         .map_err(|error| StartError::Secret(error.to_string()))?;
+        let management_listener = match config.management {
+            Some(address) => {
+                let listener = bind(address).map_err(|source| StartError::Listen {
+                    address: address.to_string(),
+                    key: "management.tcp.port",
+                    source,
+                })?;
+                let local = listener.local_addr().map_err(|source| StartError::Listen {
+                    address: address.to_string(),
+                    key: "management.tcp.port",
+                    source,
+                })?;
+                Some((listener, local))
+            }
+            None => None,
+        };
         let transport = start_transport(&config, name, secret, options.resolver, dns).await?;
         let shared = Arc::new(NodeShared {
             config,
@@ -147,7 +166,17 @@ impl Node {
             current: parking_lot::Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
             paused: std::sync::atomic::AtomicBool::new(false),
+            management: management_listener.as_ref().map(|(_, local)| *local),
+            management_stop: CancellationToken::new(),
         });
+        if let Some((listener, local)) = management_listener {
+            tracing::info!("started the management HTTP listener on {local}");
+            tokio::spawn(crate::management::serve(
+                listener,
+                Arc::downgrade(&shared),
+                shared.management_stop.clone(),
+            ));
+        }
         transport.register(
             CONTROL_SERVICE,
             Arc::new(crate::control::ControlService::new(Arc::downgrade(&shared))),
@@ -159,6 +188,7 @@ impl Node {
         {
             Ok(running) => *shared.current.lock() = Some(running),
             Err(error) => {
+                shared.management_stop.cancel();
                 transport.shutdown();
                 return Err(error);
             }
@@ -221,7 +251,13 @@ impl Node {
         if let Some(running) = running {
             stop_incarnation(running, grace).await;
         }
+        self.shared.management_stop.cancel();
         self.shared.transport.shutdown();
+    }
+
+    /// The management HTTP listener's address (with the real port when 0 was asked for).
+    pub fn management_address(&self) -> Option<SocketAddr> {
+        self.shared.management
     }
 }
 
@@ -557,6 +593,11 @@ impl NodeShared {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Whether `pause_minority` has closed the client listeners.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Holds the lifecycle lock (no join, reset or stop meanwhile).

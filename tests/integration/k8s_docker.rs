@@ -4,6 +4,7 @@
 //! in Kubernetes). The image is made from this build's binaries and the C libraries they link,
 //! with `docker import` (no image is pulled).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use warren_testkit::warren_binary;
 use warren_tests::cluster::warrenctl_binary;
-use warren_tests::{require, unique};
+use warren_tests::{http_get, require, unique};
 
 const DOMAIN: &str = "warren-nodes.default.svc.cluster.local";
 
@@ -282,7 +283,7 @@ impl Drop for Pods {
 }
 
 /// Three pods started at the same instant form one cluster around `warren-0`, round after
-/// round; a pod killed with -9 and started again (same container, same data) rejoins; a fourth
+/// round, and say so on the management port's cluster formation check; a pod killed with -9 and started again (same container, same data) rejoins; a fourth
 /// pod joins the running cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_pods_in_docker_form_one_cluster() {
@@ -303,6 +304,27 @@ async fn statefulset_pods_in_docker_form_one_cluster() {
         )
         .await;
         pods.wait_for_cluster(&[0, 1, 2]).await;
+        // The cluster formation check over HTTP, as a probe would call it.
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &pods.container(2),
+        ])
+        .await
+        .expect("container address");
+        let address = SocketAddr::new(ip.parse().expect("an IP address"), 15672);
+        let (status, _, body) = http_get(
+            address,
+            "/api/health/checks/cluster-formation",
+            Some("guest:guest"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(&Pods::node(0)),
+            "the seed is warren-0: {body}"
+        );
         if round == 1 {
             docker(&["kill", "--signal", "KILL", &pods.container(1)])
                 .await

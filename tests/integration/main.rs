@@ -18,6 +18,7 @@ mod extensions;
 mod faults;
 mod k8s_docker;
 mod lapin_client;
+mod management;
 mod pika;
 mod process;
 mod protocol;

@@ -292,6 +292,9 @@ impl Default for ClusterConfig {
 pub struct Config {
     /// AMQP listeners (`listeners.tcp.*`); empty means none.
     pub listeners: Vec<ListenAddress>,
+    /// The management HTTP listener (`management.tcp.port`, `management.tcp.ip`; 15672 on
+    /// every interface by default).
+    pub management: Option<ListenAddress>,
     /// User created on first start (`default_user`).
     pub default_user: String,
     /// Its password (`default_pass`).
@@ -378,6 +381,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listeners: vec![ListenAddress::AnyInterface(5672)],
+            management: Some(ListenAddress::AnyInterface(15672)),
             default_user: "guest".into(),
             default_pass: "guest".into(),
             default_vhost: "/".into(),

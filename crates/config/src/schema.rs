@@ -30,6 +30,44 @@ const KEYS: &[(&str, Apply)] = &[
         config.listeners.push(listen_address(&setting.value)?);
         Ok(())
     }),
+    ("management.tcp.port", |config, setting, _| {
+        let port = integer(&setting.value, 0, 65535)? as u16;
+        config.management = Some(match config.management {
+            Some(ListenAddress::Socket(address)) => {
+                ListenAddress::Socket(SocketAddr::new(address.ip(), port))
+            }
+            _ => ListenAddress::AnyInterface(port),
+        });
+        Ok(())
+    }),
+    ("management.tcp.ip", |config, setting, _| {
+        let ip: IpAddr = setting
+            .value
+            .parse()
+            .map_err(|_| "expected an IP address such as 127.0.0.1 or ::".to_string())?;
+        let port = config.management.map_or(15672, |address| address.port());
+        config.management = Some(ListenAddress::Socket(SocketAddr::new(ip, port)));
+        Ok(())
+    }),
+    ("management.listener.port", |config, setting, _| {
+        let port = integer(&setting.value, 0, 65535)? as u16;
+        config.management = Some(match config.management {
+            Some(ListenAddress::Socket(address)) => {
+                ListenAddress::Socket(SocketAddr::new(address.ip(), port))
+            }
+            _ => ListenAddress::AnyInterface(port),
+        });
+        Ok(())
+    }),
+    ("management.listener.ip", |config, setting, _| {
+        let ip: IpAddr = setting
+            .value
+            .parse()
+            .map_err(|_| "expected an IP address such as 127.0.0.1 or ::".to_string())?;
+        let port = config.management.map_or(15672, |address| address.port());
+        config.management = Some(ListenAddress::Socket(SocketAddr::new(ip, port)));
+        Ok(())
+    }),
     ("default_user", |config, setting, _| {
         config.default_user = setting.value.clone();
         Ok(())

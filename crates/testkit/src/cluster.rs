@@ -137,6 +137,7 @@ impl TestClusterBuilder {
                 ip,
                 free_port(ip),
             ))];
+            config.management = Some(warren_config::ListenAddress::Socket(SocketAddr::new(ip, 0)));
             config.data_dir = temporary_dir("cluster");
             std::fs::create_dir_all(&config.data_dir).expect("data directory");
             write_cookie(&config.data_dir, &secret);

@@ -90,6 +90,11 @@ impl TestBrokerBuilder {
         } else {
             self.config.listeners.clone()
         };
+        let management = if text.contains("management.") {
+            parsed.management
+        } else {
+            self.config.management
+        };
         let mut cluster = parsed.cluster.clone();
         if !text.contains("distribution.listener") {
             cluster.port = self.config.cluster.port;
@@ -97,6 +102,7 @@ impl TestBrokerBuilder {
         }
         self.config = Config {
             listeners,
+            management,
             node_name: self.config.node_name.clone(),
             cluster,
             ..parsed
@@ -156,10 +162,12 @@ impl TestBrokerBuilder {
 }
 
 impl TestBroker {
-    /// The configuration tests start from: defaults, one listener on 127.0.0.1 port 0, quiet logs.
+    /// The configuration tests start from: defaults, one AMQP and one management listener on
+    /// 127.0.0.1 port 0, quiet logs.
     pub fn default_config() -> Config {
         let mut config = Config {
             listeners: vec![ListenAddress::Socket(SocketAddr::from(([127, 0, 0, 1], 0)))],
+            management: Some(ListenAddress::Socket(SocketAddr::from(([127, 0, 0, 1], 0)))),
             node_name: "warren@localhost".into(),
             ..Config::default()
         };
@@ -181,6 +189,11 @@ impl TestBroker {
     /// Starts a broker with the test defaults.
     pub async fn start() -> TestBroker {
         TestBroker::builder().start().await
+    }
+
+    /// The management HTTP listener's address (`http://<it>/api/...`).
+    pub fn management_address(&self) -> Option<SocketAddr> {
+        self.node.as_ref().and_then(Node::management_address)
     }
 
     /// The AMQP URL, with the default user's credentials and the `/` vhost.
