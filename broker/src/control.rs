@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use warren_cluster::NodeName;
-use warren_config::DiscoveryBackend;
 use warren_cluster::control::{
     self, ClusterStatus, ControlRequest, ControlResponse, HealthReport, MemberStatus, decode,
     encode,
 };
 use warren_cluster::transport::{BoxFuture, Service};
+use warren_config::DiscoveryBackend;
 
 use crate::broker::{Broker, Formation};
 use crate::server::NodeShared;

@@ -35,11 +35,68 @@ struct EtcdServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    tls: Option<Certificates>,
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+#[derive(Debug, Clone)]
+struct Certificates {
+    dir: PathBuf,
+}
+
+impl Certificates {
+    fn make() -> Option<Certificates> {
+        if !require("openssl", installed("openssl"), "apt-get install openssl") {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(unique("warren-tls"));
+        std::fs::create_dir_all(&dir).expect("certificate directory");
+        let run = |arguments: &str| {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("cd '{}' && openssl {arguments}", dir.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs");
+            assert!(status.success(), "openssl {arguments}");
+        };
+        // etcd's JSON gateway dials etcd itself with the server's certificate: it must be good
+        // for client authentication too.
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("extensions");
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
+            .expect("extensions");
+        run(
+            "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=warren-test-ca",
+        );
+        for (name, subject) in [("server", "127.0.0.1"), ("client", "warren")] {
+            run(&format!(
+                "req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={subject}"
+            ));
+            run(&format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
+            ));
+        }
+        Some(Certificates { dir })
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
 }
 
 impl EtcdServer {
     /// Starts etcd, or says why the test is skipped (`None`).
     async fn start() -> Option<EtcdServer> {
+        EtcdServer::start_with(None).await
+    }
+
+    /// Starts etcd, serving HTTPS and asking for client certificates when `tls` is given.
+    async fn start_with(tls: Option<Certificates>) -> Option<EtcdServer> {
         let hint = "apt-get install etcd-server etcd-client";
         if !require("etcd", installed("etcd"), hint)
             || !require("etcdctl", installed("etcdctl"), hint)
@@ -49,14 +106,29 @@ impl EtcdServer {
         let dir = std::env::temp_dir().join(unique("warren-etcd"));
         for _ in 0..5 {
             let (port, peer) = (free_port(), free_port());
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut tls_arguments = Vec::new();
+            if let Some(certificates) = &tls {
+                let file = |name: &str| certificates.dir.join(name).display().to_string();
+                tls_arguments = vec![
+                    "--cert-file".to_string(),
+                    file("server.pem"),
+                    "--key-file".into(),
+                    file("server.key"),
+                    "--client-cert-auth".into(),
+                    "--trusted-ca-file".into(),
+                    file("ca.pem"),
+                ];
+            }
             let child = Command::new("etcd")
+                .args(&tls_arguments)
                 .args([
                     "--data-dir",
                     &dir.display().to_string(),
                     "--listen-client-urls",
-                    &format!("http://127.0.0.1:{port}"),
+                    &format!("{scheme}://127.0.0.1:{port}"),
                     "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{port}"),
+                    &format!("{scheme}://127.0.0.1:{port}"),
                     "--listen-peer-urls",
                     &format!("http://127.0.0.1:{peer}"),
                     "--initial-advertise-peer-urls",
@@ -73,6 +145,7 @@ impl EtcdServer {
                 child,
                 port,
                 dir: dir.clone(),
+                tls: tls.clone(),
             };
             for _ in 0..100 {
                 if server.etcdctl(&["endpoint", "health"]).await.is_some() {
@@ -89,13 +162,21 @@ impl EtcdServer {
     }
 
     async fn etcdctl(&self, arguments: &[&str]) -> Option<String> {
-        let output = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=http://127.0.0.1:{}", self.port))
-            .args(arguments)
-            .output()
-            .await
-            .ok()?;
+        let mut command = Command::new("etcdctl");
+        command.env("ETCDCTL_API", "3");
+        match &self.tls {
+            Some(certificates) => {
+                command
+                    .arg(format!("--endpoints=https://127.0.0.1:{}", self.port))
+                    .arg(format!("--cacert={}", certificates.file("ca.pem")))
+                    .arg(format!("--cert={}", certificates.file("client.pem")))
+                    .arg(format!("--key={}", certificates.file("client.key")));
+            }
+            None => {
+                command.arg(format!("--endpoints=http://127.0.0.1:{}", self.port));
+            }
+        }
+        let output = command.args(arguments).output().await.ok()?;
         output
             .status
             .success()
@@ -269,6 +350,60 @@ async fn etcd_cleanup_removes_members_the_backend_no_longer_lists() {
     for index in [0, 1] {
         cluster.stop(index).await;
     }
+}
+
+/// etcd over TLS with client certificates (`ssl_options.cacertfile`, `certfile`, `keyfile`):
+/// three nodes form one cluster and register; a node without a client certificate is refused
+/// by etcd and stops, saying why, instead of forming a cluster of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates() {
+    let Some(certificates) = Certificates::make() else {
+        return;
+    };
+    let Some(etcd) = EtcdServer::start_with(Some(certificates.clone())).await else {
+        return;
+    };
+    let cluster_name = unique("etcd-tls");
+    let prefix = format!("/rabbitmq/discovery/rabbitmq/clusters/{cluster_name}/nodes/");
+    let (ips, port) = ClusterProcesses::addresses(4);
+    let names = names(&ips);
+    let tls = format!(
+        "cluster_formation.peer_discovery_backend = etcd\n\
+         cluster_formation.etcd.endpoints.1 = https://127.0.0.1:{}\n\
+         cluster_formation.etcd.cluster_name = {cluster_name}\n\
+         cluster_formation.etcd.ssl_options.cacertfile = {}\n\
+         cluster_formation.etcd.ssl_options.verify = verify_peer\n\
+         cluster_formation.etcd.ssl_options.versions.1 = tlsv1.2\n",
+        etcd.port,
+        certificates.file("ca.pem"),
+    );
+    let with_certificate = format!(
+        "{tls}cluster_formation.etcd.ssl_options.certfile = {}\n\
+         cluster_formation.etcd.ssl_options.keyfile = {}\n",
+        certificates.file("client.pem"),
+        certificates.file("client.key"),
+    );
+    let mut cluster = ClusterProcesses::named(&ips[..3], &names[..3], port, &with_certificate);
+    cluster.start(&[0, 1, 2]).await;
+    cluster.wait_for_members(3).await;
+    let keys: Vec<String> = names[..3]
+        .iter()
+        .map(|name| format!("{prefix}{name}"))
+        .collect();
+    wait_for_keys(&etcd, &prefix, &keys).await;
+    let stranger = ClusterProcesses::named(
+        &ips[3..],
+        &names[3..],
+        port,
+        &format!("{tls}cluster_formation.discovery_retry_limit = 2\n"),
+    );
+    let refused = warren_tests::node::NodeProcess::try_start(&stranger.members[0].options).await;
+    let output = refused.expect_err("a node etcd refuses does not start");
+    assert!(output.contains("peer discovery (etcd) failed"), "{output}");
+    for index in 0..3 {
+        cluster.stop(index).await;
+    }
+    let _ = std::fs::remove_dir_all(&certificates.dir);
 }
 
 /// A dnsmasq on a loopback port serving the seed name's A records and each node's A and PTR

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use warren_config::{ConsulConfig, ProxyConfig};
 
-use super::http::{Client, Response};
+use super::http::{Client, Response, tls_config};
 use crate::identity::{NodeName, local_host};
 
 /// How long the formation lock's session lives if its holder dies.
@@ -64,13 +64,6 @@ impl Consul {
         node: &NodeName,
         long_names: bool,
     ) -> Result<Consul, String> {
-        if config.scheme != "http" {
-            return Err(
-                "cluster_formation.consul.scheme = https is not available yet; reach the Consul \
-                 agent over plain HTTP (it usually runs on the same host)"
-                    .into(),
-            );
-        }
         if config.svc_addr_nic.is_some() {
             return Err(
                 "cluster_formation.consul.svc_addr_nic is not available yet; use svc_addr, or \
@@ -78,7 +71,15 @@ impl Consul {
                     .into(),
             );
         }
-        let mut client = Client::new(&config.host, config.port, proxy)?;
+        let tls = match config.scheme == "https" || config.tls.enabled {
+            true => Some(tls_config(
+                &config.tls,
+                "cluster_formation.consul.ssl_options",
+            )?),
+            false => None,
+        };
+        let tls = tls.as_ref().map(|tls| (tls, &config.tls));
+        let mut client = Client::new(&config.host, config.port, tls, proxy)?;
         if let Some(token) = &config.acl_token {
             client = client.with_header("X-Consul-Token", token);
         }

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use warren_config::{EtcdConfig, ProxyConfig};
 
-use super::http::{Client, split_url};
+use super::http::{Client, is_https, split_url, tls_config};
 use crate::identity::NodeName;
 
 /// How long the formation lock's lease lasts if its holder dies (RabbitMQ's figure).
@@ -71,22 +71,26 @@ impl Etcd {
         proxy: &ProxyConfig,
         node: &NodeName,
     ) -> Result<Etcd, String> {
-        if let Some(key) = &config.ssl_option {
-            return Err(format!(
-                "{key}: TLS to etcd is not available yet; reach etcd over plain HTTP (its v3 \
-                 gateway), e.g. through a local TLS-terminating proxy"
-            ));
-        }
         if config.endpoints.is_empty() {
             return Err(
                 "cluster_formation.etcd.endpoints.1 is required with the etcd backend".into(),
             );
         }
+        let tls_wanted =
+            config.tls.enabled || config.endpoints.iter().any(|endpoint| is_https(endpoint));
+        let tls = match tls_wanted {
+            true => Some(tls_config(
+                &config.tls,
+                "cluster_formation.etcd.ssl_options",
+            )?),
+            false => None,
+        };
         let mut endpoints = Vec::new();
         for endpoint in &config.endpoints {
             let (host, port) = split_url(endpoint, 2379)
                 .map_err(|error| format!("cluster_formation.etcd.endpoints: {error}"))?;
-            endpoints.push(Client::new(&host, port, proxy)?);
+            let tls = tls.as_ref().map(|tls| (tls, &config.tls));
+            endpoints.push(Client::new(&host, port, tls, proxy)?);
         }
         fastrand::shuffle(&mut endpoints);
         Ok(Etcd {
@@ -358,7 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_missing_endpoints_are_refused_naming_the_key() {
+    fn missing_endpoints_and_unreadable_certificates_are_refused_naming_the_key() {
         let node = NodeName::new_unchecked("rabbit@hostname1");
         let error = Etcd::new(&EtcdConfig::default(), &ProxyConfig::default(), &node).unwrap_err();
         assert!(
@@ -367,7 +371,11 @@ mod tests {
         );
         let config = EtcdConfig {
             endpoints: vec!["127.0.0.1:2379".into()],
-            ssl_option: Some("cluster_formation.etcd.ssl_options.cacertfile".into()),
+            tls: warren_config::TlsSettings {
+                enabled: true,
+                cacertfile: Some("/nonexistent/ca.pem".into()),
+                ..Default::default()
+            },
             ..EtcdConfig::default()
         };
         let error = Etcd::new(&config, &ProxyConfig::default(), &node).unwrap_err();

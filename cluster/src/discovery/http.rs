@@ -1,12 +1,19 @@
 //! A small HTTP/1.1 client for the backends that speak JSON over HTTP (etcd's v3 gateway,
-//! Consul's agent API): one request per connection, `Content-Length` or chunked responses,
-//! through `cluster_formation.proxy.*` when set. Plain HTTP only.
+//! Consul's agent API): one request per connection, `Content-Length` or chunked responses, TLS
+//! (rustls, with the backend's `ssl_options`), through `cluster_formation.proxy.*` when set
+//! (absolute URIs for HTTP, a `CONNECT` tunnel for HTTPS).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use warren_config::ProxyConfig;
+use warren_config::{ProxyConfig, TlsSettings};
 
 /// The largest response body read (discovery answers are small).
 const MAX_BODY: usize = 16 << 20;
@@ -26,28 +33,44 @@ impl Response {
     }
 }
 
-/// An HTTP client bound to one base URL (`http://host:port`).
+/// TLS towards one server.
+#[derive(Clone)]
+struct Tls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP client bound to one server.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     host: String,
     port: u16,
-    /// Where to connect: the proxy, or the host itself.
+    tls: Option<Tls>,
+    /// The proxy to go through, if any.
     via_proxy: Option<(String, u16)>,
     timeout: Duration,
     headers: Vec<(String, String)>,
 }
 
-/// Splits `http://host:port` (or `host:port`, or `host`) into host and port.
+/// Whether `url` says `https://`.
+pub(crate) fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// Splits `http://host:port`, `https://host:port`, `host:port` or `host` into host and port.
 pub(crate) fn split_url(url: &str, default_port: u16) -> Result<(String, u16), String> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(format!(
-            "{url}: HTTPS is not available yet (Warren's discovery client speaks plain HTTP)"
-        ));
-    } else {
-        url
-    };
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or(rest);
     if authority.is_empty() {
         return Err(format!("{url}: no host"));
@@ -72,23 +95,152 @@ pub(crate) fn split_url(url: &str, default_port: u16) -> Result<(String, u16), S
     }
 }
 
+/// Accepts any server certificate (`verify = verify_none`), still checking signatures.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client settings of `ssl_options` (keys named under `key`, such as
+/// `cluster_formation.etcd.ssl_options`).
+pub(crate) fn tls_config(tls: &TlsSettings, key: &str) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("{key}: {error}"))?;
+    let builder = if tls.verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.cacertfile {
+            Some(path) => {
+                let certificates = CertificateDer::pem_file_iter(path)
+                    .map_err(|error| format!("{key}.cacertfile: {}: {error}", path.display()))?;
+                for certificate in certificates {
+                    let certificate = certificate.map_err(|error| {
+                        format!("{key}.cacertfile: {}: {error}", path.display())
+                    })?;
+                    roots.add(certificate).map_err(|error| {
+                        format!("{key}.cacertfile: {}: {error}", path.display())
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(format!(
+                        "{key}.cacertfile: {} holds no certificate",
+                        path.display()
+                    ));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+    };
+    let config = match (&tls.certfile, &tls.keyfile) {
+        (Some(certfile), Some(keyfile)) => {
+            let chain = CertificateDer::pem_file_iter(certfile)
+                .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+                .map_err(|error| format!("{key}.certfile: {}: {error}", certfile.display()))?;
+            let private = PrivateKeyDer::from_pem_file(keyfile)
+                .map_err(|error| format!("{key}.keyfile: {}: {error}", keyfile.display()))?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|error| format!("{key}.certfile / keyfile: {error}"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(format!("{key}.certfile and {key}.keyfile go together")),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A connection, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 impl Client {
-    /// A client for `host:port`, through the configured HTTP proxy unless `host` is excluded.
-    pub(crate) fn new(host: &str, port: u16, proxy: &ProxyConfig) -> Result<Client, String> {
+    /// A client for `host:port` (TLS with `tls` when given), through the configured proxy
+    /// unless `host` is excluded.
+    pub(crate) fn new(
+        host: &str,
+        port: u16,
+        tls: Option<(&Arc<ClientConfig>, &TlsSettings)>,
+        proxy: &ProxyConfig,
+    ) -> Result<Client, String> {
         let excluded = proxy
             .exclusions
             .iter()
             .any(|excluded| excluded.eq_ignore_ascii_case(host));
-        let via_proxy = match (&proxy.http_proxy, excluded) {
+        let (setting, key) = match tls {
+            Some(_) => (&proxy.https_proxy, "https_proxy"),
+            None => (&proxy.http_proxy, "http_proxy"),
+        };
+        let via_proxy = match (setting, excluded) {
             (Some(proxy), false) => Some(
                 split_url(proxy, 80)
-                    .map_err(|error| format!("cluster_formation.proxy.http_proxy: {error}"))?,
+                    .map_err(|error| format!("cluster_formation.proxy.{key}: {error}"))?,
             ),
             _ => None,
+        };
+        let tls = match tls {
+            Some((config, settings)) => {
+                let name = settings.server_name_indication.as_deref().unwrap_or(host);
+                let name = ServerName::try_from(name.to_string())
+                    .map_err(|error| format!("TLS server name '{name}': {error}"))?;
+                Some(Tls {
+                    config: config.clone(),
+                    name,
+                })
+            }
+            None => None,
         };
         Ok(Client {
             host: host.to_string(),
             port,
+            tls,
             via_proxy,
             timeout: Duration::from_secs(15),
             headers: Vec::new(),
@@ -110,6 +262,10 @@ impl Client {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Sends a request with a JSON (or empty) body; `timeout` overrides the default.
     pub(crate) async fn request(
         &self,
@@ -120,7 +276,7 @@ impl Client {
     ) -> Result<Response, String> {
         let timeout = timeout.unwrap_or(self.timeout);
         let body = body.map(|body| body.to_string()).unwrap_or_default();
-        let what = format!("{method} http://{}{path}", self.authority());
+        let what = format!("{method} {}://{}{path}", self.scheme(), self.authority());
         let answer = tokio::time::timeout(timeout, self.exchange(method, path, &body)).await;
         let response = match answer {
             Ok(Ok(response)) => response,
@@ -131,17 +287,50 @@ impl Client {
         Ok(response)
     }
 
-    async fn exchange(&self, method: &str, path: &str, body: &str) -> Result<Response, String> {
+    /// Connects to the server (through the proxy, in TLS when asked).
+    async fn connect(&self) -> Result<Box<dyn Stream>, String> {
         let (connect_host, connect_port) = match &self.via_proxy {
             Some((host, port)) => (host.as_str(), *port),
             None => (self.host.as_str(), self.port),
         };
-        let stream = TcpStream::connect((connect_host, connect_port))
+        let mut tcp = TcpStream::connect((connect_host, connect_port))
             .await
             .map_err(|error| error.to_string())?;
-        let target = match self.via_proxy {
-            Some(_) => format!("http://{}{path}", self.authority()),
-            None => path.to_string(),
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        if self.via_proxy.is_some() {
+            let authority = self.authority();
+            let connect = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+            tcp.write_all(connect.as_bytes())
+                .await
+                .map_err(|error| error.to_string())?;
+            let mut reader = BufReader::new(&mut tcp);
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .await
+                .map_err(|error| error.to_string())?;
+            let status = line.split_whitespace().nth(1).unwrap_or("");
+            if !status.starts_with('2') {
+                return Err(format!("the proxy refused to connect: {}", line.trim()));
+            }
+            read_headers(&mut reader).await?;
+        }
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let stream = connector
+            .connect(tls.name.clone(), tcp)
+            .await
+            .map_err(|error| format!("TLS: {error}"))?;
+        Ok(Box::new(stream))
+    }
+
+    async fn exchange(&self, method: &str, path: &str, body: &str) -> Result<Response, String> {
+        let stream = self.connect().await?;
+        let target = match (&self.via_proxy, &self.tls) {
+            (Some(_), None) => format!("http://{}{path}", self.authority()),
+            _ => path.to_string(),
         };
         let mut request = format!(
             "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: warren\r\n",
@@ -159,6 +348,11 @@ impl Client {
         stream
             .get_mut()
             .write_all(request.as_bytes())
+            .await
+            .map_err(|error| error.to_string())?;
+        stream
+            .get_mut()
+            .flush()
             .await
             .map_err(|error| error.to_string())?;
         read_response(&mut stream).await
@@ -299,11 +493,11 @@ mod tests {
             split_url("http://[::1]:8500/", 80).unwrap(),
             ("::1".to_string(), 8500)
         );
-        assert!(
-            split_url("https://etcd:2379", 80)
-                .unwrap_err()
-                .contains("HTTPS")
+        assert_eq!(
+            split_url("https://etcd:2379", 80).unwrap(),
+            ("etcd".to_string(), 2379)
         );
+        assert!(is_https("https://etcd:2379") && !is_https("etcd:2379"));
     }
 
     #[tokio::test]

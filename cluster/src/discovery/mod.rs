@@ -47,9 +47,9 @@ use etcd::Etcd;
 /// A backend and what it needs.
 #[derive(Debug)]
 enum Backend {
-    Dns { dns: Dns, hostname: String },
-    Etcd(Etcd),
-    Consul(Consul),
+    Dns { dns: Box<Dns>, hostname: String },
+    Etcd(Box<Etcd>),
+    Consul(Box<Consul>),
 }
 
 /// A held formation lock.
@@ -96,17 +96,20 @@ impl Discovery {
                     Some(dns) => dns.clone(),
                     None => Dns::new(&settings.dns.nameservers)?,
                 };
-                Backend::Dns { dns, hostname }
+                Backend::Dns {
+                    dns: Box::new(dns),
+                    hostname,
+                }
             }
             DiscoveryBackend::Etcd => {
-                Backend::Etcd(Etcd::new(&settings.etcd, &settings.proxy, node)?)
+                Backend::Etcd(Box::new(Etcd::new(&settings.etcd, &settings.proxy, node)?))
             }
-            DiscoveryBackend::Consul => Backend::Consul(Consul::new(
+            DiscoveryBackend::Consul => Backend::Consul(Box::new(Consul::new(
                 &settings.consul,
                 &settings.proxy,
                 node,
                 config.use_longname,
-            )?),
+            )?)),
         };
         Ok(Some(Arc::new(Discovery {
             backend,

@@ -40,8 +40,8 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// `cluster_formation.etcd.password`.
     pub password: Option<String>,
-    /// The first `cluster_formation.etcd.ssl_options.*` key given, if any (TLS is asked for).
-    pub ssl_option: Option<String>,
+    /// `cluster_formation.etcd.ssl_options.*`: TLS to etcd when any is given.
+    pub tls: TlsSettings,
 }
 
 impl Default for EtcdConfig {
@@ -54,9 +54,86 @@ impl Default for EtcdConfig {
             lock_timeout: Duration::from_secs(300),
             username: None,
             password: None,
-            ssl_option: None,
+            tls: TlsSettings::default(),
         }
     }
+}
+
+/// `ssl_options.*` of a backend that speaks HTTP: TLS when any is given (or the URL says
+/// `https`). The server's certificate is checked against `cacertfile` (Mozilla's roots without
+/// one) unless `verify = verify_none`; `certfile` and `keyfile` authenticate this node. Versions
+/// and cipher suites are the TLS library's (TLS 1.2 and 1.3, modern suites): the keys that set
+/// them are accepted and ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Whether any `ssl_options.*` key was given.
+    pub enabled: bool,
+    /// `cacertfile`: PEM file of the certificates to trust.
+    pub cacertfile: Option<std::path::PathBuf>,
+    /// `certfile`: PEM file of this node's certificate chain.
+    pub certfile: Option<std::path::PathBuf>,
+    /// `keyfile`: PEM file of its private key.
+    pub keyfile: Option<std::path::PathBuf>,
+    /// `verify`: `verify_peer` (default) or `verify_none`.
+    pub verify: bool,
+    /// `server_name_indication`: the name to verify the certificate for, instead of the host.
+    pub server_name_indication: Option<String>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            enabled: false,
+            cacertfile: None,
+            certfile: None,
+            keyfile: None,
+            verify: true,
+            server_name_indication: None,
+        }
+    }
+}
+
+/// Applies `ssl_options.<option>` (with `nested` set for `versions.N`, `ciphers.N`...).
+fn tls_option(
+    tls: &mut TlsSettings,
+    option: &str,
+    value: &str,
+    nested: bool,
+) -> Result<(), String> {
+    tls.enabled = true;
+    if nested {
+        return match option {
+            "versions" | "ciphers" | "honor_cipher_order" => Ok(()),
+            _ => Err(format!("unknown TLS option '{option}'")),
+        };
+    }
+    match option {
+        "cacertfile" => tls.cacertfile = Some(value.into()),
+        "certfile" => tls.certfile = Some(value.into()),
+        "keyfile" => tls.keyfile = Some(value.into()),
+        "verify" => {
+            tls.verify = match value {
+                "verify_peer" => true,
+                "verify_none" => false,
+                _ => return Err("expected verify_peer or verify_none".into()),
+            }
+        }
+        "server_name_indication" => {
+            tls.server_name_indication = match value {
+                "disable" => None,
+                name => Some(name.to_string()),
+            }
+        }
+        "fail_if_no_peer_cert"
+        | "secure_renegotiate"
+        | "reuse_sessions"
+        | "depth"
+        | "password"
+        | "honor_cipher_order"
+        | "honor_ecc_order" => {}
+        _ => return Err(format!("unknown TLS option '{option}'")),
+    }
+    Ok(())
 }
 
 /// `cluster_formation.consul.*`.
@@ -107,6 +184,8 @@ pub struct ConsulConfig {
     pub lock_prefix: String,
     /// `cluster_formation.consul.lock_timeout` (alias `lock_wait_time`), seconds (default 300).
     pub lock_timeout: Duration,
+    /// `cluster_formation.consul.ssl_options.*` (with `scheme = https`).
+    pub tls: TlsSettings,
 }
 
 impl Default for ConsulConfig {
@@ -132,6 +211,7 @@ impl Default for ConsulConfig {
             domain_suffix: None,
             lock_prefix: "rabbitmq".into(),
             lock_timeout: Duration::from_secs(300),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -353,18 +433,46 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
     }),
     (
         "cluster_formation.etcd.ssl_options.*",
-        |config, setting, _| {
-            let etcd = &mut discovery(config).etcd;
-            etcd.ssl_option.get_or_insert_with(|| setting.key_text());
-            Ok(())
+        |config, setting, wildcards| {
+            tls_option(
+                &mut discovery(config).etcd.tls,
+                wildcards[0],
+                &setting.value,
+                false,
+            )
         },
     ),
     (
         "cluster_formation.etcd.ssl_options.*.*",
-        |config, setting, _| {
-            let etcd = &mut discovery(config).etcd;
-            etcd.ssl_option.get_or_insert_with(|| setting.key_text());
-            Ok(())
+        |config, setting, wildcards| {
+            tls_option(
+                &mut discovery(config).etcd.tls,
+                wildcards[0],
+                &setting.value,
+                true,
+            )
+        },
+    ),
+    (
+        "cluster_formation.consul.ssl_options.*",
+        |config, setting, wildcards| {
+            tls_option(
+                &mut discovery(config).consul.tls,
+                wildcards[0],
+                &setting.value,
+                false,
+            )
+        },
+    ),
+    (
+        "cluster_formation.consul.ssl_options.*.*",
+        |config, setting, wildcards| {
+            tls_option(
+                &mut discovery(config).consul.tls,
+                wildcards[0],
+                &setting.value,
+                true,
+            )
         },
     ),
     ("cluster_formation.consul.host", |config, setting, _| {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use discovery::{
-    ConsulConfig, DiscoverySettings, DnsConfig, EtcdConfig, NodeCleanup, ProxyConfig,
+    ConsulConfig, DiscoverySettings, DnsConfig, EtcdConfig, NodeCleanup, ProxyConfig, TlsSettings,
 };
 pub use parse::{Origin, Setting};
 
