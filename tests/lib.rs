@@ -2,6 +2,7 @@
 //! send (bad frames, odd handshakes), `warren` child processes ([`node`]), unique names, bounded
 //! waits, and the rule for tests that need an outside program.
 
+pub mod aws;
 pub mod cluster;
 pub mod consul;
 pub mod netns;

@@ -178,16 +178,17 @@ async fn start_metadata_group(
         Formation::Resume => Ok(()),
         Formation::Configured => match &config.cluster.discovery {
             DiscoveryBackend::None => group.initialize_alone().await.map_err(join_failed),
-            DiscoveryBackend::Dns | DiscoveryBackend::Etcd | DiscoveryBackend::Consul => {
-                match &discovery {
-                    Some(discovery) => discovery
-                        .form(transport, &group)
-                        .await
-                        .map(drop)
-                        .map_err(join_failed),
-                    None => Err(SetupError::Cluster("peer discovery is not set up".into())),
-                }
-            }
+            DiscoveryBackend::Dns
+            | DiscoveryBackend::Etcd
+            | DiscoveryBackend::Consul
+            | DiscoveryBackend::Aws => match &discovery {
+                Some(discovery) => discovery
+                    .form(transport, &group)
+                    .await
+                    .map(drop)
+                    .map_err(join_failed),
+                None => Err(SetupError::Cluster("peer discovery is not set up".into())),
+            },
             DiscoveryBackend::ClassicConfig(nodes) => {
                 let mut peers = Vec::new();
                 for node in nodes {

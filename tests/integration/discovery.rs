@@ -589,3 +589,106 @@ async fn consul_nodes_form_one_cluster_register_and_clean_up() {
         "every request carries the ACL token"
     );
 }
+
+/// AWS, against a fake of the EC2 and Auto Scaling Query APIs and the instance metadata service
+/// (no AWS can be reached here; see `warren_tests::aws`), every request signed with SigV4 and
+/// checked. By tags, with credentials from the environment: three nodes started at the same
+/// instant form one cluster, again and again. By autoscaling group, with the instance role's
+/// credentials and the region from the metadata service: a node killed with -9 and restarted
+/// rejoins, a launched instance joins, and a terminated one is removed by the node cleanup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_nodes_form_one_cluster_by_tags_and_by_autoscaling_group() {
+    use warren_tests::aws::{ACCESS_KEY_ID, FakeAws, Instance, REGION, SECRET_KEY};
+    let (ips, port) = ClusterProcesses::addresses(4);
+    let names = names(&ips);
+    let instance = |index: usize, group: Option<&str>| Instance {
+        id: format!("i-{index:08}"),
+        private_ip: ips[index].to_string(),
+        state: "running".into(),
+        tags: vec![("service".into(), "warren".into())],
+        group: group.map(str::to_string),
+    };
+    let others = Instance {
+        id: "i-elsewhere".into(),
+        private_ip: "127.0.0.250".into(),
+        state: "running".into(),
+        tags: vec![("service".into(), "other".into())],
+        group: Some("other-group".into()),
+    };
+    let aws = FakeAws::start(vec![
+        instance(0, None),
+        instance(1, None),
+        instance(2, None),
+        others,
+    ])
+    .await;
+    let endpoint = format!("http://127.0.0.1:{}", aws.port);
+    for round in 0..3 {
+        let config = format!(
+            "cluster_formation.peer_discovery_backend = aws\n\
+             cluster_formation.aws.region = {REGION}\n\
+             cluster_formation.aws.instance_tags.service = warren\n\
+             cluster_formation.aws.use_private_ip = true\n"
+        );
+        let mut cluster = ClusterProcesses::named(&ips[..3], &names[..3], port, &config);
+        for (index, member) in cluster.members.iter_mut().enumerate() {
+            member.options.env.extend([
+                ("AWS_ENDPOINT_URL".to_string(), endpoint.clone()),
+                ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+                (
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+                    format!("{endpoint}/i-{index:08}"),
+                ),
+            ]);
+        }
+        cluster.start(&[0, 1, 2]).await;
+        cluster.wait_for_members(3).await;
+        let health = cluster.ctl(2, &["cluster_health_check"]).await;
+        assert_eq!(health.code, Some(0), "round {round}: {health:?}");
+        assert!(health.stdout.contains(&names[0]), "{health:?}");
+        for index in 0..3 {
+            cluster.stop(index).await;
+        }
+    }
+    assert!(aws.called("DescribeInstances"));
+
+    aws.update(|instances| {
+        for instance in instances.iter_mut().take(3) {
+            instance.group = Some("warren-asg".into());
+        }
+    });
+    let config = "cluster_formation.peer_discovery_backend = aws\n\
+                  cluster_formation.aws.use_autoscaling_group = true\n\
+                  cluster_formation.aws.use_private_ip = true\n\
+                  cluster_formation.node_cleanup.interval = 1\n\
+                  cluster_formation.node_cleanup.only_log_warning = false\n";
+    let mut cluster = ClusterProcesses::named(&ips, &names, port, config);
+    for (index, member) in cluster.members.iter_mut().enumerate() {
+        member.options.env.extend([
+            ("AWS_ENDPOINT_URL".to_string(), endpoint.clone()),
+            (
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+                format!("{endpoint}/i-{index:08}"),
+            ),
+        ]);
+    }
+    cluster.start(&[0, 1, 2]).await;
+    cluster.wait_for_members(3).await;
+    assert!(aws.called("DescribeAutoScalingGroups"));
+    cluster.kill(1).await;
+    cluster.start(&[1]).await;
+    cluster.wait_for_members(3).await;
+    aws.update(|instances| instances.push(instance(3, Some("warren-asg"))));
+    cluster.start(&[3]).await;
+    cluster.wait_for_members(4).await;
+    aws.update(|instances| instances[2].state = "terminated".into());
+    aws.update(|instances| instances[2].group = None);
+    cluster.kill(2).await;
+    let status = cluster.wait_for_members(3).await;
+    assert!(!status.members.contains(&names[2]), "{status:?}");
+    for index in [0, 1, 3] {
+        cluster.stop(index).await;
+    }
+    assert_eq!(aws.refused(), 0, "every request was signed correctly");
+}

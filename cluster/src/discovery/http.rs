@@ -253,8 +253,24 @@ impl Client {
         self
     }
 
-    /// `host:port` of the server.
+    /// `host:port` of the server (`host` alone on the scheme's default port), as the `Host`
+    /// header carries it.
     pub(crate) fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// Where TCP connects: `host:port`.
+    fn address(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -301,7 +317,7 @@ impl Client {
             return Ok(Box::new(tcp));
         };
         if self.via_proxy.is_some() {
-            let authority = self.authority();
+            let authority = self.address();
             let connect = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
             tcp.write_all(connect.as_bytes())
                 .await

@@ -1,5 +1,5 @@
-//! Peer discovery through a service: DNS, etcd, Consul. (`classic_config` and `k8s`, which
-//! need no service, are in [`crate::formation`].)
+//! Peer discovery through a service: DNS, etcd, Consul, AWS. (`classic_config` and `k8s`,
+//! which need no service, are in [`crate::formation`].)
 //!
 //! A blank node, as RabbitMQ's guide describes it:
 //!
@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The seed is the node every node agrees on: for etcd and Consul the one registered first
-//! (lowest create revision, lowest `CreateIndex`), for DNS the smallest name the records give.
+//! (lowest create revision, lowest `CreateIndex`), for DNS and AWS the smallest name listed.
 //! Only the seed forms a cluster, so nodes started at the same instant form exactly one. A node
 //! whose backend cannot be reached `discovery_retry_limit` times in a row stops instead of
 //! forming a cluster of its own. A node with data skips discovery: Raft reconnects it to the
@@ -24,10 +24,12 @@
 //! members the backend does not list are logged (or, with `only_log_warning = false`, removed
 //! when they are unreachable). On a clean stop the registration is deleted.
 
+pub(crate) mod aws;
 pub(crate) mod consul;
 pub mod dns;
 pub(crate) mod etcd;
 pub(crate) mod http;
+pub mod sigv4;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,7 @@ use crate::formation::{Formed, JoinError, has_data, join, wait_to_retry};
 use crate::identity::NodeName;
 use crate::raft::{RaftGroup, RaftGroupError};
 use crate::transport::{Transport, TransportError};
+use aws::Aws;
 use consul::Consul;
 use dns::Dns;
 use etcd::Etcd;
@@ -50,6 +53,7 @@ enum Backend {
     Dns { dns: Box<Dns>, hostname: String },
     Etcd(Box<Etcd>),
     Consul(Box<Consul>),
+    Aws(Box<Aws>),
 }
 
 /// A held formation lock.
@@ -104,6 +108,12 @@ impl Discovery {
             DiscoveryBackend::Etcd => {
                 Backend::Etcd(Box::new(Etcd::new(&settings.etcd, &settings.proxy, node)?))
             }
+            DiscoveryBackend::Aws => Backend::Aws(Box::new(Aws::new(
+                &settings.aws,
+                &settings.proxy,
+                node,
+                config.use_longname,
+            )?)),
             DiscoveryBackend::Consul => Backend::Consul(Box::new(Consul::new(
                 &settings.consul,
                 &settings.proxy,
@@ -129,11 +139,13 @@ impl Discovery {
             Backend::Dns { .. } => "dns",
             Backend::Etcd(_) => "etcd",
             Backend::Consul(_) => "consul",
+            Backend::Aws(_) => "aws",
         }
     }
 
     fn registers(&self) -> bool {
-        self.settings.registration_enabled && !matches!(self.backend, Backend::Dns { .. })
+        self.settings.registration_enabled
+            && matches!(self.backend, Backend::Etcd(_) | Backend::Consul(_))
     }
 
     /// The nodes the backend lists, the seed first.
@@ -145,6 +157,7 @@ impl Discovery {
             }
             Backend::Etcd(etcd) => etcd.registered().await,
             Backend::Consul(consul) => consul.registered().await,
+            Backend::Aws(aws) => aws.discover().await,
         }
     }
 
@@ -157,6 +170,7 @@ impl Discovery {
             Backend::Dns { .. } => {}
             Backend::Etcd(etcd) => etcd.register().await?,
             Backend::Consul(consul) => consul.register().await?,
+            Backend::Aws(_) => {}
         }
         *self.registered.lock() = true;
         Ok(())
@@ -167,6 +181,7 @@ impl Discovery {
             Backend::Dns { .. } => Ok(()),
             Backend::Etcd(etcd) => etcd.keep_alive().await,
             Backend::Consul(consul) => consul.keep_alive().await,
+            Backend::Aws(_) => Ok(()),
         }
     }
 
@@ -175,6 +190,7 @@ impl Discovery {
             Backend::Dns { .. } => Duration::from_secs(3600),
             Backend::Etcd(etcd) => etcd.keep_alive_interval(),
             Backend::Consul(consul) => consul.keep_alive_interval(),
+            Backend::Aws(_) => Duration::from_secs(3600),
         }
     }
 
@@ -183,6 +199,7 @@ impl Discovery {
             Backend::Dns { .. } => Ok(None),
             Backend::Etcd(etcd) => etcd.lock().await.map(|lock| Some(Lock::Etcd(lock))),
             Backend::Consul(consul) => consul.lock().await.map(|lock| Some(Lock::Consul(lock))),
+            Backend::Aws(_) => Ok(None),
         }
     }
 
@@ -203,7 +220,7 @@ impl Discovery {
     /// The seed among `discovered` (listed seed first by [`Discovery::discover`]).
     fn seed(&self, discovered: &[NodeName]) -> Option<NodeName> {
         match self.backend {
-            Backend::Dns { .. } => discovered.iter().min().cloned(),
+            Backend::Dns { .. } | Backend::Aws(_) => discovered.iter().min().cloned(),
             Backend::Etcd(_) | Backend::Consul(_) => discovered.first().cloned(),
         }
     }
@@ -456,6 +473,7 @@ impl Discovery {
             Backend::Dns { .. } => Ok(()),
             Backend::Etcd(etcd) => etcd.unregister().await,
             Backend::Consul(consul) => consul.unregister().await,
+            Backend::Aws(_) => Ok(()),
         };
         if let Err(error) = unregistered {
             tracing::warn!(

@@ -216,6 +216,41 @@ impl Default for ConsulConfig {
     }
 }
 
+/// `cluster_formation.aws.*`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct AwsConfig {
+    /// `region`; else `AWS_DEFAULT_REGION` / `AWS_REGION`, the instance metadata, `us-east-1`.
+    pub region: Option<String>,
+    /// `access_key_id`; else the environment, `~/.aws/credentials`, the instance role.
+    pub access_key_id: Option<String>,
+    /// `secret_key`.
+    pub secret_key: Option<String>,
+    /// `use_autoscaling_group` (default false): the peers are the instances of this instance's
+    /// autoscaling group.
+    pub use_autoscaling_group: bool,
+    /// `instance_tags.<key> = <value>`: otherwise the peers are the running instances with all
+    /// these tags.
+    pub instance_tags: Vec<(String, String)>,
+    /// `use_private_ip` (default false): name peers by private IP, not private DNS name.
+    pub use_private_ip: bool,
+    /// `hostname_path.<n>`: where in an instance's description its host name is
+    /// (`networkInterfaceSet`, `2`, `privateIpAddressesSet`, `1`, `privateDnsName`...).
+    pub hostname_path: Vec<String>,
+}
+
+impl std::fmt::Debug for AwsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsConfig")
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("use_autoscaling_group", &self.use_autoscaling_group)
+            .field("instance_tags", &self.instance_tags)
+            .field("use_private_ip", &self.use_private_ip)
+            .field("hostname_path", &self.hostname_path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `cluster_formation.node_cleanup.*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeCleanup {
@@ -266,6 +301,8 @@ pub struct DiscoverySettings {
     pub etcd: EtcdConfig,
     /// `cluster_formation.consul.*`.
     pub consul: ConsulConfig,
+    /// `cluster_formation.aws.*`.
+    pub aws: AwsConfig,
 }
 
 impl Default for DiscoverySettings {
@@ -278,6 +315,7 @@ impl Default for DiscoverySettings {
             dns: DnsConfig::default(),
             etcd: EtcdConfig::default(),
             consul: ConsulConfig::default(),
+            aws: AwsConfig::default(),
         }
     }
 }
@@ -473,6 +511,55 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
                 &setting.value,
                 true,
             )
+        },
+    ),
+    ("cluster_formation.aws.region", |config, setting, _| {
+        discovery(config).aws.region = Some(setting.value.clone());
+        Ok(())
+    }),
+    (
+        "cluster_formation.aws.access_key_id",
+        |config, setting, _| {
+            discovery(config).aws.access_key_id = Some(setting.value.clone());
+            Ok(())
+        },
+    ),
+    ("cluster_formation.aws.secret_key", |config, setting, _| {
+        discovery(config).aws.secret_key = Some(setting.value.clone());
+        Ok(())
+    }),
+    (
+        "cluster_formation.aws.use_autoscaling_group",
+        |config, setting, _| {
+            discovery(config).aws.use_autoscaling_group = boolean(&setting.value)?;
+            Ok(())
+        },
+    ),
+    (
+        "cluster_formation.aws.use_private_ip",
+        |config, setting, _| {
+            discovery(config).aws.use_private_ip = boolean(&setting.value)?;
+            Ok(())
+        },
+    ),
+    (
+        "cluster_formation.aws.instance_tags.*",
+        |config, setting, wildcards| {
+            let key = wildcards[0].to_string();
+            let tags = &mut discovery(config).aws.instance_tags;
+            tags.retain(|(existing, _)| *existing != key);
+            tags.push((key, setting.value.clone()));
+            Ok(())
+        },
+    ),
+    (
+        "cluster_formation.aws.hostname_path.*",
+        |config, setting, _| {
+            discovery(config)
+                .aws
+                .hostname_path
+                .push(setting.value.clone());
+            Ok(())
         },
     ),
     ("cluster_formation.consul.host", |config, setting, _| {

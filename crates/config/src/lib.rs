@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use discovery::{
-    ConsulConfig, DiscoverySettings, DnsConfig, EtcdConfig, NodeCleanup, ProxyConfig, TlsSettings,
+    AwsConfig, ConsulConfig, DiscoverySettings, DnsConfig, EtcdConfig, NodeCleanup, ProxyConfig,
+    TlsSettings,
 };
 pub use parse::{Origin, Setting};
 
@@ -198,6 +199,8 @@ pub enum DiscoveryBackend {
     Etcd,
     /// `consul`: nodes registered as a Consul service, formation under a Consul lock.
     Consul,
+    /// `aws`: EC2 instances with given tags, or of this instance's autoscaling group.
+    Aws,
 }
 
 impl DiscoveryBackend {
@@ -210,6 +213,7 @@ impl DiscoveryBackend {
             DiscoveryBackend::Dns => "dns",
             DiscoveryBackend::Etcd => "etcd",
             DiscoveryBackend::Consul => "consul",
+            DiscoveryBackend::Aws => "aws",
         }
     }
 }

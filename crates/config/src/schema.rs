@@ -258,13 +258,12 @@ const KEYS: &[(&str, Apply)] = &[
                 config.cluster.discovery = DiscoveryBackend::Consul;
                 Ok(())
             }
-            "aws" | "rabbit_peer_discovery_aws" => Err(
-                "the 'aws' backend is not available yet; classic_config, dns, k8s, etcd and \
-                 consul are"
-                    .into(),
-            ),
+            "aws" | "rabbit_peer_discovery_aws" => {
+                config.cluster.discovery = DiscoveryBackend::Aws;
+                Ok(())
+            }
             _ => Err(
-                "expected classic_config, dns, k8s, etcd or consul (or their \
+                "expected classic_config, dns, k8s, etcd, consul or aws (or their \
                  rabbit_peer_discovery_* names)"
                     .into(),
             ),
@@ -693,8 +692,21 @@ mod tests {
         );
         let error = load("cluster_formation.consul.port = many\n").unwrap_err();
         assert!(error.to_string().contains("consul.port"), "{error}");
-        let error = load("cluster_formation.peer_discovery_backend = aws\n").unwrap_err();
-        assert!(error.to_string().contains("not available yet"), "{error}");
+        let config = load(
+            "cluster_formation.peer_discovery_backend = aws\n\
+             cluster_formation.aws.region = eu-west-1\n\
+             cluster_formation.aws.instance_tags.service = rabbitmq\n\
+             cluster_formation.aws.use_private_ip = true\n",
+        )
+        .unwrap();
+        assert_eq!(config.cluster.discovery, DiscoveryBackend::Aws);
+        let aws = &config.cluster.discovery_settings.aws;
+        assert_eq!(aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            aws.instance_tags,
+            vec![("service".into(), "rabbitmq".into())]
+        );
+        assert!(aws.use_private_ip);
     }
 
     #[test]
