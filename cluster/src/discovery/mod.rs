@@ -1,24 +1,28 @@
 //! Peer discovery through a service: DNS, etcd, Consul, AWS. (`classic_config` and `k8s`,
 //! which need no service, are in [`crate::formation`].)
 //!
-//! A blank node, as RabbitMQ's guide describes it:
+//! A blank node, as RabbitMQ's guide and the seeds' autocluster start-up lock describe it:
 //!
 //! ```text
-//!  register with the backend (etcd key on a lease, Consul service with a TTL check)
-//!  DNS only: wait a random start-up delay (there is no lock)
-//!  repeat: discover the nodes the backend lists
-//!          a listed peer is in a cluster?   ─> take the lock, join it, release the lock
-//!          this node is the seed?           ─> form a new cluster
-//!          otherwise                        ─> "Trying to join discovered peers failed. Will
-//!                                               retry after a delay of 500 ms, 4 retries left..."
+//!  DNS only: wait a random start-up delay
+//!  repeat: etcd, Consul: take the backend's lock
+//!          discover the nodes the backend lists
+//!          a listed peer is in a cluster?   ─> join it
+//!          this node may form one?          ─> form a new cluster
+//!          either way                       ─> register (etcd key on a lease, Consul service
+//!                                              with a TTL check), release the lock: done
+//!          otherwise release the lock       ─> "Trying to join discovered peers failed. Will
+//!                                              retry after a delay of 500 ms, 4 retries left..."
 //! ```
 //!
-//! The seed is the node every node agrees on: for etcd and Consul the one registered first
-//! (lowest create revision, lowest `CreateIndex`), for DNS and AWS the smallest name listed.
-//! Only the seed forms a cluster, so nodes started at the same instant form exactly one. A node
-//! whose backend cannot be reached `discovery_retry_limit` times in a row stops instead of
-//! forming a cluster of its own. A node with data skips discovery: Raft reconnects it to the
-//! members it last knew; it registers again all the same.
+//! With etcd and Consul, nodes look one at a time and register only once they are members, so
+//! the first to take the lock forms the cluster and the others find it listed and join it; a
+//! listed node that does not answer is waited for until the backend drops it (its TTL). With
+//! DNS and AWS, which have no lock, every node sees the same list and only the seed, the
+//! smallest name, forms the cluster. Either way nodes started at the same instant form exactly
+//! one cluster. A node whose backend cannot be reached `discovery_retry_limit` times in a row
+//! stops instead of forming a cluster of its own. A node with data skips discovery: Raft
+//! reconnects it to the members it last knew; it registers again all the same.
 //!
 //! While the node runs, its registration is kept alive, and every `node_cleanup.interval`
 //! members the backend does not list are logged (or, with `only_log_warning = false`, removed
@@ -217,12 +221,10 @@ impl Discovery {
         }
     }
 
-    /// The seed among `discovered` (listed seed first by [`Discovery::discover`]).
+    /// The seed among `discovered`: the smallest name (the autocluster's "first alive node in
+    /// alphabetical order").
     fn seed(&self, discovered: &[NodeName]) -> Option<NodeName> {
-        match self.backend {
-            Backend::Dns { .. } | Backend::Aws(_) => discovered.iter().min().cloned(),
-            Backend::Etcd(_) | Backend::Consul(_) => discovered.first().cloned(),
-        }
+        discovered.iter().min().cloned()
     }
 
     /// Makes a blank node a member: joins the cluster of a discovered peer, or forms one if this
@@ -253,15 +255,27 @@ impl Discovery {
                 tokio::time::sleep(delay).await;
             }
         }
-        self.register_or_warn().await;
         let me = transport.node().clone();
+        // etcd and Consul: one node at a time looks and joins (or forms), under the lock, and
+        // registers before letting go; so a listed node is a member.
+        let locking = matches!(self.backend, Backend::Etcd(_) | Backend::Consul(_));
         let mut attempt: u32 = 0;
         let mut failures: u32 = 0;
         loop {
-            let discovered = match self.discover().await {
-                Ok(discovered) => {
+            let looked = async {
+                let lock = if locking { self.lock().await? } else { None };
+                match self.discover().await {
+                    Ok(discovered) => Ok((lock, discovered)),
+                    Err(error) => {
+                        self.unlock(lock).await;
+                        Err(error)
+                    }
+                }
+            };
+            let (lock, discovered) = match looked.await {
+                Ok(looked) => {
                     failures = 0;
-                    discovered
+                    looked
                 }
                 Err(error) => {
                     failures += 1;
@@ -279,54 +293,78 @@ impl Discovery {
             };
             let names: Vec<&str> = discovered.iter().map(NodeName::as_str).collect();
             tracing::info!("peer discovery ({backend}): discovered {names:?}");
-            let seed = self.seed(&discovered);
-            // The seed first, then the other peers: join whichever is in a cluster.
-            let mut peers: Vec<&NodeName> = seed.iter().chain(discovered.iter()).collect();
-            peers.dedup();
-            let mut seen = Vec::new();
-            for peer in peers {
-                if *peer == me || seen.contains(&peer) {
-                    continue;
-                }
-                seen.push(peer);
-                match self.join_locked(transport, group, peer).await {
-                    Ok(()) => {
-                        tracing::info!("peer discovery ({backend}): joined the cluster of {peer}");
-                        self.register_or_warn().await;
-                        return Ok(Formed::Joined(peer.clone()));
-                    }
-                    Err(JoinError::NotClustered(_)) => {}
-                    Err(JoinError::NotReady(_, reason)) => {
-                        tracing::warn!("Could not auto-cluster with node {peer}: {reason}");
-                    }
-                    Err(JoinError::Transport(TransportError::Failed { reason, .. })) => {
-                        tracing::warn!("node {peer} refused to add this node: {reason}");
-                    }
-                    Err(error) => {
-                        tracing::warn!("Could not auto-cluster with node {peer}: {error}")
-                    }
-                }
-            }
-            let lone = discovered.iter().all(|node| *node == me);
-            if seed.as_ref() == Some(&me) || (lone && attempt >= self.retry_limit) {
-                if lone && seed.as_ref() != Some(&me) {
-                    tracing::warn!(
-                        "peer discovery ({backend}): the backend lists no node, not even this \
-                         one, after {attempt} attempts"
-                    );
-                }
-                tracing::info!(
-                    "peer discovery ({backend}): no discovered peer is in a cluster and this \
-                     node is the seed: forming a new cluster"
-                );
-                group.initialize_alone().await?;
+            let outcome = self
+                .round(transport, group, &me, &discovered, locking, attempt)
+                .await;
+            if let Ok(Some(_)) = &outcome {
                 self.register_or_warn().await;
-                return Ok(Formed::New);
+            }
+            self.unlock(lock).await;
+            if let Some(formed) = outcome? {
+                return Ok(formed);
             }
             attempt += 1;
-            let seed = seed.unwrap_or_else(|| me.clone());
+            let seed = self.seed(&discovered).unwrap_or_else(|| me.clone());
             wait_to_retry(attempt, self.retry_limit, self.interval, &seed).await;
         }
+    }
+
+    /// One look at the `discovered` nodes: join the first (by name) that is in a cluster, or
+    /// form one when this node may; `None` to try again.
+    async fn round(
+        &self,
+        transport: &Transport,
+        group: &RaftGroup,
+        me: &NodeName,
+        discovered: &[NodeName],
+        locking: bool,
+        attempt: u32,
+    ) -> Result<Option<Formed>, RaftGroupError> {
+        let backend = self.name();
+        let mut peers: Vec<&NodeName> = discovered.iter().filter(|peer| *peer != me).collect();
+        peers.sort();
+        peers.dedup();
+        for peer in &peers {
+            match join(transport, group, peer).await {
+                Ok(()) => {
+                    tracing::info!("peer discovery ({backend}): joined the cluster of {peer}");
+                    return Ok(Some(Formed::Joined((*peer).clone())));
+                }
+                Err(JoinError::NotClustered(_)) => {}
+                Err(JoinError::NotReady(_, reason)) => {
+                    tracing::warn!("Could not auto-cluster with node {peer}: {reason}");
+                }
+                Err(JoinError::Transport(TransportError::Failed { reason, .. })) => {
+                    tracing::warn!("node {peer} refused to add this node: {reason}");
+                }
+                Err(error) => tracing::warn!("Could not auto-cluster with node {peer}: {error}"),
+            }
+        }
+        let forms = if locking && self.registers() {
+            // Listed nodes registered after joining: none listed, none in a cluster yet. Listed
+            // nodes that do not answer are waited for, until the backend drops them (TTL).
+            peers.is_empty()
+        } else {
+            // No lock (DNS, AWS) or registration by someone else: only the seed forms; with no
+            // node listed at all, this one does, after the retries.
+            self.seed(discovered).as_ref() == Some(me)
+                || (peers.is_empty() && attempt >= self.retry_limit)
+        };
+        if !forms {
+            return Ok(None);
+        }
+        if peers.is_empty() && !discovered.contains(me) && !locking {
+            tracing::warn!(
+                "peer discovery ({backend}): the backend lists no node, not even this one, \
+                 after {attempt} attempts"
+            );
+        }
+        tracing::info!(
+            "peer discovery ({backend}): no discovered peer is in a cluster and this node may \
+             form one: forming a new cluster"
+        );
+        group.initialize_alone().await?;
+        Ok(Some(Formed::New))
     }
 
     async fn register_or_warn(&self) {
@@ -339,29 +377,6 @@ impl Discovery {
                 self.name()
             );
         }
-    }
-
-    /// Joins `peer` holding the backend's lock (joins are one at a time cluster-wide).
-    async fn join_locked(
-        &self,
-        transport: &Transport,
-        group: &RaftGroup,
-        peer: &NodeName,
-    ) -> Result<(), JoinError> {
-        // Only take the lock for a peer that is in a cluster.
-        let status = crate::control::status(transport, peer, Duration::from_secs(3))
-            .await
-            .map_err(|error| JoinError::NotReady(peer.clone(), error.to_string()))?;
-        if !status.initialized {
-            return Err(JoinError::NotClustered(peer.clone()));
-        }
-        let lock = self
-            .lock()
-            .await
-            .map_err(|error| JoinError::NotReady(peer.clone(), error))?;
-        let joined = join(transport, group, peer).await;
-        self.unlock(lock).await;
-        joined
     }
 
     /// Starts keeping the registration alive and the node cleanup; both stop with
