@@ -12,7 +12,8 @@
 //!   `acquire=`/`release=` (answers `true`/`false`), `GET /v1/kv/<key>` with blocking queries
 //!   (`index=`, `wait=`); a session's locks go when it is destroyed or expires.
 //!
-//! Every request's method, path and `X-Consul-Token` header are recorded for assertions.
+//! Every request's method, path and `X-Consul-Token` header are recorded for assertions. It
+//! also answers requests sent to it as an HTTP proxy (absolute URIs), recording their origin.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ struct State {
     /// key -> (holding session, modify index)
     kv: HashMap<String, (Option<String>, u64)>,
     requests: Vec<(String, String, Option<String>)>,
+    /// The origins of requests received as a proxy.
+    proxied: Vec<String>,
 }
 
 impl State {
@@ -170,6 +173,11 @@ impl FakeConsul {
             .any(|(m, path, _)| m == method && path.starts_with(path_prefix))
     }
 
+    /// The origins (`host:port`) of the requests it received as a proxy.
+    pub fn proxied(&self) -> Vec<String> {
+        self.state.lock().proxied.clone()
+    }
+
     /// Wakes blocking queries (after a change made from the test).
     pub fn poke(&self) {
         self.changed.notify_waiters();
@@ -208,6 +216,16 @@ async fn serve(socket: TcpStream, state: Arc<Mutex<State>>, changed: Arc<Notify>
     if reader.read_exact(&mut body).await.is_err() {
         return;
     }
+    // A request through an HTTP proxy names the origin in an absolute URI: this fake also
+    // plays the proxy, and remembers whom the request was for.
+    let target = match target.strip_prefix("http://") {
+        Some(rest) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            state.lock().proxied.push(authority.to_string());
+            path.to_string()
+        }
+        None => target,
+    };
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let query: HashMap<&str, &str> = query
         .split('&')

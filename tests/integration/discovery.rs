@@ -36,6 +36,8 @@ struct EtcdServer {
     port: u16,
     dir: PathBuf,
     tls: Option<Certificates>,
+    /// `user:password` for etcdctl, once authentication is on.
+    user: Option<String>,
 }
 
 /// A test CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
@@ -146,6 +148,7 @@ impl EtcdServer {
                 port,
                 dir: dir.clone(),
                 tls: tls.clone(),
+                user: None,
             };
             for _ in 0..100 {
                 if server.etcdctl(&["endpoint", "health"]).await.is_some() {
@@ -175,6 +178,9 @@ impl EtcdServer {
             None => {
                 command.arg(format!("--endpoints=http://127.0.0.1:{}", self.port));
             }
+        }
+        if let Some(user) = &self.user {
+            command.arg(format!("--user={user}"));
         }
         let output = command.args(arguments).output().await.ok()?;
         output
@@ -691,4 +697,111 @@ async fn aws_nodes_form_one_cluster_by_tags_and_by_autoscaling_group() {
         cluster.stop(index).await;
     }
     assert_eq!(aws.refused(), 0, "every request was signed correctly");
+}
+
+/// `cluster_formation.proxy.http_proxy`: the Consul requests go through the proxy (the fake
+/// agent plays it), even to a host this machine cannot resolve; an excluded host is reached
+/// directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_requests_go_through_the_http_proxy() {
+    let consul = FakeConsul::start().await;
+    let (ips, port) = ClusterProcesses::addresses(2);
+    let names = names(&ips);
+    let config = |host: &str| {
+        format!(
+            "cluster_formation.peer_discovery_backend = consul\n\
+             cluster_formation.consul.host = {host}\n\
+             cluster_formation.consul.port = 8500\n\
+             cluster_formation.consul.svc_addr_auto = true\n\
+             cluster_formation.consul.svc_addr_use_nodename = true\n\
+             cluster_formation.proxy.http_proxy = http://127.0.0.1:{}\n\
+             cluster_formation.proxy.proxy_exclusions.1 = consul.excluded.invalid\n",
+            consul.port
+        )
+    };
+    let mut cluster = ClusterProcesses::named(
+        &ips[..1],
+        &names[..1],
+        port,
+        &config("consul.service.invalid"),
+    );
+    cluster.start(&[0]).await;
+    cluster.wait_for_members(1).await;
+    assert!(
+        consul
+            .proxied()
+            .iter()
+            .all(|origin| origin == "consul.service.invalid:8500"),
+        "{:?}",
+        consul.proxied()
+    );
+    assert!(consul.saw("PUT", "/v1/agent/service/register"));
+    cluster.stop(0).await;
+    let excluded = ClusterProcesses::named(
+        &ips[1..],
+        &names[1..],
+        port,
+        &config("consul.excluded.invalid"),
+    );
+    let mut options = excluded.members[0].options.clone();
+    options
+        .config
+        .push_str("cluster_formation.discovery_retry_limit = 1\n");
+    let output = warren_tests::node::NodeProcess::try_start(&options)
+        .await
+        .expect_err("the excluded host is dialled directly, and does not resolve");
+    assert!(output.contains("consul.excluded.invalid"), "{output}");
+}
+
+/// etcd with authentication on (`username`, `password`): nodes with the right password form a
+/// cluster and register; a node with a wrong one is refused by etcd and stops, naming the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_authentication() {
+    let Some(mut etcd) = EtcdServer::start().await else {
+        return;
+    };
+    etcd.etcdctl(&[
+        "user",
+        "add",
+        "root",
+        "--new-user-password=s3kR37",
+        "--interactive=false",
+    ])
+    .await
+    .expect("user added");
+    etcd.etcdctl(&["auth", "enable"])
+        .await
+        .expect("authentication on");
+    etcd.user = Some("root:s3kR37".into());
+    let cluster_name = unique("etcd-auth");
+    let prefix = format!("/rabbitmq/discovery/rabbitmq/clusters/{cluster_name}/nodes/");
+    let (ips, port) = ClusterProcesses::addresses(3);
+    let names = names(&ips);
+    let config = |password: &str| {
+        etcd_config(
+            &etcd,
+            &cluster_name,
+            &format!(
+                "cluster_formation.etcd.username = root\n\
+                 cluster_formation.etcd.password = {password}\n\
+                 cluster_formation.discovery_retry_limit = 2\n"
+            ),
+        )
+    };
+    let mut cluster = ClusterProcesses::named(&ips[..2], &names[..2], port, &config("s3kR37"));
+    cluster.start(&[0, 1]).await;
+    cluster.wait_for_members(2).await;
+    let keys: Vec<String> = names[..2]
+        .iter()
+        .map(|name| format!("{prefix}{name}"))
+        .collect();
+    wait_for_keys(&etcd, &prefix, &keys).await;
+    let stranger = ClusterProcesses::named(&ips[2..], &names[2..], port, &config("wrong"));
+    let output = warren_tests::node::NodeProcess::try_start(&stranger.members[0].options)
+        .await
+        .expect_err("etcd refuses the password");
+    assert!(output.contains("etcd refused user 'root'"), "{output}");
+    for index in 0..2 {
+        cluster.stop(index).await;
+    }
 }
