@@ -322,19 +322,20 @@ fn signed_correctly(
 
 /// At most two instances per page, with `nextToken`, to exercise pagination.
 fn describe_instances(instances: &[Instance], parameters: &[(String, String)]) -> (u16, String) {
-    let mut filters: Vec<(String, String)> = Vec::new();
+    // (filter name, accepted values)
+    let mut filters: Vec<(String, Vec<String>)> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     for (key, value) in parameters {
         if let Some(index) = key
             .strip_prefix("Filter.")
             .and_then(|k| k.strip_suffix(".Name"))
         {
-            let value_key = format!("Filter.{index}.Value.1");
+            let value_prefix = format!("Filter.{index}.Value.");
             let wanted = parameters
                 .iter()
-                .find(|(key, _)| *key == value_key)
+                .filter(|(key, _)| key.starts_with(&value_prefix))
                 .map(|(_, value)| value.clone())
-                .unwrap_or_default();
+                .collect();
             filters.push((value.clone(), wanted));
         }
         if key.starts_with("InstanceId.") {
@@ -348,8 +349,11 @@ fn describe_instances(instances: &[Instance], parameters: &[(String, String)]) -
             filters
                 .iter()
                 .all(|(name, wanted)| match name.strip_prefix("tag:") {
-                    Some(tag) => instance.tags.iter().any(|(k, v)| k == tag && v == wanted),
-                    None if name == "instance-state-name" => &instance.state == wanted,
+                    Some(tag) => instance
+                        .tags
+                        .iter()
+                        .any(|(k, v)| k == tag && wanted.contains(v)),
+                    None if name == "instance-state-name" => wanted.contains(&instance.state),
                     None => false,
                 })
         })

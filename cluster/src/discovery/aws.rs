@@ -122,7 +122,7 @@ impl Aws {
         if let Some(region) = &self.config.region {
             return region.clone();
         }
-        if let Some(region) = env(&["AWS_DEFAULT_REGION", "AWS_REGION"]) {
+        if let Some(region) = env(&["AWS_EC2_REGION", "AWS_DEFAULT_REGION", "AWS_REGION"]) {
             return region;
         }
         match self
@@ -266,9 +266,7 @@ impl Aws {
                     .into_iter()
                     .flat_map(|set| set.all("item"))
                 {
-                    if let Some(host) = self.host_of(instance) {
-                        hosts.push(host);
-                    }
+                    hosts.extend(self.hosts_of(instance));
                 }
             }
             next = answer.text_at(&["nextToken"]).map(str::to_string);
@@ -278,24 +276,39 @@ impl Aws {
         }
     }
 
-    /// An instance's host name: `hostname_path`, else its private IP or private DNS name.
-    fn host_of(&self, instance: &Element) -> Option<String> {
-        if !self.config.hostname_path.is_empty() {
-            let mut element = instance;
-            for step in &self.config.hostname_path {
-                element = match step.parse::<usize>() {
-                    Ok(index) if index >= 1 => element.all("item").nth(index - 1)?,
-                    _ => element.child(step)?,
-                };
+    /// An instance's host names: along each `hostname_path`, else its private IP or private
+    /// DNS name.
+    fn hosts_of(&self, instance: &Element) -> Vec<String> {
+        let default = vec![vec![
+            if self.config.use_private_ip {
+                "privateIpAddress"
+            } else {
+                "privateDnsName"
             }
-            return Some(element.text.clone()).filter(|text| !text.is_empty());
-        }
-        let field = if self.config.use_private_ip {
-            "privateIpAddress"
+            .to_string(),
+        ]];
+        let paths = if self.config.hostname_paths.is_empty() {
+            &default
         } else {
-            "privateDnsName"
+            &self.config.hostname_paths
         };
-        instance.text_at(&[field]).map(str::to_string)
+        let mut hosts = Vec::new();
+        for path in paths {
+            let mut element = Some(instance);
+            for step in path {
+                element = element.and_then(|element| match step.parse::<usize>() {
+                    Ok(index) if index >= 1 => element.all("item").nth(index - 1),
+                    _ => element.child(step),
+                });
+            }
+            if let Some(host) = element.map(|element| element.text.clone())
+                && !host.is_empty()
+                && !hosts.contains(&host)
+            {
+                hosts.push(host);
+            }
+        }
+        hosts
     }
 
     /// The instance IDs of this instance's autoscaling group.
@@ -388,11 +401,26 @@ impl Aws {
                 filters.push((format!("Filter.{}.Name", index + 1), format!("tag:{key}")));
                 filters.push((format!("Filter.{}.Value.1", index + 1), value.clone()));
             }
-            let next = tags.len() + 1;
-            filters.push((format!("Filter.{next}.Name"), "instance-state-name".into()));
-            filters.push((format!("Filter.{next}.Value.1"), "running".into()));
             filters
         };
+        let mut filters = filters;
+        let default_states = vec!["pending".to_string(), "running".to_string()];
+        let states = self
+            .config
+            .instance_states
+            .as_ref()
+            .unwrap_or(&default_states);
+        if !states.is_empty() {
+            let next = filters
+                .iter()
+                .filter(|(key, _)| key.ends_with(".Name"))
+                .count()
+                + 1;
+            filters.push((format!("Filter.{next}.Name"), "instance-state-name".into()));
+            for (index, state) in states.iter().enumerate() {
+                filters.push((format!("Filter.{next}.Value.{}", index + 1), state.clone()));
+            }
+        }
         let hosts = self.instances(&region, &credentials, filters).await?;
         let prefix = self.node.prefix();
         let mut nodes: Vec<NodeName> = hosts
@@ -413,12 +441,12 @@ impl Aws {
 }
 
 /// Credentials of `~/.aws/credentials` (or `AWS_SHARED_CREDENTIALS_FILE`), profile
-/// `AWS_PROFILE` or `default`.
+/// `AWS_DEFAULT_PROFILE` (RabbitMQ's), `AWS_PROFILE` (the SDKs') or `default`.
 fn shared_credentials_file() -> Option<Credentials> {
     let path = env(&["AWS_SHARED_CREDENTIALS_FILE"])
         .or_else(|| env(&["HOME"]).map(|home| format!("{home}/.aws/credentials")))?;
     let text = std::fs::read_to_string(path).ok()?;
-    let profile = env(&["AWS_PROFILE"]).unwrap_or_else(|| "default".into());
+    let profile = env(&["AWS_DEFAULT_PROFILE", "AWS_PROFILE"]).unwrap_or_else(|| "default".into());
     let mut in_profile = false;
     let (mut access_key_id, mut secret_key, mut session_token) = (None, None, None);
     for line in text.lines().map(str::trim) {
@@ -444,4 +472,72 @@ fn shared_credentials_file() -> Option<Credentials> {
         secret_key: secret_key?,
         session_token,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aws(config: AwsConfig) -> Aws {
+        Aws::new(
+            &config,
+            &ProxyConfig::default(),
+            &NodeName::new_unchecked("rabbit@here"),
+            true,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn host_names_come_from_the_configured_paths() {
+        let instance = parse_xml(
+            "<item><privateDnsName>ip-10-0-0-1.ec2.internal</privateDnsName>\
+             <privateIpAddress>10.0.0.1</privateIpAddress><networkInterfaceSet>\
+             <item><association><publicDnsName>ec2-1.compute.amazonaws.com</publicDnsName>\
+             </association></item></networkInterfaceSet></item>",
+        )
+        .unwrap();
+        let tags = vec![("service".to_string(), "rabbitmq".to_string())];
+        let by_name = aws(AwsConfig {
+            instance_tags: tags.clone(),
+            ..AwsConfig::default()
+        });
+        assert_eq!(
+            by_name.hosts_of(&instance),
+            vec!["ip-10-0-0-1.ec2.internal"]
+        );
+        let by_ip = aws(AwsConfig {
+            instance_tags: tags.clone(),
+            use_private_ip: true,
+            ..AwsConfig::default()
+        });
+        assert_eq!(by_ip.hosts_of(&instance), vec!["10.0.0.1"]);
+        let by_path = aws(AwsConfig {
+            instance_tags: tags,
+            hostname_paths: vec![
+                ["networkInterfaceSet", "1", "association", "publicDnsName"]
+                    .map(String::from)
+                    .to_vec(),
+                vec!["privateIpAddress".into()],
+                vec!["noSuchField".into()],
+            ],
+            ..AwsConfig::default()
+        });
+        assert_eq!(
+            by_path.hosts_of(&instance),
+            vec!["ec2-1.compute.amazonaws.com", "10.0.0.1"]
+        );
+    }
+
+    #[test]
+    fn a_backend_with_nothing_to_look_for_is_refused() {
+        let error = Aws::new(
+            &AwsConfig::default(),
+            &ProxyConfig::default(),
+            &NodeName::new_unchecked("rabbit@here"),
+            true,
+        )
+        .unwrap_err();
+        assert!(error.contains("instance_tags"), "{error}");
+    }
 }

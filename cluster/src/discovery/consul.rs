@@ -64,13 +64,6 @@ impl Consul {
         node: &NodeName,
         long_names: bool,
     ) -> Result<Consul, String> {
-        if config.svc_addr_nic.is_some() {
-            return Err(
-                "cluster_formation.consul.svc_addr_nic is not available yet; use svc_addr, or \
-                 svc_addr_auto with svc_addr_use_nodename"
-                    .into(),
-            );
-        }
         let tls = match config.scheme == "https" || config.tls.enabled {
             true => Some(tls_config(
                 &config.tls,
@@ -83,7 +76,10 @@ impl Consul {
         if let Some(token) = &config.acl_token {
             client = client.with_header("X-Consul-Token", token);
         }
-        let address = if config.svc_addr_auto {
+        let address = if let Some(nic) = &config.svc_addr_nic {
+            // As RabbitMQ: the interface's IPv4 address, whatever svc_addr_auto says.
+            Some(interface_ipv4(nic)?.to_string())
+        } else if config.svc_addr_auto {
             Some(if config.svc_addr_use_nodename {
                 node.host().to_string()
             } else {
@@ -341,5 +337,79 @@ impl Consul {
     async fn destroy(&self, session: &str) {
         let path = format!("/v1/session/destroy/{session}");
         let _ = self.client.request("PUT", &path, None, None).await;
+    }
+}
+
+/// The IPv4 address of network interface `name` (`cluster_formation.consul.svc_addr_nic`).
+#[allow(unsafe_code)] // getifaddrs(3) has no safe wrapper in std; the blocks are checked below.
+fn interface_ipv4(name: &str) -> Result<std::net::Ipv4Addr, String> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(format!(
+            "cluster_formation.consul.svc_addr_nic: cannot list network interfaces: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut found = None;
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_name.is_null() || entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let interface = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        if interface.to_bytes() != name.as_bytes() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr owned by the list; its family says its type.
+        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+        if family == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let address = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+            found = Some(std::net::Ipv4Addr::from(u32::from_be(
+                address.sin_addr.s_addr,
+            )));
+            break;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once; no reference into it outlives this.
+    unsafe { libc::freeifaddrs(list) };
+    found.ok_or_else(|| {
+        format!("cluster_formation.consul.svc_addr_nic: no IPv4 address on interface '{name}'")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loopback_interface_has_its_address() {
+        assert_eq!(interface_ipv4("lo").unwrap(), std::net::Ipv4Addr::LOCALHOST);
+        let error = interface_ipv4("no-such-nic0").unwrap_err();
+        assert!(error.contains("svc_addr_nic"), "{error}");
+    }
+
+    #[test]
+    fn the_service_is_named_by_its_address() {
+        let node = NodeName::new_unchecked("rabbit@node1.example");
+        let config = ConsulConfig {
+            svc_addr_nic: Some("lo".into()),
+            ..ConsulConfig::default()
+        };
+        let consul = Consul::new(&config, &ProxyConfig::default(), &node, true).unwrap();
+        assert_eq!(consul.service_id, "rabbitmq:127.0.0.1");
+        let config = ConsulConfig {
+            svc_addr_auto: true,
+            svc_addr_use_nodename: true,
+            ..ConsulConfig::default()
+        };
+        let consul = Consul::new(&config, &ProxyConfig::default(), &node, true).unwrap();
+        assert_eq!(consul.service_id, "rabbitmq:node1.example");
+        assert_eq!(consul.lock_key(), "rabbitmq/default/startup_lock");
     }
 }

@@ -233,9 +233,27 @@ pub struct AwsConfig {
     pub instance_tags: Vec<(String, String)>,
     /// `use_private_ip` (default false): name peers by private IP, not private DNS name.
     pub use_private_ip: bool,
-    /// `hostname_path.<n>`: where in an instance's description its host name is
-    /// (`networkInterfaceSet`, `2`, `privateIpAddressesSet`, `1`, `privateDnsName`...).
-    pub hostname_path: Vec<String>,
+    /// `hostname_path` (one path) or `hostname_path.<n>` (several): where in an instance's
+    /// description its host names are, as comma-separated steps
+    /// (`networkInterfaceSet,1,association,publicDnsName`; numbers pick the n-th item).
+    pub hostname_paths: Vec<Vec<String>>,
+    /// `ec2_instance_states.<n>`: the states of the instances listed; `pending` and `running`
+    /// when none is given.
+    pub instance_states: Option<Vec<String>>,
+}
+
+fn hostname_path(value: &str) -> Result<Vec<String>, String> {
+    let steps: Vec<String> = value
+        .split(',')
+        .map(|step| step.trim().to_string())
+        .filter(|step| !step.is_empty())
+        .collect();
+    if steps.is_empty() {
+        return Err(
+            "expected a comma-separated path such as networkInterfaceSet,1,privateDnsName".into(),
+        );
+    }
+    Ok(steps)
 }
 
 impl std::fmt::Debug for AwsConfig {
@@ -246,7 +264,8 @@ impl std::fmt::Debug for AwsConfig {
             .field("use_autoscaling_group", &self.use_autoscaling_group)
             .field("instance_tags", &self.instance_tags)
             .field("use_private_ip", &self.use_private_ip)
-            .field("hostname_path", &self.hostname_path)
+            .field("hostname_paths", &self.hostname_paths)
+            .field("instance_states", &self.instance_states)
             .finish_non_exhaustive()
     }
 }
@@ -553,12 +572,41 @@ pub(crate) const KEYS: &[(&str, Apply)] = &[
         },
     ),
     (
+        "cluster_formation.aws.hostname_path",
+        |config, setting, _| {
+            discovery(config).aws.hostname_paths = vec![hostname_path(&setting.value)?];
+            Ok(())
+        },
+    ),
+    (
         "cluster_formation.aws.hostname_path.*",
         |config, setting, _| {
-            discovery(config)
+            let path = hostname_path(&setting.value)?;
+            discovery(config).aws.hostname_paths.push(path);
+            Ok(())
+        },
+    ),
+    (
+        "cluster_formation.aws.ec2_instance_states.*",
+        |config, setting, _| {
+            const STATES: &[&str] = &[
+                "pending",
+                "running",
+                "shutting-down",
+                "terminated",
+                "stopping",
+                "stopped",
+            ];
+            if !STATES.contains(&setting.value.as_str()) {
+                return Err(format!("expected one of {}", STATES.join(", ")));
+            }
+            let states = discovery(config)
                 .aws
-                .hostname_path
-                .push(setting.value.clone());
+                .instance_states
+                .get_or_insert_with(Vec::new);
+            if !states.contains(&setting.value) {
+                states.push(setting.value.clone());
+            }
             Ok(())
         },
     ),
