@@ -430,39 +430,54 @@ impl DnsServer {
         }
         for _ in 0..5 {
             let port = free_port();
-            let mut arguments = vec![
-                "--keep-in-foreground".to_string(),
-                format!("--port={port}"),
-                "--listen-address=127.0.0.1".into(),
-                "--bind-interfaces".into(),
-                "--no-resolv".into(),
-                "--no-hosts".into(),
-                "--conf-file=/dev/null".into(),
-                "--pid-file=".into(),
-            ];
-            for (host, ip) in nodes {
-                arguments.push(format!("--host-record={host},{ip}"));
-                arguments.push(format!("--address=/{seed}/{ip}"));
-            }
-            let program =
-                if installed("dnsmasq") && std::path::Path::new("/usr/sbin/dnsmasq").exists() {
-                    "/usr/sbin/dnsmasq"
-                } else {
-                    "dnsmasq"
-                };
-            let mut child = Command::new(program)
-                .args(&arguments)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("dnsmasq starts");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if child.try_wait().ok().flatten().is_none() {
+            if let Some(child) = DnsServer::spawn(port, seed, nodes).await {
                 return Some(DnsServer { child, port });
             }
         }
         panic!("dnsmasq did not start");
+    }
+
+    /// Serves these records instead, on the same port.
+    async fn replace(&mut self, seed: &str, nodes: &[(String, IpAddr)]) {
+        let _ = self.child.kill().await;
+        for _ in 0..20 {
+            if let Some(child) = DnsServer::spawn(self.port, seed, nodes).await {
+                self.child = child;
+                return;
+            }
+        }
+        panic!("dnsmasq did not start again");
+    }
+
+    async fn spawn(port: u16, seed: &str, nodes: &[(String, IpAddr)]) -> Option<Child> {
+        let mut arguments = vec![
+            "--keep-in-foreground".to_string(),
+            format!("--port={port}"),
+            "--listen-address=127.0.0.1".into(),
+            "--bind-interfaces".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--conf-file=/dev/null".into(),
+            "--pid-file=".into(),
+        ];
+        for (host, ip) in nodes {
+            arguments.push(format!("--host-record={host},{ip}"));
+            arguments.push(format!("--address=/{seed}/{ip}"));
+        }
+        let program = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+            "/usr/sbin/dnsmasq"
+        } else {
+            "dnsmasq"
+        };
+        let mut child = Command::new(program)
+            .args(&arguments)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("dnsmasq starts");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        child.try_wait().ok().flatten().is_none().then_some(child)
     }
 }
 
@@ -474,8 +489,8 @@ impl Drop for DnsServer {
 
 /// DNS: the seed name's A records list the nodes, PTR records name them; three nodes started
 /// at the same instant (no start-up delay) form one cluster, again and again, and the health
-/// check names the seed; a node killed with -9 and restarted rejoins; a node added to DNS
-/// later joins the running cluster.
+/// check names the seed; a node killed with -9 and restarted rejoins; a fourth node joins the
+/// running cluster; a member dropped from DNS is logged by the node cleanup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_nodes_form_one_cluster_and_rejoin() {
     for round in 0..3 {
@@ -485,7 +500,7 @@ async fn dns_nodes_form_one_cluster_and_rejoin() {
         let records: Vec<(String, IpAddr)> =
             hosts.iter().cloned().zip(ips.iter().copied()).collect();
         let seed = format!("seed.{zone}");
-        let Some(dns) = DnsServer::start(&seed, &records).await else {
+        let Some(mut dns) = DnsServer::start(&seed, &records).await else {
             return;
         };
         let names: Vec<String> = hosts.iter().map(|host| format!("warren@{host}")).collect();
@@ -494,7 +509,8 @@ async fn dns_nodes_form_one_cluster_and_rejoin() {
              cluster_formation.dns.hostname = {seed}\n\
              cluster_formation.dns.nameservers.1 = 127.0.0.1:{}\n\
              cluster_formation.randomized_startup_delay_range.min = 0\n\
-             cluster_formation.randomized_startup_delay_range.max = 0\n",
+             cluster_formation.randomized_startup_delay_range.max = 0\n\
+             cluster_formation.node_cleanup.interval = 1\n",
             dns.port
         );
         let mut cluster = ClusterProcesses::named(&ips, &names, port, &config);
@@ -514,6 +530,18 @@ async fn dns_nodes_form_one_cluster_and_rejoin() {
             cluster.wait_for_members(3).await;
             cluster.start(&[3]).await;
             cluster.wait_for_members(4).await;
+            // Gone from DNS: the others log it (only_log_warning is the default).
+            dns.replace(&seed, &records[..3]).await;
+            wait_for_log(
+                &mut cluster,
+                0,
+                &format!(
+                    "node cleanup (dns): {} is a member of the cluster but the backend does not \
+                     list it",
+                    names[3]
+                ),
+            )
+            .await;
             cluster.stop(3).await;
         }
         for index in 0..3 {
@@ -804,4 +832,30 @@ async fn etcd_with_authentication() {
     for index in 0..2 {
         cluster.stop(index).await;
     }
+}
+
+/// `cluster_formation.registration.enabled = false`: the node looks (and takes the lock) but
+/// never registers or deregisters; listed by no one, it forms a cluster of its own after the
+/// retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_registration_can_be_turned_off() {
+    let consul = FakeConsul::start().await;
+    let (ips, port) = ClusterProcesses::addresses(1);
+    let names = names(&ips);
+    let config = format!(
+        "cluster_formation.peer_discovery_backend = consul\n\
+         cluster_formation.consul.host = 127.0.0.1\n\
+         cluster_formation.consul.port = {}\n\
+         cluster_formation.registration.enabled = false\n\
+         cluster_formation.discovery_retry_limit = 2\n",
+        consul.port
+    );
+    let mut cluster = ClusterProcesses::named(&ips, &names, port, &config);
+    cluster.start(&[0]).await;
+    cluster.wait_for_members(1).await;
+    cluster.stop(0).await;
+    assert!(consul.saw("GET", "/v1/health/service/rabbitmq"));
+    assert!(!consul.saw("PUT", "/v1/agent/service/register"));
+    assert!(!consul.saw("PUT", "/v1/agent/service/deregister"));
+    assert!(consul.services().is_empty());
 }
