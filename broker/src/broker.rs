@@ -303,9 +303,7 @@ impl Broker {
         let machine = Arc::new(MetadataMachine::new());
         let (group, new_cluster, discovery) =
             start_metadata_group(&config, transport, log, machine.clone(), formation).await?;
-        if let Some(discovery) = &discovery {
-            discovery.start_background(transport, &group);
-        }
+        let group_for_discovery = group.clone();
         let broker = Arc::new(Broker {
             users: Users::default(),
             vhosts: RwLock::new(HashMap::new()),
@@ -339,8 +337,14 @@ impl Broker {
                 }
             }),
         );
-        if blank && new_cluster {
-            broker.set_up_defaults().await?;
+        if blank
+            && new_cluster
+            && let Err(error) = broker.set_up_defaults().await
+        {
+            if let Some(discovery) = broker.discovery() {
+                discovery.stop().await;
+            }
+            return Err(error);
         }
         if !stale.is_empty() {
             // Transient queues and exchanges of this node's previous run: gone everywhere.
@@ -353,6 +357,10 @@ impl Broker {
                     "transient queues and exchanges of the previous run are not removed yet: {error}"
                 );
             }
+        }
+        // Registration kept alive and node cleanup: only for a broker that opened.
+        if let Some(discovery) = broker.discovery() {
+            discovery.start_background(transport, &group_for_discovery);
         }
         Ok(broker)
     }

@@ -25,13 +25,16 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::is_loopback;
 use crate::server::NodeShared;
+
+/// How long a client may take to send a request's head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The tags that open the management API.
 const MANAGEMENT_TAGS: &[&str] = &["management", "policymaker", "monitoring", "administrator"];
@@ -58,7 +61,10 @@ pub(crate) async fn serve(listener: TcpListener, node: Weak<NodeShared>, stop: C
                 let node = node.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(request, peer, &node).await) }
             });
+            // A client that sends no complete request head within the timeout is dropped.
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(socket), service);
             tokio::select! {
                 _ = connection => {}

@@ -104,7 +104,8 @@ impl Aws {
             .and_then(|rest| rest.split_once('/'))
             .map(|(_, prefix)| format!("/{prefix}"))
             .unwrap_or_default();
-        let client = client_for(base, &self.tls, &self.proxy)?;
+        // Never through a proxy: the metadata service is link-local, and hands out credentials.
+        let client = client_for(base, &self.tls, &ProxyConfig::default())?;
         let token = client
             .clone()
             .with_header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
@@ -124,6 +125,11 @@ impl Aws {
         }
         if let Some(region) = env(&["AWS_EC2_REGION", "AWS_DEFAULT_REGION", "AWS_REGION"]) {
             return region;
+        }
+        if let Ok(region) = self.metadata("/latest/meta-data/placement/region").await
+            && !region.trim().is_empty()
+        {
+            return region.trim().to_string();
         }
         match self
             .metadata("/latest/meta-data/placement/availability-zone")
@@ -377,6 +383,11 @@ impl Aws {
                 .and_then(|result| result.text_at(&["NextToken"]))
                 .map(str::to_string);
             if next.is_none() {
+                // This instance is in its group: an empty list is an answer not understood, and
+                // must not become "every instance of the region".
+                if instances.is_empty() {
+                    return Err(format!("autoscaling group {group}: no instance listed"));
+                }
                 return Ok(instances);
             }
         }

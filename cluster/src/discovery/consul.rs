@@ -72,7 +72,8 @@ impl Consul {
             false => None,
         };
         let tls = tls.as_ref().map(|tls| (tls, &config.tls));
-        let mut client = Client::new(&config.host, config.port, tls, proxy)?;
+        let mut client = Client::new(&config.host, config.port, tls, proxy)
+            .map_err(|error| format!("cluster_formation.consul.host: {error}"))?;
         if let Some(token) = &config.acl_token {
             client = client.with_header("X-Consul-Token", token);
         }
@@ -317,12 +318,39 @@ impl Consul {
                 .await?;
             let entries: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
             let index = entries[0]["ModifyIndex"].as_u64().unwrap_or(0);
+            // A bounded wait, so that the session is renewed before its TTL runs out.
+            self.renew(&session).await;
+            let left = left.min(Duration::from_secs(20));
             let wait = left.as_secs().max(1);
             let blocking = format!("/v1/kv/{key}?index={index}&wait={wait}s");
             let _ = self
                 .client
                 .request("GET", &blocking, None, Some(left + Duration::from_secs(5)))
                 .await;
+        }
+    }
+
+    /// Renews the lock's session.
+    async fn renew(&self, session: &str) {
+        let path = format!("/v1/session/renew/{session}");
+        match self.client.request("PUT", &path, None, None).await {
+            Ok(response) if (200..300).contains(&response.status) => {}
+            Ok(response) => tracing::warn!(
+                "peer discovery (consul): renewing the lock's session: {} {}",
+                response.status,
+                response.text()
+            ),
+            Err(error) => {
+                tracing::warn!("peer discovery (consul): renewing the lock's session: {error}")
+            }
+        }
+    }
+
+    /// Keeps the lock's session alive as long as it is polled (while the lock is held).
+    pub(crate) async fn keep_lock_alive(&self, session: &str) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            self.renew(session).await;
         }
     }
 

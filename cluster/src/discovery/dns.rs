@@ -94,11 +94,14 @@ impl Dns {
         } else {
             format!("{host}.")
         };
-        let lookup = self
-            .resolver
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map_err(|error| format!("DNS lookup of {host} failed: {error}"))?;
+        let lookup = match self.resolver.lookup_ip(fqdn.as_str()).await {
+            Ok(lookup) => lookup,
+            // The name has no A or AAAA record (yet): an answer, not a failure.
+            Err(error) if error.is_no_records_found() || error.is_nx_domain() => {
+                return Ok(Vec::new());
+            }
+            Err(error) => return Err(format!("DNS lookup of {host} failed: {error}")),
+        };
         let mut addresses: Vec<IpAddr> = lookup.iter().collect();
         addresses.sort();
         addresses.dedup();

@@ -8,7 +8,8 @@
 //!       (etcd's lock service), on its own lease so that a node that dies holding it lets go
 //! ```
 //!
-//! The node registered first (the lowest create revision) is the one the others join.
+//! Nodes look and join one at a time under the lock, and register once they are members: the
+//! first to take the lock forms the cluster, the others find it listed and join it.
 
 use std::time::Duration;
 
@@ -90,7 +91,10 @@ impl Etcd {
             let (host, port) = split_url(endpoint, 2379)
                 .map_err(|error| format!("cluster_formation.etcd.endpoints: {error}"))?;
             let tls = tls.as_ref().map(|tls| (tls, &config.tls));
-            endpoints.push(Client::new(&host, port, tls, proxy)?);
+            endpoints.push(
+                Client::new(&host, port, tls, proxy)
+                    .map_err(|error| format!("cluster_formation.etcd.endpoints: {error}"))?,
+            );
         }
         fastrand::shuffle(&mut endpoints);
         Ok(Etcd {
@@ -302,13 +306,15 @@ impl Etcd {
     pub(crate) async fn lock(&self) -> Result<(String, i64), String> {
         let lease = self.grant(LOCK_TTL).await?;
         let timeout = self.config.lock_timeout;
-        let answer = self
-            .call(
+        // The lease must outlive the wait: kept alive until the lock is ours (or not).
+        let answer = tokio::select! {
+            answer = self.call(
                 "/v3/lock/lock",
                 json!({"name": b64(&self.lock_name()), "lease": lease}),
                 Some(timeout),
-            )
-            .await;
+            ) => answer,
+            never = self.keep_lock_alive(lease) => match never {},
+        };
         match answer {
             Ok(answer) => {
                 let key = answer["key"]
@@ -324,6 +330,20 @@ impl Etcd {
                      (cluster_formation.etcd.lock_timeout): {error}",
                     self.lock_name()
                 ))
+            }
+        }
+    }
+
+    /// Keeps the formation lock's lease alive (a third of its TTL apart) as long as it is
+    /// polled: while waiting for the lock, and while holding it.
+    pub(crate) async fn keep_lock_alive(&self, lease: i64) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(Duration::from_secs(LOCK_TTL / 3)).await;
+            if let Err(error) = self
+                .call("/v3/lease/keepalive", json!({"ID": lease}), None)
+                .await
+            {
+                tracing::warn!("peer discovery (etcd): keeping the lock's lease alive: {error}");
             }
         }
     }

@@ -49,7 +49,7 @@ impl std::fmt::Debug for Tls {
 }
 
 /// An HTTP client bound to one server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Client {
     host: String,
     port: u16,
@@ -58,6 +58,20 @@ pub(crate) struct Client {
     via_proxy: Option<(String, u16)>,
     timeout: Duration,
     headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Client {
+    // Header values carry tokens: only their names are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Client")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("via_proxy", &self.via_proxy)
+            .field("headers", &headers)
+            .finish()
+    }
 }
 
 /// Whether `url` says `https://`.
@@ -210,14 +224,28 @@ impl Client {
         tls: Option<(&Arc<ClientConfig>, &TlsSettings)>,
         proxy: &ProxyConfig,
     ) -> Result<Client, String> {
-        let excluded = proxy
-            .exclusions
-            .iter()
-            .any(|excluded| excluded.eq_ignore_ascii_case(host));
+        let excluded = proxy.exclusions.iter().any(|excluded| {
+            let excluded = excluded.to_ascii_lowercase();
+            let host = host.to_ascii_lowercase();
+            match excluded
+                .strip_prefix("*.")
+                .or_else(|| excluded.strip_prefix('.'))
+            {
+                Some(domain) => host == domain || host.ends_with(&format!(".{domain}")),
+                None => host == excluded,
+            }
+        });
         let (setting, key) = match tls {
             Some(_) => (&proxy.https_proxy, "https_proxy"),
             None => (&proxy.http_proxy, "http_proxy"),
         };
+        if let Some(proxy) = setting
+            && proxy.contains('@')
+        {
+            return Err(format!(
+                "cluster_formation.proxy.{key}: proxies that need credentials are not supported"
+            ));
+        }
         let via_proxy = match (setting, excluded) {
             (Some(proxy), false) => Some(
                 split_url(proxy, 80)
@@ -323,11 +351,7 @@ impl Client {
                 .await
                 .map_err(|error| error.to_string())?;
             let mut reader = BufReader::new(&mut tcp);
-            let mut line = String::new();
-            reader
-                .read_line(&mut line)
-                .await
-                .map_err(|error| error.to_string())?;
+            let line = read_limited_line(&mut reader).await?;
             let status = line.split_whitespace().nth(1).unwrap_or("");
             if !status.starts_with('2') {
                 return Err(format!("the proxy refused to connect: {}", line.trim()));
@@ -375,15 +399,30 @@ impl Client {
     }
 }
 
+/// The longest status, header or chunk-size line read.
+const MAX_LINE: u64 = 16 * 1024;
+
+/// Reads one line (at most [`MAX_LINE`] bytes); an empty string at the end of the stream.
+async fn read_limited_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<String, String> {
+    let mut line = Vec::new();
+    let read = (&mut *reader)
+        .take(MAX_LINE)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|error| error.to_string())?;
+    if read as u64 == MAX_LINE && line.last() != Some(&b'\n') {
+        return Err("a line of the answer is too long".into());
+    }
+    String::from_utf8(line).map_err(|_| "the answer is not text".to_string())
+}
+
 /// Reads a status line, headers and body.
 pub(crate) async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
 ) -> Result<Response, String> {
-    let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .await
-        .map_err(|error| error.to_string())?;
+    let line = read_limited_line(reader).await?;
     let status: u16 = line
         .split_whitespace()
         .nth(1)
@@ -405,13 +444,9 @@ pub(crate) async fn read_headers<R: tokio::io::AsyncBufRead + Unpin>(
 ) -> Result<Vec<(String, String)>, String> {
     let mut headers = Vec::new();
     loop {
-        let mut line = String::new();
-        let read = reader
-            .read_line(&mut line)
-            .await
-            .map_err(|error| error.to_string())?;
+        let line = read_limited_line(reader).await?;
         let line = line.trim_end();
-        if read == 0 || line.is_empty() {
+        if line.is_empty() {
             return Ok(headers);
         }
         if let Some((name, value)) = line.split_once(':') {
@@ -435,13 +470,16 @@ pub(crate) async fn read_body<R: tokio::io::AsyncBufRead + Unpin>(
             .map(|(_, value)| value.as_str())
     };
     let mut body = Vec::new();
-    if header("transfer-encoding").is_some_and(|value| value.eq_ignore_ascii_case("chunked")) {
+    // The last transfer coding decides the framing (`gzip, chunked` is chunked).
+    let chunked = header("transfer-encoding").is_some_and(|value| {
+        value
+            .rsplit(',')
+            .next()
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+    });
+    if chunked {
         loop {
-            let mut size = String::new();
-            reader
-                .read_line(&mut size)
-                .await
-                .map_err(|error| error.to_string())?;
+            let size = read_limited_line(reader).await?;
             let size = size.trim().split(';').next().unwrap_or("");
             let size =
                 usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size {size:?}"))?;
@@ -449,7 +487,7 @@ pub(crate) async fn read_body<R: tokio::io::AsyncBufRead + Unpin>(
                 let _ = read_headers(reader).await;
                 return Ok(body);
             }
-            if body.len() + size > MAX_BODY {
+            if size > MAX_BODY - body.len() {
                 return Err("response too large".into());
             }
             let start = body.len();
@@ -514,6 +552,48 @@ mod tests {
             ("etcd".to_string(), 2379)
         );
         assert!(is_https("https://etcd:2379") && !is_https("etcd:2379"));
+    }
+
+    #[tokio::test]
+    async fn hostile_answers_are_refused_without_panicking() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n";
+        let error = read_response(&mut BufReader::new(&raw[..]))
+            .await
+            .unwrap_err();
+        assert!(error.contains("too large"), "{error}");
+        let mut long = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 20_000));
+        let error = read_response(&mut BufReader::new(&long[..]))
+            .await
+            .unwrap_err();
+        assert!(error.contains("too long"), "{error}");
+        let raw =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let response = read_response(&mut BufReader::new(&raw[..])).await.unwrap();
+        assert_eq!(response.body, b"ok");
+    }
+
+    #[test]
+    fn proxies_are_skipped_for_excluded_hosts_and_refused_with_credentials() {
+        let proxy = ProxyConfig {
+            http_proxy: Some("http://proxy.local:3128".into()),
+            https_proxy: None,
+            exclusions: vec!["169.254.169.254".into(), "*.internal".into()],
+        };
+        let via = |host: &str| Client::new(host, 80, None, &proxy).unwrap().via_proxy;
+        assert_eq!(via("etcd.example"), Some(("proxy.local".to_string(), 3128)));
+        assert_eq!(via("169.254.169.254"), None);
+        assert_eq!(via("consul.service.internal"), None);
+        let with_user = ProxyConfig {
+            http_proxy: Some("http://user:pw@proxy.local:3128".into()),
+            ..proxy.clone()
+        };
+        let error = Client::new("etcd.example", 80, None, &with_user).unwrap_err();
+        assert!(
+            error.contains("cluster_formation.proxy.http_proxy"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -152,7 +152,7 @@ impl Discovery {
             && matches!(self.backend, Backend::Etcd(_) | Backend::Consul(_))
     }
 
-    /// The nodes the backend lists, the seed first.
+    /// The nodes the backend lists.
     pub async fn discover(&self) -> Result<Vec<NodeName>, String> {
         match &self.backend {
             Backend::Dns { dns, hostname } => {
@@ -204,6 +204,18 @@ impl Discovery {
             Backend::Etcd(etcd) => etcd.lock().await.map(|lock| Some(Lock::Etcd(lock))),
             Backend::Consul(consul) => consul.lock().await.map(|lock| Some(Lock::Consul(lock))),
             Backend::Aws(_) => Ok(None),
+        }
+    }
+
+    async fn keep_lock_alive(&self, lock: &Option<Lock>) -> std::convert::Infallible {
+        match (&self.backend, lock) {
+            (Backend::Etcd(etcd), Some(Lock::Etcd((_, lease)))) => {
+                etcd.keep_lock_alive(*lease).await
+            }
+            (Backend::Consul(consul), Some(Lock::Consul(session))) => {
+                consul.keep_lock_alive(session).await
+            }
+            _ => std::future::pending().await,
         }
     }
 
@@ -279,7 +291,7 @@ impl Discovery {
                 }
                 Err(error) => {
                     failures += 1;
-                    if failures > self.retry_limit {
+                    if failures >= self.retry_limit.max(1) {
                         return Err(RaftGroupError::Refused(format!(
                             "peer discovery ({backend}) failed {failures} times in a row: \
                              {error}; the node stops rather than form a cluster of its own"
@@ -293,9 +305,13 @@ impl Discovery {
             };
             let names: Vec<&str> = discovered.iter().map(NodeName::as_str).collect();
             tracing::info!("peer discovery ({backend}): discovered {names:?}");
-            let outcome = self
-                .round(transport, group, &me, &discovered, locking, attempt)
-                .await;
+            // The lock's lease (session) is kept alive while this node looks and joins.
+            let outcome = tokio::select! {
+                outcome = self.round(transport, group, &me, &discovered, locking, attempt) => {
+                    outcome
+                }
+                never = self.keep_lock_alive(&lock) => match never {},
+            };
             if let Ok(Some(_)) = &outcome {
                 self.register_or_warn().await;
             }
@@ -388,6 +404,10 @@ impl Discovery {
             tasks.push(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(discovery.keep_alive_interval()).await;
+                    if !*discovery.registered.lock() {
+                        discovery.register_or_warn().await;
+                        continue;
+                    }
                     if let Err(error) = discovery.keep_alive().await {
                         tracing::warn!(
                             "peer discovery ({}): keeping the registration alive failed: {error}",

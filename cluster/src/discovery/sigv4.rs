@@ -107,7 +107,7 @@ pub fn sign_get(
     query: &str,
     amz_date: &str,
 ) -> Vec<(String, String)> {
-    let date = &amz_date[..8];
+    let date = amz_date.get(..8).unwrap_or(amz_date);
     let mut headers = vec![
         ("host", host.to_string()),
         ("x-amz-date", amz_date.to_string()),

@@ -24,7 +24,7 @@ pub struct DnsConfig {
 }
 
 /// `cluster_formation.etcd.*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
     /// `cluster_formation.etcd.endpoints.*`: `host:port` (or `http://host:port`).
     pub endpoints: Vec<String>,
@@ -56,6 +56,39 @@ impl Default for EtcdConfig {
             password: None,
             tls: TlsSettings::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    // The password stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("key_prefix", &self.key_prefix)
+            .field("cluster_name", &self.cluster_name)
+            .field("node_ttl", &self.node_ttl)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("username", &self.username)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ConsulConfig {
+    // The ACL token stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("scheme", &self.scheme)
+            .field("cluster_name", &self.cluster_name)
+            .field("svc", &self.svc)
+            .field("svc_addr", &self.svc_addr)
+            .field("svc_port", &self.svc_port)
+            .field("svc_ttl", &self.svc_ttl)
+            .field("lock_prefix", &self.lock_prefix)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +170,7 @@ fn tls_option(
 }
 
 /// `cluster_formation.consul.*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConsulConfig {
     /// `cluster_formation.consul.host` (default `localhost`).
     pub host: String,
