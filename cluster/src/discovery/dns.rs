@@ -9,7 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::op::{Message, Query};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
@@ -78,6 +80,8 @@ impl Dns {
         let mut builder = builder;
         // Discovery asks again every round: an answer must not outlive a change in the zone.
         builder.options_mut().cache_size = 0;
+        // A and AAAA records both: a seed name may list nodes of either family.
+        builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         let resolver = builder
             .build()
             .map_err(|error| format!("cannot set up DNS resolution: {error}"))?;
