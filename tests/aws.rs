@@ -14,9 +14,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use warren_cluster::discovery::sigv4::{Credentials, canonical_query, sign_get};
+
+use crate::{read_http_request, write_http_response};
 
 /// An EC2 instance of the fake account.
 #[derive(Debug, Clone)]
@@ -103,41 +105,12 @@ impl FakeAws {
 
 async fn serve(socket: TcpStream, state: Arc<Mutex<State>>) {
     let mut reader = BufReader::new(socket);
-    let mut line = String::new();
-    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+    let Some(request) = read_http_request(&mut reader).await else {
         return;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let mut headers: HashMap<String, String> = HashMap::new();
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
-            break;
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-    }
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|length| length.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    if reader.read_exact(&mut body).await.is_err() {
-        return;
-    }
-    let (status, answer) = handle(&method, &target, &headers, &state);
-    let response = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-    let _ = reader.get_mut().write_all(response.as_bytes()).await;
+    };
+    let (status, answer) = handle(&request.method, &request.target, &request.headers, &state);
+    let content_type = [("Content-Type", "text/xml".to_string())];
+    write_http_response(reader.get_mut(), status, &content_type, &answer).await;
 }
 
 fn decode(text: &str) -> String {

@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+
+use crate::{read_http_request, write_http_response};
 
 #[derive(Debug, Clone)]
 struct Service {
@@ -186,36 +188,12 @@ impl FakeConsul {
 
 async fn serve(socket: TcpStream, state: Arc<Mutex<State>>, changed: Arc<Notify>) {
     let mut reader = BufReader::new(socket);
-    let mut line = String::new();
-    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+    let Some(request) = read_http_request(&mut reader).await else {
         return;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let mut length = 0usize;
-    let mut token = None;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
-            break;
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap_or(0),
-                "x-consul-token" => token = Some(value.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    if reader.read_exact(&mut body).await.is_err() {
-        return;
-    }
+    };
+    let (method, target) = (request.method, request.target);
+    let token = request.headers.get("x-consul-token").cloned();
+    let body = request.body;
     // A request through an HTTP proxy names the origin in an absolute URI: this fake also
     // plays the proxy, and remembers whom the request was for.
     let target = match target.strip_prefix("http://") {
@@ -242,11 +220,11 @@ async fn serve(socket: TcpStream, state: Arc<Mutex<State>>, changed: Arc<Notify>
         Value::String(text) => text.clone(),
         other => other.to_string(),
     };
-    let response = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nX-Consul-Index: {index}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    let _ = reader.get_mut().write_all(response.as_bytes()).await;
+    let headers = [
+        ("Content-Type", "application/json".to_string()),
+        ("X-Consul-Index", index.to_string()),
+    ];
+    write_http_response(reader.get_mut(), status, &headers, &text).await;
 }
 
 async fn handle(

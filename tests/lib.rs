@@ -81,6 +81,77 @@ pub async fn http_get(
     (status, head.to_string(), body.to_string())
 }
 
+/// An HTTP/1.1 request, as the fake services of the tests read it.
+#[derive(Debug)]
+pub struct HttpRequest {
+    /// `GET`, `PUT`...
+    pub method: String,
+    /// The request target as sent (a path, or an absolute URI through a proxy).
+    pub target: String,
+    /// Headers, names in lower case.
+    pub headers: std::collections::HashMap<String, String>,
+    /// The body (`Content-Length` framed).
+    pub body: Vec<u8>,
+}
+
+/// Reads one request from `socket`; `None` when the peer sent nothing whole.
+pub async fn read_http_request(
+    reader: &mut tokio::io::BufReader<TcpStream>,
+) -> Option<HttpRequest> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).await.ok()? == 0 {
+            break;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|length| length.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).await.ok()?;
+    Some(HttpRequest {
+        method,
+        target,
+        headers,
+        body,
+    })
+}
+
+/// Writes a response with `body` and closes the exchange (`Connection: close`).
+pub async fn write_http_response(
+    socket: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, String)],
+    body: &str,
+) {
+    let mut response = format!("HTTP/1.1 {status} X\r\n");
+    for (name, value) in headers {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let _ = socket.write_all(response.as_bytes()).await;
+}
+
 /// Whether an outside program a test needs is there. Outside CI a missing program skips the
 /// test with a printed reason; under `CI=true` it fails the test, so CI never skips silently.
 pub fn require(program: &str, available: bool, install_hint: &str) -> bool {

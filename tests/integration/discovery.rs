@@ -227,6 +227,11 @@ fn names(ips: &[IpAddr]) -> Vec<String> {
     ips.iter().map(|ip| format!("warren@{ip}")).collect()
 }
 
+/// The registration keys of `names` under `prefix`.
+fn node_keys(prefix: &str, names: &[String]) -> Vec<String> {
+    names.iter().map(|name| format!("{prefix}{name}")).collect()
+}
+
 async fn wait_for_keys(etcd: &EtcdServer, prefix: &str, expected: &[String]) {
     let mut expected: Vec<String> = expected.to_vec();
     expected.sort();
@@ -240,6 +245,16 @@ async fn wait_for_keys(etcd: &EtcdServer, prefix: &str, expected: &[String]) {
         "etcd keys under {prefix}: {:?}, expected {expected:?}",
         etcd.keys(prefix).await
     );
+}
+
+/// Node 1 of a three-node cluster is killed with -9 and started again: it rejoins; then node 3
+/// starts: it joins the running cluster.
+async fn kill_restart_and_grow(cluster: &mut ClusterProcesses) {
+    cluster.kill(1).await;
+    cluster.start(&[1]).await;
+    cluster.wait_for_members(3).await;
+    cluster.start(&[3]).await;
+    cluster.wait_for_members(4).await;
 }
 
 /// Waits for a log line of node `index` containing `text`.
@@ -283,10 +298,7 @@ async fn etcd_nodes_form_one_cluster_register_and_rejoin() {
         let mut cluster = ClusterProcesses::named(&ips, &names, port, &config);
         cluster.start(&[0, 1, 2]).await;
         cluster.wait_for_members(3).await;
-        let keys: Vec<String> = names[..3]
-            .iter()
-            .map(|name| format!("{prefix}{name}"))
-            .collect();
+        let keys = node_keys(&prefix, &names[..3]);
         wait_for_keys(&etcd, &prefix, &keys).await;
         for index in 0..3 {
             let health = cluster.ctl(index, &["cluster_health_check"]).await;
@@ -298,12 +310,8 @@ async fn etcd_nodes_form_one_cluster_register_and_rejoin() {
             }
             continue;
         }
-        cluster.kill(1).await;
-        cluster.start(&[1]).await;
-        cluster.wait_for_members(3).await;
-        cluster.start(&[3]).await;
-        cluster.wait_for_members(4).await;
-        let keys: Vec<String> = names.iter().map(|name| format!("{prefix}{name}")).collect();
+        kill_restart_and_grow(&mut cluster).await;
+        let keys = node_keys(&prefix, &names);
         wait_for_keys(&etcd, &prefix, &keys).await;
         cluster.stop(2).await;
         wait_for_keys(&etcd, &prefix, &[&keys[..2], &keys[3..]].concat()).await;
@@ -392,10 +400,7 @@ async fn etcd_over_tls_with_client_certificates() {
     let mut cluster = ClusterProcesses::named(&ips[..3], &names[..3], port, &with_certificate);
     cluster.start(&[0, 1, 2]).await;
     cluster.wait_for_members(3).await;
-    let keys: Vec<String> = names[..3]
-        .iter()
-        .map(|name| format!("{prefix}{name}"))
-        .collect();
+    let keys = node_keys(&prefix, &names[..3]);
     wait_for_keys(&etcd, &prefix, &keys).await;
     let stranger = ClusterProcesses::named(
         &ips[3..],
@@ -525,11 +530,7 @@ async fn dns_nodes_form_one_cluster_and_rejoin() {
             "the seed is named: {health:?}"
         );
         if round == 2 {
-            cluster.kill(1).await;
-            cluster.start(&[1]).await;
-            cluster.wait_for_members(3).await;
-            cluster.start(&[3]).await;
-            cluster.wait_for_members(4).await;
+            kill_restart_and_grow(&mut cluster).await;
             // Gone from DNS: the others log it (only_log_warning is the default).
             dns.replace(&seed, &records[..3]).await;
             wait_for_log(
@@ -592,11 +593,7 @@ async fn consul_nodes_form_one_cluster_register_and_clean_up() {
         let health = cluster.ctl(2, &["cluster_health_check"]).await;
         assert_eq!(health.code, Some(0), "round {round}: {health:?}");
         if round == 2 {
-            cluster.kill(1).await;
-            cluster.start(&[1]).await;
-            cluster.wait_for_members(3).await;
-            cluster.start(&[3]).await;
-            cluster.wait_for_members(4).await;
+            kill_restart_and_grow(&mut cluster).await;
             assert!(
                 consul.saw("PUT", "/v1/session/create"),
                 "joins take the lock"
@@ -819,10 +816,7 @@ async fn etcd_with_authentication() {
     let mut cluster = ClusterProcesses::named(&ips[..2], &names[..2], port, &config("s3kR37"));
     cluster.start(&[0, 1]).await;
     cluster.wait_for_members(2).await;
-    let keys: Vec<String> = names[..2]
-        .iter()
-        .map(|name| format!("{prefix}{name}"))
-        .collect();
+    let keys = node_keys(&prefix, &names[..2]);
     wait_for_keys(&etcd, &prefix, &keys).await;
     let stranger = ClusterProcesses::named(&ips[2..], &names[2..], port, &config("wrong"));
     let output = warren_tests::node::NodeProcess::try_start(&stranger.members[0].options)

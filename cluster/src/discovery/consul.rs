@@ -180,14 +180,7 @@ impl Consul {
                 nodes.push((index, name));
             }
         }
-        nodes.sort();
-        let mut names: Vec<NodeName> = Vec::new();
-        for (_, name) in nodes {
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        Ok(names)
+        Ok(super::oldest_first(nodes))
     }
 
     /// Registers the service with its TTL check, and passes the check at once.

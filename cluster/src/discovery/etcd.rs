@@ -231,14 +231,7 @@ impl Etcd {
                 _ => tracing::debug!("peer discovery (etcd): skipped an unreadable key"),
             }
         }
-        nodes.sort();
-        let mut names: Vec<NodeName> = Vec::new();
-        for (_, name) in nodes {
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        Ok(names)
+        Ok(super::oldest_first(nodes))
     }
 
     /// Puts this node's key on a fresh lease.

@@ -51,6 +51,19 @@ use consul::Consul;
 use dns::Dns;
 use etcd::Etcd;
 
+/// Node names ordered by a registration index (etcd's create revision, Consul's
+/// `CreateIndex`), each once.
+pub(crate) fn oldest_first<K: Ord>(mut nodes: Vec<(K, NodeName)>) -> Vec<NodeName> {
+    nodes.sort();
+    let mut names: Vec<NodeName> = Vec::new();
+    for (_, name) in nodes {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// A backend and what it needs.
 #[derive(Debug)]
 enum Backend {

@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::secret::hmac_sha256 as hmac;
+
 /// AWS credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -22,23 +24,6 @@ impl std::fmt::Debug for Credentials {
             .field("access_key_id", &self.access_key_id)
             .finish_non_exhaustive()
     }
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|byte| byte ^ 0x36));
-    inner.update(data);
-    let mut outer = Sha256::new();
-    outer.update(block.map(|byte| byte ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
 }
 
 fn hex(bytes: &[u8]) -> String {

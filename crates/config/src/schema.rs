@@ -31,42 +31,17 @@ const KEYS: &[(&str, Apply)] = &[
         Ok(())
     }),
     ("management.tcp.port", |config, setting, _| {
-        let port = integer(&setting.value, 0, 65535)? as u16;
-        config.management = Some(match config.management {
-            Some(ListenAddress::Socket(address)) => {
-                ListenAddress::Socket(SocketAddr::new(address.ip(), port))
-            }
-            _ => ListenAddress::AnyInterface(port),
-        });
-        Ok(())
+        management_port(config, &setting.value)
     }),
     ("management.tcp.ip", |config, setting, _| {
-        let ip: IpAddr = setting
-            .value
-            .parse()
-            .map_err(|_| "expected an IP address such as 127.0.0.1 or ::".to_string())?;
-        let port = config.management.map_or(15672, |address| address.port());
-        config.management = Some(ListenAddress::Socket(SocketAddr::new(ip, port)));
-        Ok(())
+        management_ip(config, &setting.value)
     }),
+    // The names before RabbitMQ 3.7.
     ("management.listener.port", |config, setting, _| {
-        let port = integer(&setting.value, 0, 65535)? as u16;
-        config.management = Some(match config.management {
-            Some(ListenAddress::Socket(address)) => {
-                ListenAddress::Socket(SocketAddr::new(address.ip(), port))
-            }
-            _ => ListenAddress::AnyInterface(port),
-        });
-        Ok(())
+        management_port(config, &setting.value)
     }),
     ("management.listener.ip", |config, setting, _| {
-        let ip: IpAddr = setting
-            .value
-            .parse()
-            .map_err(|_| "expected an IP address such as 127.0.0.1 or ::".to_string())?;
-        let port = config.management.map_or(15672, |address| address.port());
-        config.management = Some(ListenAddress::Socket(SocketAddr::new(ip, port)));
-        Ok(())
+        management_ip(config, &setting.value)
     }),
     ("default_user", |config, setting, _| {
         config.default_user = setting.value.clone();
@@ -381,6 +356,28 @@ const RABBITMQ_ONLY: &[&str] = &[
     "proxy_protocol",
     "deprecated_features",
 ];
+
+/// Sets the management listener's port, keeping its address.
+fn management_port(config: &mut Config, value: &str) -> Result<(), String> {
+    let port = integer(value, 0, 65535)? as u16;
+    config.management = Some(match config.management {
+        Some(ListenAddress::Socket(address)) => {
+            ListenAddress::Socket(SocketAddr::new(address.ip(), port))
+        }
+        _ => ListenAddress::AnyInterface(port),
+    });
+    Ok(())
+}
+
+/// Sets the management listener's address, keeping its port.
+fn management_ip(config: &mut Config, value: &str) -> Result<(), String> {
+    let ip: IpAddr = value
+        .parse()
+        .map_err(|_| "expected an IP address such as 127.0.0.1 or ::".to_string())?;
+    let port = config.management.map_or(15672, |address| address.port());
+    config.management = Some(ListenAddress::Socket(SocketAddr::new(ip, port)));
+    Ok(())
+}
 
 /// Checks one setting against the schema and stores it in `config`.
 pub(crate) fn apply(config: &mut Config, setting: &Setting) -> Result<(), ConfigError> {
