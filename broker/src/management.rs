@@ -39,9 +39,21 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The tags that open the management API.
 const MANAGEMENT_TAGS: &[&str] = &["management", "policymaker", "monitoring", "administrator"];
 
+/// How many HTTP connections are served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
+
 /// Serves `listener` until `stop` is cancelled.
 pub(crate) async fn serve(listener: TcpListener, node: Weak<NodeShared>, stop: CancellationToken) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A slot first: beyond the cap, connections wait in the listen backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.cancelled() => return,
@@ -70,6 +82,7 @@ pub(crate) async fn serve(listener: TcpListener, node: Weak<NodeShared>, stop: C
                 _ = connection => {}
                 _ = stop.cancelled() => {}
             }
+            drop(slot);
         });
     }
 }

@@ -105,3 +105,15 @@ async fn the_cluster_formation_check_fails_on_a_partitioned_member() {
     cluster.heal();
     cluster.stop().await;
 }
+
+/// `management.tcp.port = none` turns the listener off.
+#[tokio::test]
+async fn the_management_listener_can_be_turned_off() {
+    let broker = TestBroker::builder()
+        .config_text("management.tcp.port = none\n")
+        .expect("valid configuration")
+        .start()
+        .await;
+    assert_eq!(broker.management_address(), None);
+    broker.stop().await;
+}

@@ -357,9 +357,16 @@ const RABBITMQ_ONLY: &[&str] = &[
     "deprecated_features",
 ];
 
-/// Sets the management listener's port, keeping its address.
+/// Sets the management listener's port, keeping its address; `none` (a Warren addition) turns
+/// the listener off.
 fn management_port(config: &mut Config, value: &str) -> Result<(), String> {
-    let port = integer(value, 0, 65535)? as u16;
+    if value == "none" {
+        config.management = None;
+        return Ok(());
+    }
+    let port = integer(value, 0, 65535)
+        .map_err(|error| format!("{error}, or none to turn the listener off"))?
+        as u16;
     config.management = Some(match config.management {
         Some(ListenAddress::Socket(address)) => {
             ListenAddress::Socket(SocketAddr::new(address.ip(), port))
@@ -374,8 +381,11 @@ fn management_ip(config: &mut Config, value: &str) -> Result<(), String> {
     let ip: IpAddr = value
         .parse()
         .map_err(|_| "expected an IP address such as 127.0.0.1 or ::".to_string())?;
-    let port = config.management.map_or(15672, |address| address.port());
-    config.management = Some(ListenAddress::Socket(SocketAddr::new(ip, port)));
+    // Turned off (`management.tcp.port = none`): stays off, whatever the order of the keys.
+    let Some(current) = config.management else {
+        return Ok(());
+    };
+    config.management = Some(ListenAddress::Socket(SocketAddr::new(ip, current.port())));
     Ok(())
 }
 
@@ -704,6 +714,25 @@ mod tests {
             vec![("service".into(), "rabbitmq".into())]
         );
         assert!(aws.use_private_ip);
+    }
+
+    #[test]
+    fn the_management_listener_is_placed_or_turned_off() {
+        let config = load("management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = 15000\n").unwrap();
+        assert_eq!(
+            config.management,
+            Some(ListenAddress::Socket("127.0.0.1:15000".parse().unwrap()))
+        );
+        let config = load("management.listener.port = 15001\n").unwrap();
+        assert_eq!(config.management, Some(ListenAddress::AnyInterface(15001)));
+        for text in [
+            "management.tcp.port = none\nmanagement.tcp.ip = 127.0.0.1\n",
+            "management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = none\n",
+        ] {
+            assert_eq!(load(text).unwrap().management, None, "{text}");
+        }
+        let error = load("management.tcp.port = lots\n").unwrap_err();
+        assert!(error.to_string().contains("management.tcp.port"), "{error}");
     }
 
     #[test]
