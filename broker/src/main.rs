@@ -57,8 +57,13 @@ fn init_logging(config: &Config) {
     } else {
         "off"
     };
-    // RUST_LOG, when set, refines the configured level.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // At info, the Raft library's own lines (every vote and term) would drown the node's: they
+    // show at debug, or with RUST_LOG=openraft=info. RUST_LOG, when set, decides.
+    let default = match level {
+        "info" => "info,openraft=warn".to_string(),
+        other => other.to_string(),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -69,11 +74,6 @@ async fn run(config: Config) -> ExitCode {
     if let Some(file) = &config.source {
         tracing::info!("configuration file: {}", file.display());
     }
-    tracing::info!(
-        "node {}; data directory: {}",
-        config.node_name,
-        config.data_dir.display()
-    );
     tracing::info!(
         "node {}; data directory: {}",
         config.node_name,
