@@ -79,6 +79,68 @@ enum Lock {
     Consul(String),
 }
 
+/// The backends that keep a registry of nodes and a formation lock: etcd and Consul.
+#[derive(Clone, Copy)]
+enum Registry<'a> {
+    Etcd(&'a Etcd),
+    Consul(&'a Consul),
+}
+
+impl Registry<'_> {
+    async fn register(self) -> Result<(), String> {
+        match self {
+            Registry::Etcd(etcd) => etcd.register().await,
+            Registry::Consul(consul) => consul.register().await,
+        }
+    }
+
+    async fn keep_alive(self) -> Result<(), String> {
+        match self {
+            Registry::Etcd(etcd) => etcd.keep_alive().await,
+            Registry::Consul(consul) => consul.keep_alive().await,
+        }
+    }
+
+    fn keep_alive_interval(self) -> Duration {
+        match self {
+            Registry::Etcd(etcd) => etcd.keep_alive_interval(),
+            Registry::Consul(consul) => consul.keep_alive_interval(),
+        }
+    }
+
+    async fn unregister(self) -> Result<(), String> {
+        match self {
+            Registry::Etcd(etcd) => etcd.unregister().await,
+            Registry::Consul(consul) => consul.unregister().await,
+        }
+    }
+
+    async fn lock(self) -> Result<Lock, String> {
+        match self {
+            Registry::Etcd(etcd) => etcd.lock().await.map(Lock::Etcd),
+            Registry::Consul(consul) => consul.lock().await.map(Lock::Consul),
+        }
+    }
+
+    async fn keep_lock_alive(self, lock: &Lock) -> std::convert::Infallible {
+        match (self, lock) {
+            (Registry::Etcd(etcd), Lock::Etcd((_, lease))) => etcd.keep_lock_alive(*lease).await,
+            (Registry::Consul(consul), Lock::Consul(session)) => {
+                consul.keep_lock_alive(session).await
+            }
+            _ => unreachable!("invariant: a lock comes from its own backend"),
+        }
+    }
+
+    async fn unlock(self, lock: Lock) -> Result<(), String> {
+        match (self, lock) {
+            (Registry::Etcd(etcd), Lock::Etcd(lock)) => etcd.unlock(lock).await,
+            (Registry::Consul(consul), Lock::Consul(session)) => consul.unlock(session).await,
+            _ => unreachable!("invariant: a lock comes from its own backend"),
+        }
+    }
+}
+
 /// Peer discovery through a service, for one incarnation of a node.
 #[derive(Debug)]
 pub struct Discovery {
@@ -160,9 +222,19 @@ impl Discovery {
         }
     }
 
-    fn registers(&self) -> bool {
-        self.settings.registration_enabled
-            && matches!(self.backend, Backend::Etcd(_) | Backend::Consul(_))
+    /// The backend's registry and lock, for etcd and Consul.
+    fn registry(&self) -> Option<Registry<'_>> {
+        match &self.backend {
+            Backend::Etcd(etcd) => Some(Registry::Etcd(etcd)),
+            Backend::Consul(consul) => Some(Registry::Consul(consul)),
+            Backend::Dns { .. } | Backend::Aws(_) => None,
+        }
+    }
+
+    /// The registry this node registers with, unless registration is turned off.
+    fn registering(&self) -> Option<Registry<'_>> {
+        self.registry()
+            .filter(|_| self.settings.registration_enabled)
     }
 
     /// The nodes the backend lists.
@@ -180,65 +252,33 @@ impl Discovery {
 
     /// Registers this node, if the backend supports it and registration is enabled.
     pub async fn register(&self) -> Result<(), String> {
-        if !self.registers() {
+        let Some(registry) = self.registering() else {
             return Ok(());
-        }
-        match &self.backend {
-            Backend::Dns { .. } => {}
-            Backend::Etcd(etcd) => etcd.register().await?,
-            Backend::Consul(consul) => consul.register().await?,
-            Backend::Aws(_) => {}
-        }
+        };
+        registry.register().await?;
         *self.registered.lock() = true;
         Ok(())
     }
 
-    async fn keep_alive(&self) -> Result<(), String> {
-        match &self.backend {
-            Backend::Dns { .. } => Ok(()),
-            Backend::Etcd(etcd) => etcd.keep_alive().await,
-            Backend::Consul(consul) => consul.keep_alive().await,
-            Backend::Aws(_) => Ok(()),
-        }
-    }
-
-    fn keep_alive_interval(&self) -> Duration {
-        match &self.backend {
-            Backend::Dns { .. } => Duration::from_secs(3600),
-            Backend::Etcd(etcd) => etcd.keep_alive_interval(),
-            Backend::Consul(consul) => consul.keep_alive_interval(),
-            Backend::Aws(_) => Duration::from_secs(3600),
-        }
-    }
-
     async fn lock(&self) -> Result<Option<Lock>, String> {
-        match &self.backend {
-            Backend::Dns { .. } => Ok(None),
-            Backend::Etcd(etcd) => etcd.lock().await.map(|lock| Some(Lock::Etcd(lock))),
-            Backend::Consul(consul) => consul.lock().await.map(|lock| Some(Lock::Consul(lock))),
-            Backend::Aws(_) => Ok(None),
+        match self.registry() {
+            Some(registry) => registry.lock().await.map(Some),
+            None => Ok(None),
         }
     }
 
     async fn keep_lock_alive(&self, lock: &Option<Lock>) -> std::convert::Infallible {
-        match (&self.backend, lock) {
-            (Backend::Etcd(etcd), Some(Lock::Etcd((_, lease)))) => {
-                etcd.keep_lock_alive(*lease).await
-            }
-            (Backend::Consul(consul), Some(Lock::Consul(session))) => {
-                consul.keep_lock_alive(session).await
-            }
+        match (self.registry(), lock) {
+            (Some(registry), Some(lock)) => registry.keep_lock_alive(lock).await,
             _ => std::future::pending().await,
         }
     }
 
     async fn unlock(&self, lock: Option<Lock>) {
-        let released = match (&self.backend, lock) {
-            (Backend::Etcd(etcd), Some(Lock::Etcd(lock))) => etcd.unlock(lock).await,
-            (Backend::Consul(consul), Some(Lock::Consul(session))) => consul.unlock(session).await,
-            _ => Ok(()),
+        let (Some(registry), Some(lock)) = (self.registry(), lock) else {
+            return;
         };
-        if let Err(error) = released {
+        if let Err(error) = registry.unlock(lock).await {
             tracing::warn!(
                 "peer discovery ({}): releasing the lock failed: {error}",
                 self.name()
@@ -283,7 +323,7 @@ impl Discovery {
         let me = transport.node().clone();
         // etcd and Consul: one node at a time looks and joins (or forms), under the lock, and
         // registers before letting go; so a listed node is a member.
-        let locking = matches!(self.backend, Backend::Etcd(_) | Backend::Consul(_));
+        let locking = self.registry().is_some();
         let mut attempt: u32 = 0;
         let mut failures: u32 = 0;
         loop {
@@ -369,7 +409,7 @@ impl Discovery {
                 Err(error) => tracing::warn!("Could not auto-cluster with node {peer}: {error}"),
             }
         }
-        let forms = if locking && self.registers() {
+        let forms = if self.registering().is_some() {
             // Listed nodes registered after joining: none listed, none in a cluster yet. Listed
             // nodes that do not answer are waited for, until the backend drops them (TTL).
             peers.is_empty()
@@ -412,16 +452,19 @@ impl Discovery {
     /// [`Discovery::stop`].
     pub fn start_background(self: &Arc<Self>, transport: &Transport, group: &RaftGroup) {
         let mut tasks = self.tasks.lock();
-        if self.registers() {
+        if let Some(interval) = self.registering().map(Registry::keep_alive_interval) {
             let discovery = self.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(discovery.keep_alive_interval()).await;
+                    tokio::time::sleep(interval).await;
+                    let Some(registry) = discovery.registering() else {
+                        return;
+                    };
                     if !*discovery.registered.lock() {
                         discovery.register_or_warn().await;
                         continue;
                     }
-                    if let Err(error) = discovery.keep_alive().await {
+                    if let Err(error) = registry.keep_alive().await {
                         tracing::warn!(
                             "peer discovery ({}): keeping the registration alive failed: {error}",
                             discovery.name()
@@ -517,13 +560,10 @@ impl Discovery {
         if !registered {
             return;
         }
-        let unregistered = match &self.backend {
-            Backend::Dns { .. } => Ok(()),
-            Backend::Etcd(etcd) => etcd.unregister().await,
-            Backend::Consul(consul) => consul.unregister().await,
-            Backend::Aws(_) => Ok(()),
+        let Some(registry) = self.registry() else {
+            return;
         };
-        if let Err(error) = unregistered {
+        if let Err(error) = registry.unregister().await {
             tracing::warn!(
                 "peer discovery ({}): deregistration failed: {error}",
                 self.name()
