@@ -29,7 +29,7 @@ use warren_cluster::discovery::Discovery;
 use warren_cluster::raft::log::RaftLog;
 use warren_cluster::raft::{GroupConfig, RaftGroup};
 use warren_cluster::{NodeName, Transport};
-use warren_config::DiscoveryBackend;
+use warren_config::{ClusterConfig, DiscoveryBackend};
 
 /// Everything connections share.
 #[derive(Debug)]
@@ -147,6 +147,33 @@ fn join_failed(error: impl std::fmt::Display) -> SetupError {
     SetupError::Cluster(error.to_string())
 }
 
+/// The peers `cluster_formation.classic_config.nodes.*` lists.
+pub(crate) fn classic_peers(
+    cluster: &ClusterConfig,
+    nodes: &[String],
+) -> Result<Vec<NodeName>, SetupError> {
+    nodes
+        .iter()
+        .map(|node| {
+            NodeName::parse(node, cluster.use_longname, "").map_err(|error| {
+                SetupError::Cluster(format!("cluster_formation.classic_config.nodes: {error}"))
+            })
+        })
+        .collect()
+}
+
+/// The seed of the `k8s` backend: `cluster_formation.k8s.seed_node`, or this pod's name with the
+/// StatefulSet's first ordinal.
+pub(crate) fn k8s_seed(cluster: &ClusterConfig, me: &NodeName) -> Result<NodeName, SetupError> {
+    match &cluster.k8s_seed_node {
+        Some(seed) => NodeName::parse(seed, cluster.use_longname, "").map_err(|error| {
+            SetupError::Cluster(format!("cluster_formation.k8s.seed_node: {error}"))
+        }),
+        None => warren_cluster::formation::k8s_seed(me, cluster.k8s_ordinal_start)
+            .map_err(SetupError::Cluster),
+    }
+}
+
 /// Starts the metadata Raft group on `log` and makes the node a member of a cluster as
 /// `formation` says; then waits until the group has applied what it had logged. Says whether
 /// the node formed a new cluster (only such a node sets up the default vhost and user), and
@@ -189,19 +216,8 @@ async fn start_metadata_group(
                     .map_err(join_failed),
                 None => Err(SetupError::Cluster("peer discovery is not set up".into())),
             },
-            DiscoveryBackend::ClassicConfig(nodes) => {
-                let mut peers = Vec::new();
-                for node in nodes {
-                    let name = NodeName::parse(node, config.cluster.use_longname, "").map_err(
-                        |error| {
-                            SetupError::Cluster(format!(
-                                "cluster_formation.classic_config.nodes: {error}"
-                            ))
-                        },
-                    )?;
-                    peers.push(name);
-                }
-                warren_cluster::formation::classic_config(
+            DiscoveryBackend::ClassicConfig(nodes) => match classic_peers(&config.cluster, nodes) {
+                Ok(peers) => warren_cluster::formation::classic_config(
                     transport,
                     &group,
                     &peers,
@@ -210,22 +226,11 @@ async fn start_metadata_group(
                 )
                 .await
                 .map(drop)
-                .map_err(join_failed)
-            }
-            DiscoveryBackend::K8s => {
-                let seed = match &config.cluster.k8s_seed_node {
-                    Some(seed) => {
-                        NodeName::parse(seed, config.cluster.use_longname, "").map_err(|error| {
-                            SetupError::Cluster(format!("cluster_formation.k8s.seed_node: {error}"))
-                        })?
-                    }
-                    None => warren_cluster::formation::k8s_seed(
-                        transport.node(),
-                        config.cluster.k8s_ordinal_start,
-                    )
-                    .map_err(SetupError::Cluster)?,
-                };
-                warren_cluster::formation::seeded(
+                .map_err(join_failed),
+                Err(error) => Err(error),
+            },
+            DiscoveryBackend::K8s => match k8s_seed(&config.cluster, transport.node()) {
+                Ok(seed) => warren_cluster::formation::seeded(
                     transport,
                     &group,
                     &seed,
@@ -234,8 +239,9 @@ async fn start_metadata_group(
                 )
                 .await
                 .map(drop)
-                .map_err(join_failed)
-            }
+                .map_err(join_failed),
+                Err(error) => Err(error),
+            },
         },
     };
     if let Err(error) = formed {

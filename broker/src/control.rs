@@ -158,22 +158,15 @@ pub(crate) async fn health(node: &NodeShared) -> HealthReport {
 fn configured_seed(node: &NodeShared) -> Option<String> {
     let cluster = &node.config.cluster;
     let me = node.transport.node();
-    match &cluster.discovery {
+    let seed = match &cluster.discovery {
         DiscoveryBackend::ClassicConfig(nodes) => {
-            let peers: Vec<NodeName> = nodes
-                .iter()
-                .filter_map(|name| NodeName::parse(name, cluster.use_longname, "").ok())
-                .collect();
-            Some(warren_cluster::formation::seed(me, &peers).to_string())
+            let peers = crate::broker::classic_peers(cluster, nodes).ok()?;
+            warren_cluster::formation::seed(me, &peers).clone()
         }
-        DiscoveryBackend::K8s => match &cluster.k8s_seed_node {
-            Some(seed) => Some(seed.clone()),
-            None => warren_cluster::formation::k8s_seed(me, cluster.k8s_ordinal_start)
-                .ok()
-                .map(|seed| seed.to_string()),
-        },
-        _ => None,
-    }
+        DiscoveryBackend::K8s => crate::broker::k8s_seed(cluster, me).ok()?,
+        _ => return None,
+    };
+    Some(seed.to_string())
 }
 
 /// The cluster as this node sees it.
