@@ -100,6 +100,11 @@ impl FrameReader {
         }
     }
 
+    /// The next frame already in the buffer, without reading the socket.
+    pub(crate) fn buffered(&mut self) -> anyhow::Result<Option<Frame>> {
+        Ok(decode_frame(&mut self.buffer, 0)?)
+    }
+
     /// The next method on any channel, skipping heartbeats; a close from the server is an error.
     pub(crate) async fn method(&mut self) -> anyhow::Result<Method> {
         loop {

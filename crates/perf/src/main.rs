@@ -432,9 +432,14 @@ async fn consumer(run: Arc<Run>, index: usize) -> anyhow::Result<()> {
     while !run.stop.load(Ordering::Acquire)
         && options.cmessages.is_none_or(|limit| received < limit)
     {
-        let frame = tokio::select! {
-            frame = reader.next() => frame?,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        // Frames already read are taken without a timer: one per frame would cost more than
+        // decoding it. The timer only bounds a wait on the socket, so that a run stops on time.
+        let frame = match reader.buffered()? {
+            Some(frame) => Some(frame),
+            None => tokio::select! {
+                frame = reader.next() => frame?,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            },
         };
         match frame {
             Some(Frame::Method {
