@@ -90,6 +90,9 @@ pub struct SegmentWriter {
     /// Length of the active segment when the current batch began (the last [`Self::write`]): a
     /// failed write cuts the file back to it, so that a batch reaches the file whole or not at all.
     batch_start: u32,
+    /// The error of a piece of the current batch that failed: the rest of the batch is refused
+    /// and cut too, so that nothing of a batch reported failed stays in the file.
+    failed: Option<std::io::ErrorKind>,
     /// Segments written to since the last sync (the active one and any just rolled over).
     unsynced: Vec<u32>,
     rolled: Vec<File>,
@@ -165,6 +168,7 @@ impl SegmentWriter {
                 length,
                 buffer: Vec::with_capacity(FLUSH_AT + 64 * 1024),
                 batch_start: length,
+                failed: None,
                 unsynced: Vec::new(),
                 rolled: Vec::new(),
             },
@@ -187,6 +191,10 @@ impl SegmentWriter {
         let length =
             u32::try_from(payload.len()).map_err(|_| StorageError::TooLarge(payload.len()))?;
         let size = RECORD_HEADER + length;
+        if let Some(kind) = self.failed {
+            let path = segment_path(&self.dir, self.active);
+            return Err(StorageError::io("write", &path, kind.into()));
+        }
         if self.length > 0 && self.length.saturating_add(size) > self.max_segment_size {
             self.roll()?;
         }
@@ -229,9 +237,21 @@ impl SegmentWriter {
 
     /// Writes buffered records to the file (no sync) and ends the batch.
     pub fn write(&mut self) -> Result<(), StorageError> {
-        self.flush()?;
+        let result = match self.failed.take() {
+            Some(kind) => {
+                self.buffer.clear();
+                let _ = self.file.set_len(u64::from(self.batch_start));
+                self.length = self.batch_start;
+                Err(StorageError::io(
+                    "write",
+                    &segment_path(&self.dir, self.active),
+                    kind.into(),
+                ))
+            }
+            None => self.flush(),
+        };
         self.batch_start = self.length;
-        Ok(())
+        result
     }
 
     /// Writes the buffer to the file. A big batch goes out in pieces of about [`FLUSH_AT`]
@@ -249,6 +269,7 @@ impl SegmentWriter {
             // that the next batch starts at a record boundary.
             let _ = self.file.set_len(u64::from(self.batch_start));
             self.length = self.batch_start;
+            self.failed = Some(error.kind());
             return Err(StorageError::io("write", &path, error));
         }
         Ok(())
