@@ -190,11 +190,11 @@ impl SegmentWriter {
     pub fn append(&mut self, payload: &[u8]) -> Result<Position, StorageError> {
         let length =
             u32::try_from(payload.len()).map_err(|_| StorageError::TooLarge(payload.len()))?;
-        let size = RECORD_HEADER + length;
         if let Some(kind) = self.failed {
             let path = segment_path(&self.dir, self.active);
             return Err(StorageError::io("write", &path, kind.into()));
         }
+        let size = RECORD_HEADER + length;
         if self.length > 0 && self.length.saturating_add(size) > self.max_segment_size {
             self.roll()?;
         }
@@ -237,19 +237,17 @@ impl SegmentWriter {
 
     /// Writes buffered records to the file (no sync) and ends the batch.
     pub fn write(&mut self) -> Result<(), StorageError> {
-        let result = match self.failed.take() {
-            Some(kind) => {
-                self.buffer.clear();
-                let _ = self.file.set_len(u64::from(self.batch_start));
-                self.length = self.batch_start;
-                Err(StorageError::io(
-                    "write",
-                    &segment_path(&self.dir, self.active),
-                    kind.into(),
-                ))
-            }
+        let result = match self.failed {
+            // The failed piece already cut the file back, and the rest of the batch was refused.
+            Some(kind) => Err(StorageError::io(
+                "write",
+                &segment_path(&self.dir, self.active),
+                kind.into(),
+            )),
             None => self.flush(),
         };
+        // The next batch starts afresh, whether this one was written or failed.
+        self.failed = None;
         self.batch_start = self.length;
         result
     }
