@@ -2,7 +2,9 @@
 //!
 //! Producers and consumers each have their own connection. Bodies carry their send time, so
 //! consumers measure end-to-end latency; the report gives publish, confirm and consume rates,
-//! latency percentiles, and the tool's own CPU use (to show it was not the bottleneck).
+//! latency percentiles, and the tool's own CPU use (to show it was not the bottleneck). Each
+//! per-second line also gives that second's highest latency and how many messages took over a
+//! millisecond, so a tail can be placed in time (a start-up burst, one stall, or a steady state).
 //!
 //! ```text
 //! warren-perf --uri amqp://guest:guest@127.0.0.1:5672/%2F -x 1 -y 1 -s 16 -z 10
@@ -38,6 +40,10 @@ struct Counters {
     confirmed: AtomicU64,
     nacked: AtomicU64,
     consumed: AtomicU64,
+    /// The highest latency (ns) seen since the last per-second line, and how many messages
+    /// took over a millisecond: shows when a run's tail happened, not only that it did.
+    window_max: AtomicU64,
+    window_over_ms: AtomicU64,
 }
 
 struct Run {
@@ -508,7 +514,14 @@ async fn consumer(run: Arc<Run>, index: usize) -> anyhow::Result<()> {
 
 fn complete(run: &Run, histogram: &mut Histogram, body: &Bytes) {
     if let Some(sent) = client::read_stamp(body) {
-        histogram.record(run.nanos().saturating_sub(sent));
+        let latency = run.nanos().saturating_sub(sent);
+        histogram.record(latency);
+        run.counters
+            .window_max
+            .fetch_max(latency, Ordering::Relaxed);
+        if latency > 1_000_000 {
+            run.counters.window_over_ms.fetch_add(1, Ordering::Relaxed);
+        }
     }
     run.counters.consumed.fetch_add(1, Ordering::Relaxed);
 }
@@ -529,11 +542,15 @@ async fn report_every_second(run: Arc<Run>) {
             run.counters.confirmed.load(Ordering::Relaxed),
             run.counters.consumed.load(Ordering::Relaxed),
         );
+        let max = run.counters.window_max.swap(0, Ordering::Relaxed);
+        let over_ms = run.counters.window_over_ms.swap(0, Ordering::Relaxed);
         println!(
-            "time {second:>4}s  sent {:>9} msg/s  confirmed {:>9} msg/s  received {:>9} msg/s",
+            "time {second:>4}s  sent {:>9} msg/s  confirmed {:>9} msg/s  received {:>9} msg/s  \
+             latency max {:>8.1} µs, {over_ms} over 1 ms",
             now.0 - previous.0,
             now.1 - previous.1,
-            now.2 - previous.2
+            now.2 - previous.2,
+            max as f64 / 1000.0,
         );
         previous = now;
     }
