@@ -57,12 +57,19 @@ pub(crate) fn ensure_rabbitmq() {
 }
 
 /// Erlang's port mapper, started by us so that it is stopped by us (unless one already runs).
-pub(crate) struct Epmd(Option<Child>);
+pub(crate) struct Epmd {
+    child: Option<Child>,
+    /// Whether a port mapper ran before we started: then it is not ours to stop.
+    preexisting: bool,
+}
 
 impl Epmd {
     pub(crate) fn start() -> Epmd {
         if TcpStream::connect(("127.0.0.1", 4369)).is_ok() {
-            return Epmd(None);
+            return Epmd {
+                child: None,
+                preexisting: true,
+            };
         }
         let child = Command::new("epmd")
             .args(["-address", "127.0.0.1"])
@@ -71,14 +78,27 @@ impl Epmd {
             .spawn()
             .ok();
         wait_for_port(4369, Duration::from_secs(10));
-        Epmd(child)
+        Epmd {
+            child,
+            preexisting: false,
+        }
     }
 }
 
 impl Drop for Epmd {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
+        if let Some(child) = &mut self.child {
             terminate(child);
+        }
+        // RabbitMQ's start script runs `epmd -daemon` when it finds none answering, and that
+        // one is not our child: ask whatever port mapper still answers to stop, unless one ran
+        // before us.
+        if !self.preexisting && TcpStream::connect(("127.0.0.1", 4369)).is_ok() {
+            let _ = Command::new("epmd")
+                .arg("-kill")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -121,11 +141,18 @@ pub(crate) struct Broker {
 impl Broker {
     /// Starts `kind` on its data directory for `label` (the same label reuses the data).
     pub(crate) fn start(kind: Kind, tools: &Tools, label: &str) -> Broker {
+        Broker::start_on(kind, tools, label, None)
+    }
+
+    /// Starts `kind` like [`Broker::start`], limited to the CPUs `cpus` (a `taskset -c` list)
+    /// when given. Both brokers size their scheduler threads by the CPUs they may use.
+    pub(crate) fn start_on(kind: Kind, tools: &Tools, label: &str, cpus: Option<&str>) -> Broker {
         let dir = tools.work.join(format!("{}-{label}", kind.name()));
         std::fs::create_dir_all(&dir).expect("broker directory");
+        let pin = cpus.map_or(String::new(), |cpus| format!("taskset -c {cpus} "));
         let mut command = match kind {
-            Kind::Warren => warren_command(tools, &dir),
-            Kind::RabbitMq => rabbitmq_command(&dir),
+            Kind::Warren => warren_command(tools, &dir, &pin),
+            Kind::RabbitMq => rabbitmq_command(&dir, &pin),
         };
         let spawned = Instant::now();
         let child = command
@@ -188,7 +215,7 @@ impl Broker {
     }
 }
 
-fn warren_command(tools: &Tools, dir: &Path) -> Command {
+fn warren_command(tools: &Tools, dir: &Path, pin: &str) -> Command {
     let config = dir.join("warren.conf");
     std::fs::write(
         &config,
@@ -206,7 +233,7 @@ fn warren_command(tools: &Tools, dir: &Path) -> Command {
     command
         .arg("-c")
         .arg(format!(
-            "ulimit -n $(ulimit -Hn); exec '{}'",
+            "ulimit -n $(ulimit -Hn); exec {pin}'{}'",
             tools.warren.display()
         ))
         .env("WARREN_CONFIG_FILE", config)
@@ -214,7 +241,7 @@ fn warren_command(tools: &Tools, dir: &Path) -> Command {
     command
 }
 
-fn rabbitmq_command(dir: &Path) -> Command {
+fn rabbitmq_command(dir: &Path, pin: &str) -> Command {
     let config = dir.join("rabbitmq.conf");
     std::fs::write(
         &config,
@@ -229,7 +256,9 @@ fn rabbitmq_command(dir: &Path) -> Command {
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg(format!("ulimit -n $(ulimit -Hn); exec {RABBITMQ_SERVER}"))
+        .arg(format!(
+            "ulimit -n $(ulimit -Hn); exec {pin}{RABBITMQ_SERVER}"
+        ))
         .env("HOME", dir)
         .env("RABBITMQ_NODENAME", "warren-compare@localhost")
         .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")

@@ -68,7 +68,21 @@ pub(crate) struct Tools {
 impl Tools {
     /// Runs warren-perf against `broker` with `arguments` and parses its JSON.
     fn perf(&self, broker: &Broker, arguments: &[&str]) -> PerfResult {
-        let output = Command::new(&self.perf)
+        self.perf_on(broker, arguments, None)
+    }
+
+    /// Runs warren-perf like [`Tools::perf`], limited to the CPUs `cpus` (a `taskset -c` list)
+    /// when given.
+    fn perf_on(&self, broker: &Broker, arguments: &[&str], cpus: Option<&str>) -> PerfResult {
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", cpus]).arg(&self.perf);
+                command
+            }
+            None => Command::new(&self.perf),
+        };
+        let output = command
             .arg("--uri")
             .arg(broker.uri())
             .args(arguments)
@@ -300,6 +314,39 @@ fn main() {
             );
             report.add(kind, Figure::Latency(result));
             broker.stop();
+            if can_pin() {
+                // The broker alone on CPU 0 and the load generator (one thread: one producer,
+                // one consumer) alone on CPU 1: on a two-CPU machine the shared run above
+                // measures how the kernel shares two CPUs among both programs' threads as much
+                // as it measures the broker.
+                let broker = Broker::start_on(kind, &tools, "s8p", Some("0"));
+                eprintln!("  8. the same, broker on CPU 0 and warren-perf on CPU 1");
+                let result = tools.perf_on(
+                    &broker,
+                    &[
+                        "-x",
+                        "1",
+                        "-y",
+                        "1",
+                        "-s",
+                        "16",
+                        "-a",
+                        "-r",
+                        &rate,
+                        "-z",
+                        secs,
+                        "-u",
+                        "s8p-%d",
+                        "--threads",
+                        "1",
+                    ],
+                    Some("1"),
+                );
+                report.add(kind, Figure::LatencyPinned(result));
+                broker.stop();
+            } else {
+                eprintln!("  8. not pinned: needs two CPUs and taskset");
+            }
         }
         if wanted(6) {
             let broker = fresh("s6");
@@ -401,6 +448,15 @@ fn main() {
         write_section(&path, &text);
         eprintln!("wrote {}", path.display());
     }
+}
+
+/// Whether the broker and the load generator can each have a CPU of their own.
+fn can_pin() -> bool {
+    std::thread::available_parallelism().is_ok_and(|cpus| cpus.get() >= 2)
+        && Command::new("taskset")
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success())
 }
 
 const BEGIN: &str = "<!-- compare:begin -->";

