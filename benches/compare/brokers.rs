@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::Tools;
 
-const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+pub(crate) const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
 /// Which broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,8 +104,12 @@ impl Drop for Epmd {
 }
 
 fn wait_for_port(port: u16, limit: Duration) -> bool {
+    wait_for_address(SocketAddr::from(([127, 0, 0, 1], port)), limit)
+}
+
+/// Waits until `address` accepts connections, at most `limit`.
+pub(crate) fn wait_for_address(address: SocketAddr, limit: Duration) -> bool {
     let started = Instant::now();
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
     while started.elapsed() < limit {
         if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
             return true;
@@ -115,7 +119,8 @@ fn wait_for_port(port: u16, limit: Duration) -> bool {
     false
 }
 
-fn terminate(child: &mut Child) {
+/// Stops `child`: SIGTERM, then SIGKILL after a minute.
+pub(crate) fn terminate(child: &mut Child) {
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let started = Instant::now();
