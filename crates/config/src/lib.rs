@@ -342,7 +342,13 @@ pub struct Config {
     pub segment_size: u32,
     /// Clustering.
     pub cluster: ClusterConfig,
+    /// Threads that run connections and queues (`WARREN_WORKER_THREADS`); one per CPU the
+    /// process may use when unset.
+    pub worker_threads: Option<usize>,
 }
+
+/// The most worker threads `WARREN_WORKER_THREADS` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 /// Size of the write-ahead log's segment files.
 pub const DEFAULT_SEGMENT_SIZE: u32 = 64 * 1024 * 1024;
@@ -415,6 +421,7 @@ impl Default for Config {
             disk_free_limit_relative: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
             cluster: ClusterConfig::default(),
+            worker_threads: None,
         }
         .with_default_data_dir()
     }
@@ -479,6 +486,21 @@ impl Config {
                     });
                 }
             };
+        }
+        if let Some((variable, value)) = var(&["WARREN_WORKER_THREADS"]) {
+            config.worker_threads = Some(
+                value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|threads| (1..=MAX_WORKER_THREADS).contains(threads))
+                    .ok_or_else(|| ConfigError::InvalidEnvironment {
+                        variable: variable.into(),
+                        value: value.clone(),
+                        message: format!(
+                            "expected a number of threads from 1 to {MAX_WORKER_THREADS}"
+                        ),
+                    })?,
+            );
         }
         if let Some((_, user)) = var(&["WARREN_DEFAULT_USER", "RABBITMQ_DEFAULT_USER"]) {
             config.default_user = user;

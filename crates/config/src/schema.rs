@@ -785,6 +785,34 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_come_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.to_string())
+            }
+        };
+        assert_eq!(Config::load_with(env(&[])).unwrap().worker_threads, None);
+        let config = Config::load_with(env(&[("WARREN_WORKER_THREADS", "1")])).unwrap();
+        assert_eq!(config.worker_threads, Some(1));
+        for bad in ["0", "-2", "two", "1025", ""] {
+            let error = Config::load_with(move |name: &str| {
+                (name == "WARREN_WORKER_THREADS").then(|| bad.to_string())
+            })
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "environment variable WARREN_WORKER_THREADS: invalid value '{bad}': expected a number of threads from 1 to 1024"
+                )
+            );
+        }
+    }
+
+    #[test]
     fn none_values_clear_lists() {
         let config = load("loopback_users = none\nlisteners.tcp = none\n").unwrap();
         assert!(config.loopback_users.is_empty());
