@@ -318,12 +318,10 @@ fn main() {
             let broker = fresh("s8");
             let rate = format!("{:.0}", peaks[index] / 2.0);
             eprintln!("  8. latency at half of scenario 1's peak ({rate} msg/s)");
-            let result = tools.perf(
-                &broker,
-                &[
-                    "-x", "1", "-y", "1", "-s", "16", "-a", "-r", &rate, "-z", secs, "-u", "s8-%d",
-                ],
-            );
+            let load = [
+                "-x", "1", "-y", "1", "-s", "16", "-a", "-r", &rate, "-z", secs, "-u", "s8-%d",
+            ];
+            let result = tools.perf(&broker, &load);
             report.add(kind, Figure::Latency(result));
             broker.stop();
             if can_pin() {
@@ -338,27 +336,8 @@ fn main() {
                     .map(|run| {
                         let label = format!("s8p{run}");
                         let broker = Broker::start_on(kind, &tools, &label, Some("0"));
-                        let result = tools.perf_on(
-                            &broker,
-                            &[
-                                "-x",
-                                "1",
-                                "-y",
-                                "1",
-                                "-s",
-                                "16",
-                                "-a",
-                                "-r",
-                                &rate,
-                                "-z",
-                                secs,
-                                "-u",
-                                "s8p-%d",
-                                "--threads",
-                                "1",
-                            ],
-                            Some("1"),
-                        );
+                        let one_thread = [&load[..], &["--threads", "1"]].concat();
+                        let result = tools.perf_on(&broker, &one_thread, Some("1"));
                         broker.stop();
                         result
                     })

@@ -760,16 +760,18 @@ mod tests {
         );
     }
 
+    /// An environment holding `pairs` only.
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        }
+    }
+
     #[test]
     fn the_distribution_port_follows_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| *key == name)
-                    .map(|(_, value)| value.to_string())
-            }
-        };
         assert_eq!(Config::load_with(env(&[])).unwrap().cluster.port, 25672);
         let config = Config::load_with(env(&[("RABBITMQ_NODE_PORT", "5673")])).unwrap();
         assert_eq!(config.cluster.port, 25673);
@@ -786,14 +788,6 @@ mod tests {
 
     #[test]
     fn worker_threads_come_from_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| *key == name)
-                    .map(|(_, value)| value.to_string())
-            }
-        };
         assert_eq!(Config::load_with(env(&[])).unwrap().worker_threads, None);
         let config = Config::load_with(env(&[("WARREN_WORKER_THREADS", "1")])).unwrap();
         assert_eq!(config.worker_threads, Some(1));
@@ -942,14 +936,6 @@ mod tests {
 
     #[test]
     fn the_data_directory_follows_rabbitmqs_variables() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(key, _)| *key == name)
-                    .map(|(_, value)| value.to_string())
-            }
-        };
         let config = Config::load_with(env(&[("RABBITMQ_NODENAME", "rabbit@box")])).unwrap();
         assert_eq!(config.node_name, "rabbit@box");
         assert_eq!(config.data_dir, Path::new("warren-data/rabbit@box"));
