@@ -343,7 +343,8 @@ pub struct Config {
     /// Clustering.
     pub cluster: ClusterConfig,
     /// Threads that run connections and queues (`WARREN_WORKER_THREADS`); one per CPU the
-    /// process may use when unset.
+    /// process may use when unset. Read by the `warren` binary when it builds its runtime; a
+    /// node embedded in a test suite runs on the runtime of its host.
     pub worker_threads: Option<usize>,
 }
 
