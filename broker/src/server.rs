@@ -554,10 +554,7 @@ impl NodeShared {
             let outcome = change(log).await;
             let wal = Arc::downgrade(&store.wal);
             drop(store);
-            let deadline = tokio::time::Instant::now() + RESTART_GRACE;
-            while wal.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            wait_until_released(&wal, &self.config.data_dir, RESTART_GRACE).await;
             outcome
         }
         .await;
@@ -636,13 +633,36 @@ async fn stop_incarnation(running: Running, grace: Duration) {
     // after shutdown returns) drops it: wait for that, so that the directory can be opened
     // again at once (a join, a reset, a restart in the same process).
     let wal = Arc::downgrade(&broker.store().wal);
+    let dir = broker.store().wal.dir().to_path_buf();
     drop(broker);
-    let deadline = tokio::time::Instant::now() + grace;
-    while wal.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if wal.strong_count() > 0 {
+    if !wait_until_released(&wal, &dir, grace).await {
         tracing::warn!("the data directory is still in use {grace:?} after stopping");
+    }
+}
+
+/// Waits, at most `grace`, until the last holder of `wal` has dropped it and its data directory
+/// `dir` can be locked again; whether it can. The count of holders reaches zero before the
+/// dropping thread has joined the WAL's writer and let go of the directory's lock, so the lock
+/// itself is what is waited for.
+async fn wait_until_released(
+    wal: &std::sync::Weak<warren_storage::Wal>,
+    dir: &std::path::Path,
+    grace: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        if wal.strong_count() == 0 {
+            match warren_storage::DataDirLock::acquire(dir) {
+                Ok(_released) => return true,
+                Err(warren_storage::StorageError::Locked { .. }) => {}
+                // Not a question of who holds it: opening the directory will say what is wrong.
+                Err(_) => return true,
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -719,5 +739,49 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, stop: Cancellat
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Weak;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use warren_storage::{DataDirLock, Wal};
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_stopped_node_waits_for_its_directory_lock_not_only_for_its_holders() {
+        let dir = std::env::temp_dir().join(format!("warren-release-{}", std::process::id()));
+        let held = DataDirLock::acquire(&dir).expect("first lock");
+        // No holder of the WAL is left (as when the last one is still in its drop), but the
+        // lock is: the wait lasts until the lock goes.
+        let gone: Weak<Wal> = Weak::new();
+        let released = Arc::new(AtomicBool::new(false));
+        let releaser = {
+            let released = released.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                released.store(true, Ordering::SeqCst);
+                drop(held);
+            })
+        };
+        let runtime = runtime();
+        assert!(runtime.block_on(wait_until_released(&gone, &dir, Duration::from_secs(10))));
+        assert!(released.load(Ordering::SeqCst));
+        releaser.join().expect("releaser");
+        // A lock that stays held: the wait gives up after its grace and says so.
+        let kept = DataDirLock::acquire(&dir).expect("lock again");
+        assert!(!runtime.block_on(wait_until_released(&gone, &dir, Duration::from_millis(50))));
+        drop(kept);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
