@@ -191,8 +191,7 @@ impl SegmentWriter {
         let length =
             u32::try_from(payload.len()).map_err(|_| StorageError::TooLarge(payload.len()))?;
         if let Some(kind) = self.failed {
-            let path = segment_path(&self.dir, self.active);
-            return Err(StorageError::io("write", &path, kind.into()));
+            return Err(self.batch_failed(kind));
         }
         let size = RECORD_HEADER + length;
         if self.length > 0 && self.length.saturating_add(size) > self.max_segment_size {
@@ -239,17 +238,18 @@ impl SegmentWriter {
     pub fn write(&mut self) -> Result<(), StorageError> {
         let result = match self.failed {
             // The failed piece already cut the file back, and the rest of the batch was refused.
-            Some(kind) => Err(StorageError::io(
-                "write",
-                &segment_path(&self.dir, self.active),
-                kind.into(),
-            )),
+            Some(kind) => Err(self.batch_failed(kind)),
             None => self.flush(),
         };
         // The next batch starts afresh, whether this one was written or failed.
         self.failed = None;
         self.batch_start = self.length;
         result
+    }
+
+    /// The error for the rest of a batch after one of its pieces failed with `kind`.
+    fn batch_failed(&self, kind: std::io::ErrorKind) -> StorageError {
+        StorageError::io("write", &segment_path(&self.dir, self.active), kind.into())
     }
 
     /// Writes the buffer to the file. A big batch goes out in pieces of about [`FLUSH_AT`]
