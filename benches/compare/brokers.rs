@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::Tools;
 
-pub(crate) const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
 /// Which broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,7 @@ impl Kind {
         }
     }
 
-    fn port(self) -> u16 {
+    pub(crate) fn port(self) -> u16 {
         match self {
             Kind::Warren => 5674,
             Kind::RabbitMq => 5673,
@@ -156,8 +156,21 @@ impl Broker {
         std::fs::create_dir_all(&dir).expect("broker directory");
         let pin = cpus.map_or(String::new(), |cpus| format!("taskset -c {cpus} "));
         let mut command = match kind {
-            Kind::Warren => warren_command(tools, &dir, &pin),
-            Kind::RabbitMq => rabbitmq_command(&dir, &pin),
+            Kind::Warren => warren_command(
+                tools,
+                &dir,
+                &pin,
+                "127.0.0.1",
+                // No other node dials this one: any free inter-node port will do.
+                "distribution.listener.port_range.min = 0\n",
+            ),
+            Kind::RabbitMq => rabbitmq_command(
+                &dir,
+                &pin,
+                "warren-compare@localhost",
+                Kind::RabbitMq.port(),
+                "",
+            ),
         };
         let spawned = Instant::now();
         let child = command
@@ -220,16 +233,23 @@ impl Broker {
     }
 }
 
-fn warren_command(tools: &Tools, dir: &Path, pin: &str) -> Command {
+/// A Warren node on `ip` (AMQP on [`Kind::port`], management on a free port) with its data in
+/// `dir`, `extra` appended to its configuration file, under `pin` (a `taskset` prefix or "").
+pub(crate) fn warren_command(
+    tools: &Tools,
+    dir: &Path,
+    pin: &str,
+    ip: &str,
+    extra: &str,
+) -> Command {
     let config = dir.join("warren.conf");
     std::fs::write(
         &config,
         format!(
-            "listeners.tcp.default = 127.0.0.1:{}\nlog.console.level = warning\n\
-             distribution.listener.interface = 127.0.0.1\n\
-             distribution.listener.port_range.min = 0\n\
-             management.tcp.ip = 127.0.0.1\n\
-             management.tcp.port = 0\n",
+            "listeners.tcp.default = {ip}:{}\nlog.console.level = warning\n\
+             distribution.listener.interface = {ip}\n\
+             management.tcp.ip = {ip}\n\
+             management.tcp.port = 0\n{extra}",
             Kind::Warren.port()
         ),
     )
@@ -246,14 +266,20 @@ fn warren_command(tools: &Tools, dir: &Path, pin: &str) -> Command {
     command
 }
 
-fn rabbitmq_command(dir: &Path, pin: &str) -> Command {
+/// A RabbitMQ node `node` with AMQP on 127.0.0.1:`port` and Erlang distribution on `port` +
+/// 20000, its files in `dir` (also its `HOME`), `extra` appended to its configuration file,
+/// under `pin` (a `taskset` prefix or "").
+pub(crate) fn rabbitmq_command(
+    dir: &Path,
+    pin: &str,
+    node: &str,
+    port: u16,
+    extra: &str,
+) -> Command {
     let config = dir.join("rabbitmq.conf");
     std::fs::write(
         &config,
-        format!(
-            "listeners.tcp.default = 127.0.0.1:{}\nlog.console = false\n",
-            Kind::RabbitMq.port()
-        ),
+        format!("listeners.tcp.default = 127.0.0.1:{port}\nlog.console = false\n{extra}"),
     )
     .expect("rabbitmq config");
     let plugins = dir.join("enabled_plugins");
@@ -265,9 +291,9 @@ fn rabbitmq_command(dir: &Path, pin: &str) -> Command {
             "ulimit -n $(ulimit -Hn); exec {pin}{RABBITMQ_SERVER}"
         ))
         .env("HOME", dir)
-        .env("RABBITMQ_NODENAME", "warren-compare@localhost")
+        .env("RABBITMQ_NODENAME", node)
         .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-        .env("RABBITMQ_DIST_PORT", "25673")
+        .env("RABBITMQ_DIST_PORT", (port + 20000).to_string())
         .env("RABBITMQ_CONFIG_FILE", config.with_extension(""))
         .env("RABBITMQ_ENABLED_PLUGINS_FILE", plugins)
         .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))

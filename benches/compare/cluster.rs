@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Tools;
-use crate::brokers::{Kind, RABBITMQ_SERVER, terminate, wait_for_address};
+use crate::brokers::{Kind, rabbitmq_command, terminate, wait_for_address, warren_command};
 
 const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 const COOKIE: &str = "warren-compare-cookie";
@@ -52,23 +52,12 @@ impl Cluster {
         for (index, ip) in ["127.0.9.1", "127.0.9.2"].into_iter().enumerate() {
             let dir = tools.work.join(format!("warren-cluster-{index}"));
             std::fs::create_dir_all(&dir).expect("node directory");
-            let config = dir.join("warren.conf");
-            std::fs::write(
-                &config,
-                format!(
-                    "listeners.tcp.default = {ip}:5674\nlog.console.level = warning\n\
-                     loopback_users = none\n\
-                     distribution.listener.interface = {ip}\n\
-                     management.tcp.ip = {ip}\nmanagement.tcp.port = 0\n\
-                     cluster_formation.peer_discovery_backend = classic_config\n\
-                     cluster_formation.classic_config.nodes.1 = warren@127.0.9.1\n\
-                     cluster_formation.classic_config.nodes.2 = warren@127.0.9.2\n"
-                ),
-            )
-            .expect("node config");
-            let child = Command::new(&tools.warren)
-                .env("WARREN_CONFIG_FILE", &config)
-                .env("WARREN_DATA_DIR", dir.join("data"))
+            // The inter-node port is the default (AMQP + 20000), where the other node dials.
+            let extra = "loopback_users = none\n\
+                         cluster_formation.peer_discovery_backend = classic_config\n\
+                         cluster_formation.classic_config.nodes.1 = warren@127.0.9.1\n\
+                         cluster_formation.classic_config.nodes.2 = warren@127.0.9.2\n";
+            let child = warren_command(tools, &dir, "", ip, extra)
                 .env("WARREN_NODENAME", format!("warren@{ip}"))
                 .env("WARREN_USE_LONGNAME", "true")
                 .env("WARREN_ERLANG_COOKIE", COOKIE)
@@ -77,8 +66,9 @@ impl Cluster {
                 .spawn()
                 .expect("warren starts");
             self.nodes.push(child);
-            self.uris[index] = format!("amqp://guest:guest@{ip}:5674/%2F");
-            let address: SocketAddr = format!("{ip}:5674").parse().expect("address");
+            let port = Kind::Warren.port();
+            self.uris[index] = format!("amqp://guest:guest@{ip}:{port}/%2F");
+            let address: SocketAddr = format!("{ip}:{port}").parse().expect("address");
             if !wait_for_address(address, Duration::from_secs(60)) {
                 eprintln!("  10. warren@{ip} did not start listening");
                 return false;
@@ -111,35 +101,14 @@ impl Cluster {
             let dir = tools.work.join(format!("rabbitmq-cluster-{index}"));
             std::fs::create_dir_all(&dir).expect("node directory");
             write_cookie(&dir);
-            let config = dir.join("rabbitmq.conf");
-            std::fs::write(
-                &config,
-                format!(
-                    "listeners.tcp.default = 127.0.0.1:{port}\nlog.console = false\n\
-                     loopback_users = none\n\
-                     cluster_formation.peer_discovery_backend = classic_config\n\
-                     cluster_formation.classic_config.nodes.1 = {}\n\
-                     cluster_formation.classic_config.nodes.2 = {}\n",
-                    names[0], names[1]
-                ),
-            )
-            .expect("node config");
-            let plugins = dir.join("enabled_plugins");
-            std::fs::write(&plugins, "[].\n").expect("plugins file");
-            let child = Command::new("sh")
-                .arg("-c")
-                .arg(format!("ulimit -n $(ulimit -Hn); exec {RABBITMQ_SERVER}"))
-                .env("HOME", &dir)
-                .env("RABBITMQ_NODENAME", names[index])
-                .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-                .env("RABBITMQ_NODE_PORT", port.to_string())
-                .env("RABBITMQ_DIST_PORT", (port + 20000).to_string())
-                .env("RABBITMQ_CONFIG_FILE", config.with_extension(""))
-                .env("RABBITMQ_ENABLED_PLUGINS_FILE", plugins)
-                .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-                .env("RABBITMQ_LOG_BASE", dir.join("log"))
-                .env("RABBITMQ_PID_FILE", dir.join("pid"))
-                .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            let extra = format!(
+                "loopback_users = none\n\
+                 cluster_formation.peer_discovery_backend = classic_config\n\
+                 cluster_formation.classic_config.nodes.1 = {}\n\
+                 cluster_formation.classic_config.nodes.2 = {}\n",
+                names[0], names[1]
+            );
+            let child = rabbitmq_command(&dir, "", names[index], port, &extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -73,17 +73,11 @@ pub(crate) struct Tools {
 impl Tools {
     /// Runs warren-perf against `broker` with `arguments` and parses its JSON.
     fn perf(&self, broker: &Broker, arguments: &[&str]) -> PerfResult {
-        self.perf_on(broker, arguments, None)
-    }
-
-    /// Runs warren-perf like [`Tools::perf`], limited to the CPUs `cpus` (a `taskset -c` list)
-    /// when given.
-    fn perf_on(&self, broker: &Broker, arguments: &[&str], cpus: Option<&str>) -> PerfResult {
-        self.perf_at(&[&broker.uri()], arguments, cpus)
+        self.perf_at(&[&broker.uri()], arguments, None)
     }
 
     /// Runs warren-perf against the broker URIs `uris` (producers use them from the first,
-    /// consumers from the last).
+    /// consumers from the last), limited to the CPUs `cpus` (a `taskset -c` list) when given.
     fn perf_at(&self, uris: &[&str], arguments: &[&str], cpus: Option<&str>) -> PerfResult {
         let mut command = match cpus {
             Some(cpus) => {
@@ -337,7 +331,7 @@ fn main() {
                         let label = format!("s8p{run}");
                         let broker = Broker::start_on(kind, &tools, &label, Some("0"));
                         let one_thread = [&load[..], &["--threads", "1"]].concat();
-                        let result = tools.perf_on(&broker, &one_thread, Some("1"));
+                        let result = tools.perf_at(&[&broker.uri()], &one_thread, Some("1"));
                         broker.stop();
                         result
                     })

@@ -83,11 +83,6 @@ impl<T> Histogram<T> {
         self.samples = self.samples.saturating_add(count);
     }
 
-    /// How many samples were recorded.
-    pub fn samples(&self) -> u64 {
-        self.samples
-    }
-
     /// The value at quantile `q` (0..=1): the lower bound of the bucket holding that rank; 0
     /// when empty.
     pub fn percentile(&self, q: f64) -> u64 {
@@ -308,7 +303,7 @@ mod tests {
             repeated.record(7);
         }
         assert_eq!(once, repeated);
-        assert_eq!(once.samples(), 3);
+        assert_eq!(once.percentile_stats().samples, 3);
         assert_eq!(once.percentile_stats().p50, 7);
     }
 
