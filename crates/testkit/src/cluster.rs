@@ -133,9 +133,16 @@ impl TestClusterBuilder {
             config.cluster.use_longname = true;
             config.cluster.interface = Some(ip);
             config.cluster.port = free_port(ip);
+            // A node started now binds any free AMQP port and keeps it for its restarts (see
+            // `start`): a port found free here could be taken by another test before the node
+            // binds it. A node started later needs its address known now.
+            let started_now = self
+                .started
+                .as_ref()
+                .is_none_or(|list| list.contains(&index));
+            let amqp_port = if started_now { 0 } else { free_port(ip) };
             config.listeners = vec![warren_config::ListenAddress::Socket(SocketAddr::new(
-                ip,
-                free_port(ip),
+                ip, amqp_port,
             ))];
             config.management = Some(warren_config::ListenAddress::Socket(SocketAddr::new(ip, 0)));
             config.data_dir = temporary_dir("cluster");
@@ -364,11 +371,13 @@ impl Drop for TestCluster {
 }
 
 /// Starts a node of a cluster.
-async fn start(config: Config, options: NodeOptions) -> TestNode {
+async fn start(mut config: Config, options: NodeOptions) -> TestNode {
     let node = Node::start_with(config.clone(), options)
         .await
         .expect("cluster node starts");
     let address = node.amqp_addresses()[0];
+    // Restarts come back on the same address, whatever port the first start was given.
+    config.listeners = vec![warren_config::ListenAddress::Socket(address)];
     TestNode {
         node: Some(node),
         config,
