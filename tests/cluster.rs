@@ -2,7 +2,7 @@
 //! (`127.0.<block>.<n>`, so that clusters of parallel tests never meet), one inter-node port for
 //! all, a shared cookie, `classic_config` listing every node, and `warrenctl` to drive them.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -67,21 +67,9 @@ fn block() -> u8 {
     ((start + next) % 254 + 1) as u8
 }
 
-/// A port free on every address.
+/// A port free on every address, out of the kernel's reach until a node binds it.
 fn common_port(ips: &[IpAddr]) -> u16 {
-    'search: for _ in 0..100 {
-        let first = std::net::TcpListener::bind(SocketAddr::new(ips[0], 0)).expect("bind");
-        let port = first.local_addr().expect("address").port();
-        let mut held = vec![first];
-        for ip in &ips[1..] {
-            match std::net::TcpListener::bind(SocketAddr::new(*ip, port)) {
-                Ok(listener) => held.push(listener),
-                Err(_) => continue 'search,
-            }
-        }
-        return port;
-    }
-    panic!("no port free on every address");
+    warren_testkit::reserved_port(ips)
 }
 
 impl ClusterProcesses {

@@ -398,12 +398,9 @@ fn write_cookie(dir: &std::path::Path, secret: &str) {
     std::io::Write::write_all(&mut file, secret.as_bytes()).expect("cookie written");
 }
 
-/// A port free on `ip` now.
+/// A port free on `ip` now, for a node started later.
 fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind(SocketAddr::new(ip, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port on a loopback address")
+    crate::reserved_port(&[ip])
 }
 
 fn fastrand_u64() -> u64 {

@@ -55,6 +55,45 @@ pub(crate) fn init_logging() {
     });
 }
 
+/// A port free now on every one of `ips`, for a node to be told to listen on later.
+///
+/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port found
+/// free with a throwaway bind to port 0 could be handed by the kernel to another socket (a bind
+/// to port 0, an outgoing connection) before the node binds it. No port is handed out twice by
+/// one process, so the clusters of parallel tests in one test binary never share one.
+pub fn reserved_port(ips: &[std::net::IpAddr]) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_low / 2);
+    let span = u64::from(ephemeral_low.saturating_sub(low)).max(1);
+    for _ in 0..10_000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = low + (random % span) as u16;
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if handed_out.contains(&port) {
+            continue;
+        }
+        // Every address at once: the listeners are held until all are bound.
+        let held: Result<Vec<_>, _> = ips
+            .iter()
+            .map(|ip| std::net::TcpListener::bind(SocketAddr::new(*ip, port)))
+            .collect();
+        if held.is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no port below {ephemeral_low} is free on {ips:?}");
+}
+
 /// A fresh directory under the system's temporary directory.
 pub fn temporary_dir(purpose: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
