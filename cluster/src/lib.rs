@@ -7,6 +7,7 @@
 //!  transport  one authenticated TCP link per node pair on port 25672: requests, responses and
 //!             one-way messages of registered services, batched per link, bounded
 //!  raft       openraft groups: log in the WAL, RPCs on the transport, an application state machine
+//!  multiraft  many small Raft groups per node (quorum queues): sans-IO cores driven together
 //!  control    what warrenctl asks a node, and what nodes ask each other to join and leave
 //!  formation  classic_config and k8s: who forms the cluster, who joins it
 //!  discovery  DNS, etcd and Consul: discovery, registration, locks, node cleanup, health
@@ -19,6 +20,7 @@ pub mod control;
 pub mod discovery;
 pub mod formation;
 pub mod identity;
+pub mod multiraft;
 pub mod raft;
 pub mod secret;
 pub mod transport;
