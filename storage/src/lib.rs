@@ -4,7 +4,8 @@
 //! ```text
 //!  Wal (one writer thread) ── Stream::Messages ─> SegmentWriter ─> <data>/messages/*.seg
 //!                          ├─ Stream::Paging   ─> SegmentWriter ─> <data>/paging/*.seg
-//!                          └─ Stream::Metadata ─> SegmentWriter ─> <data>/metadata/*.seg
+//!                          ├─ Stream::Metadata ─> SegmentWriter ─> <data>/metadata/*.seg
+//!                          └─ Stream::Groups   ─> SegmentWriter ─> <data>/groups/*.seg
 //!  SegmentReader: positioned reads of any record, from any thread
 //! ```
 //!

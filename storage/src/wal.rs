@@ -2,8 +2,9 @@
 //!
 //! ```text
 //!  queue A ─push─┐                         ┌─> stream "messages"  (fsync when asked)
-//!  queue B ─push─┼─> dirty producers ─> writer thread ─> stream "paging"    (never synced)
-//!  metadata ─push┘        ▲                 │           stream "metadata"
+//!  queue B ─push─┤                         ├─> stream "paging"    (never synced)
+//!  groups  ─push─┼─> dirty producers ─> writer thread ─> stream "metadata"
+//!  metadata ─push┘        ▲                 └─> stream "groups"   (quorum queue logs)
 //!                          └── Done + notify ┘
 //! ```
 //!
@@ -41,16 +42,25 @@ pub enum Stream {
     Paging = 1,
     /// Metadata (exchanges, queues, bindings, users...).
     Metadata = 2,
+    /// The logs of the node's replicated queue groups (quorum queues), each record tagged with
+    /// its group.
+    Groups = 3,
 }
 
 impl Stream {
-    const ALL: [Stream; 3] = [Stream::Messages, Stream::Paging, Stream::Metadata];
+    const ALL: [Stream; 4] = [
+        Stream::Messages,
+        Stream::Paging,
+        Stream::Metadata,
+        Stream::Groups,
+    ];
 
     fn directory(self) -> &'static str {
         match self {
             Stream::Messages => "messages",
             Stream::Paging => "paging",
             Stream::Metadata => "metadata",
+            Stream::Groups => "groups",
         }
     }
 }
@@ -196,7 +206,7 @@ struct Shared {
     wake: Condvar,
     stats: WalStats,
     failing: AtomicBool,
-    live: [Mutex<LiveSegments>; 3],
+    live: [Mutex<LiveSegments>; 4],
 }
 
 /// What opening the WAL found.
@@ -221,7 +231,8 @@ pub struct Wal {
 
 impl Wal {
     /// Opens the WAL in `dir`; `visit` sees every valid record of the metadata stream, then of
-    /// the messages stream, in order (the paging stream is cleared).
+    /// the messages stream, then of the groups stream, each in order (the paging stream is
+    /// cleared).
     pub fn open(
         dir: &Path,
         segment_size: u32,
@@ -237,8 +248,13 @@ impl Wal {
         let mut writers = Vec::new();
         let mut readers = Vec::new();
         // Metadata first: the messages of a queue make sense once the queue is known.
-        let mut opened: Vec<Option<SegmentWriter>> = vec![None, None, None];
-        for stream in [Stream::Metadata, Stream::Messages, Stream::Paging] {
+        let mut opened: Vec<Option<SegmentWriter>> = vec![None, None, None, None];
+        for stream in [
+            Stream::Metadata,
+            Stream::Messages,
+            Stream::Groups,
+            Stream::Paging,
+        ] {
             let stream_dir = dir.join(stream.directory());
             let (writer, report) =
                 SegmentWriter::open(&stream_dir, segment_size, |position, payload| {
@@ -428,11 +444,11 @@ fn write_batch(shared: &Shared, writers: &mut [SegmentWriter], dirty: Vec<Arc<Pr
         batch.push((producer, records));
     }
     let mut positions: Vec<Vec<Result<Position, StorageError>>> = Vec::with_capacity(batch.len());
-    let mut needs_sync = [false; 3];
+    let mut needs_sync = [false; 4];
     let mut count = 0;
     // A failed append (a roll-over that could not write or create a file) drops the records
     // buffered before it: nothing of that stream in this batch may be reported written.
-    let mut stream_errors: [Option<WriteFailure>; 3] = [None, None, None];
+    let mut stream_errors: [Option<WriteFailure>; 4] = [None, None, None, None];
     for (_, records) in &batch {
         let mut results = Vec::with_capacity(records.len());
         for record in records {

@@ -157,6 +157,7 @@ impl Store {
                     },
                     None => malformed += 1,
                 },
+                Stream::Groups => {}
                 Stream::Paging => {}
             },
         )?;

@@ -17,6 +17,7 @@ pub mod core;
 pub mod message;
 #[cfg(test)]
 mod sim;
+pub mod storage;
 pub mod terms;
 
 pub use self::core::{Config, MembershipChange, ProposeError, Raft, Restored};

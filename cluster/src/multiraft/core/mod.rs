@@ -383,6 +383,26 @@ impl Raft {
         }
     }
 
+    /// What a snapshot of the applied state at `index` stands on: its term and the membership in
+    /// force there; `None` unless `index` is committed and past the current snapshot.
+    pub fn meta_at(&self, index: u64) -> Option<SnapshotMeta> {
+        if index <= self.terms.snapshot_index() || index > self.commit {
+            return None;
+        }
+        let term = self.terms.term(index)?;
+        let membership = self
+            .changes
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= index)
+            .map_or_else(|| self.snapshot_membership.clone(), |(_, m)| m.clone());
+        Some(SnapshotMeta {
+            index,
+            term,
+            membership,
+        })
+    }
+
     /// The link to `member` went down: what was in flight is presumed lost.
     pub fn unreachable(&mut self, member: MemberId) {
         if let Some(pr) = self.progress.get_mut(&member)

@@ -1,0 +1,817 @@
+//! The logs of every group on a node, in the WAL's groups stream: one record per entry, tagged
+//! with its group, read back by position.
+//!
+//! ```text
+//!  groups stream:  A:Entry 1 | B:Entry 1 | A:Hard | A:Entry 2 | B:Snapshot | A:Entry 2' | ...
+//!                  each record retained for its group in the WAL until the group releases it
+//! ```
+//!
+//! The records and what replaying them means:
+//! - `Entry`: the entry at its index, superseding every entry at or after that index that came
+//!   before it (an append always starts at the log's end, after any truncation, so a truncation
+//!   needs no record of its own: the entries that replace it say so).
+//! - `Copy`: the entry at exactly its index, nothing else touched (the live entries of an
+//!   installed snapshot).
+//! - `Hard`: term and vote. `Commit`: the commit index (a hint, never synced).
+//! - `Snapshot`: the machine's state at an index, and the entries at or before it the machine
+//!   still needs (`live`: a queue's snapshot names its messages by index; their bodies stay in
+//!   their entries). Replaying it drops the other entries at or before its index, and with
+//!   `reset` (an installed snapshot) every entry after it too.
+//! - `Deleted`: the group is gone.
+//!
+//! Every durable record is synced before it counts: the host holds a member's promises until
+//! the writes before them are done. A record is released back to the WAL (so its segment can be
+//! deleted) only once every write of its group pushed before the release is done, so a crash
+//! never finds a record gone while the one that made it dead is missing. Entries are kept in
+//! memory only until they are written and no longer wanted for replication; after that they are
+//! read back by position.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use warren_storage::{PendingRecord, Position, Producer, SegmentReader, Stream, Wal};
+
+use super::message::{Entry, HardState, Membership, Payload, SnapshotMeta};
+
+/// A group's id, unique on the cluster for its lifetime (a quorum queue's id).
+pub type GroupId = u64;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Body {
+    Entry(Entry),
+    Copy(Entry),
+    Hard(HardState),
+    Snapshot {
+        meta: SnapshotMeta,
+        data: Bytes,
+        live: Vec<u64>,
+        reset: bool,
+    },
+    Commit(u64),
+    Deleted,
+}
+
+/// The same layout as [`Body`], borrowed, for writing without copying entries.
+#[derive(Serialize)]
+enum BodyRef<'a> {
+    Entry(&'a Entry),
+    Copy(&'a Entry),
+    Hard(&'a HardState),
+    Snapshot {
+        meta: &'a SnapshotMeta,
+        data: &'a Bytes,
+        live: &'a [u64],
+        reset: bool,
+    },
+    Commit(u64),
+    Deleted,
+}
+
+fn encode(group: GroupId, body: BodyRef<'_>) -> Bytes {
+    Bytes::from(
+        postcard::to_stdvec(&(group, body)).expect("invariant: group records always serialize"),
+    )
+}
+
+fn decode(payload: &[u8]) -> Result<(GroupId, Body), postcard::Error> {
+    postcard::from_bytes(payload)
+}
+
+/// The snapshot a group stands on.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    /// The machine's state.
+    pub data: Bytes,
+    /// Entries at or before `meta.index` the machine still needs.
+    pub live: BTreeSet<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Found {
+    term: u64,
+    size: u32,
+    membership: Option<Membership>,
+    position: Position,
+}
+
+/// One group as replayed.
+#[derive(Debug, Default)]
+struct Replayed {
+    hard: Option<(HardState, Position)>,
+    snapshot: Option<(Snapshot, Position)>,
+    entries: BTreeMap<u64, Found>,
+    commit: u64,
+}
+
+/// What the groups stream held, gathered while the WAL opens.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    groups: HashMap<GroupId, Replayed>,
+    deleted: BTreeSet<GroupId>,
+    /// Records that could not be decoded.
+    pub malformed: u64,
+}
+
+impl Recovery {
+    /// Takes in one record of the groups stream, in order.
+    pub fn visit(&mut self, position: Position, payload: &[u8]) {
+        let Ok((group, body)) = decode(payload) else {
+            self.malformed += 1;
+            return;
+        };
+        if self.deleted.contains(&group) {
+            return;
+        }
+        if let Body::Deleted = body {
+            self.groups.remove(&group);
+            self.deleted.insert(group);
+            return;
+        }
+        let replayed = self.groups.entry(group).or_default();
+        match body {
+            Body::Entry(entry) => {
+                replayed.entries.split_off(&entry.index);
+                replayed
+                    .entries
+                    .insert(entry.index, found(&entry, position));
+            }
+            Body::Copy(entry) => {
+                replayed
+                    .entries
+                    .insert(entry.index, found(&entry, position));
+            }
+            Body::Hard(hard) => replayed.hard = Some((hard, position)),
+            Body::Snapshot {
+                meta,
+                data,
+                live,
+                reset,
+            } => {
+                let live: BTreeSet<u64> = live.into_iter().collect();
+                if reset {
+                    replayed.entries.split_off(&(meta.index + 1));
+                }
+                replayed
+                    .entries
+                    .retain(|index, _| *index > meta.index || live.contains(index));
+                replayed.commit = replayed.commit.max(meta.index);
+                replayed.snapshot = Some((Snapshot { meta, data, live }, position));
+            }
+            Body::Commit(index) => replayed.commit = replayed.commit.max(index),
+            Body::Deleted => unreachable!("handled above"),
+        }
+    }
+}
+
+fn found(entry: &Entry, position: Position) -> Found {
+    Found {
+        term: entry.term,
+        size: entry.payload.size(),
+        membership: match &entry.payload {
+            Payload::Membership(membership) => Some(membership.clone()),
+            _ => None,
+        },
+        position,
+    }
+}
+
+/// A group as found on disk, for its core and its machine.
+#[derive(Debug, Clone)]
+pub struct RecoveredGroup {
+    pub restored: super::Restored,
+    pub snapshot: Snapshot,
+}
+
+#[derive(Debug)]
+struct Slot {
+    term: u64,
+    /// Set once the record is written.
+    position: Option<Position>,
+    /// The record's tag: a write reported for another tag than the slot's is a dead record.
+    tag: u64,
+    cached: Option<Payload>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    hard: Option<Position>,
+    snapshot: Snapshot,
+    snapshot_at: Option<Position>,
+    /// Entries after the snapshot, and the live ones at or before it.
+    entries: BTreeMap<u64, Slot>,
+    /// Tags of durable writes not reported yet.
+    outstanding: BTreeSet<u64>,
+    /// Records to release once every write up to the tag is done.
+    releases: Vec<(u64, Position)>,
+    /// The last tag pushed for this group.
+    last_tag: u64,
+    /// A snapshot being written: its tag and what it replaces once written.
+    compacting: Option<(u64, Snapshot)>,
+    cached_bytes: u64,
+    failed: Option<String>,
+    deleted: bool,
+}
+
+impl Group {
+    fn durable_through(&self, tag: u64) -> bool {
+        self.outstanding.first().is_none_or(|first| *first > tag)
+    }
+
+    fn release_later(&mut self, position: Position) {
+        self.releases.push((self.last_tag, position));
+    }
+
+    fn remove_slot(&mut self, slot: Slot) {
+        if let Some(cached) = &slot.cached {
+            self.cached_bytes -= u64::from(cached.size());
+        }
+        // An unwritten slot's record is released when its write is reported.
+        if let Some(position) = slot.position {
+            self.release_later(position);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Entry { index: u64 },
+    Hard,
+    Snapshot { compaction: bool },
+    Other,
+}
+
+/// What finished writes mean for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Writes of the group are done: promises may go out, `persisted` may move.
+    Synced(GroupId),
+    /// A snapshot asked for with [`GroupStore::compact`] is on disk at this index.
+    Compacted(GroupId, u64),
+    /// A write failed: the member must stop (it cannot promise what is not on disk).
+    Failed(GroupId, String),
+}
+
+/// The most bytes of written entries a group keeps in memory for followers that lag.
+const CACHE_PER_GROUP: u64 = 16 << 20;
+
+/// The logs of the node's groups.
+pub struct GroupStore {
+    wal: Arc<Wal>,
+    producer: Producer,
+    reader: Arc<SegmentReader>,
+    groups: HashMap<GroupId, Group>,
+    inflight: HashMap<u64, (GroupId, Kind)>,
+    next_tag: u64,
+}
+
+impl std::fmt::Debug for GroupStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupStore")
+            .field("groups", &self.groups.len())
+            .field("inflight", &self.inflight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupStore {
+    /// The store over `wal`, with what recovery found (each group's surviving records retained
+    /// again); `notify` is called from the WAL's writer when writes are done
+    /// ([`GroupStore::take_written`]).
+    pub fn open(
+        wal: &Arc<Wal>,
+        recovery: Recovery,
+        notify: impl Fn() + Send + Sync + 'static,
+    ) -> (GroupStore, HashMap<GroupId, RecoveredGroup>) {
+        let mut groups = HashMap::new();
+        let mut recovered = HashMap::new();
+        for (id, replayed) in recovery.groups {
+            // A group without a snapshot record never finished being created.
+            let Some((snapshot, snapshot_at)) = replayed.snapshot else {
+                continue;
+            };
+            let mut group = Group {
+                snapshot: snapshot.clone(),
+                snapshot_at: Some(snapshot_at),
+                ..Group::default()
+            };
+            wal.retain(Stream::Groups, snapshot_at, id);
+            let mut hard_state = HardState::default();
+            if let Some((hard, position)) = replayed.hard {
+                wal.retain(Stream::Groups, position, id);
+                group.hard = Some(position);
+                hard_state = hard;
+            }
+            let mut entries = Vec::new();
+            let mut expected = snapshot.meta.index + 1;
+            for (index, found) in replayed.entries {
+                if index > snapshot.meta.index {
+                    // A gap (a segment lost to corruption) ends the log: what follows it
+                    // cannot be trusted to belong to it.
+                    if index != expected {
+                        tracing::warn!(
+                            "group {id}: log ends at {} (entry {index} follows a gap)",
+                            expected - 1
+                        );
+                        break;
+                    }
+                    expected += 1;
+                    entries.push((index, found.term, found.size, found.membership.clone()));
+                }
+                wal.retain(Stream::Groups, found.position, id);
+                group.entries.insert(
+                    index,
+                    Slot {
+                        term: found.term,
+                        position: Some(found.position),
+                        tag: 0,
+                        cached: None,
+                    },
+                );
+            }
+            recovered.insert(
+                id,
+                RecoveredGroup {
+                    restored: super::Restored {
+                        hard_state,
+                        snapshot: snapshot.meta.clone(),
+                        entries,
+                        commit: replayed.commit,
+                    },
+                    snapshot,
+                },
+            );
+            groups.insert(id, group);
+        }
+        let store = GroupStore {
+            wal: wal.clone(),
+            producer: wal.producer(notify),
+            reader: wal.reader(Stream::Groups),
+            groups,
+            inflight: HashMap::new(),
+            next_tag: 1,
+        };
+        (store, recovered)
+    }
+
+    fn push(&mut self, id: GroupId, kind: Kind, body: BodyRef<'_>, durable: bool) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let payload = encode(id, body);
+        let group = self.groups.entry(id).or_default();
+        group.last_tag = tag;
+        if durable {
+            group.outstanding.insert(tag);
+        }
+        self.inflight.insert(tag, (id, kind));
+        self.producer.push(PendingRecord {
+            tag,
+            stream: Stream::Groups,
+            sync: durable,
+            owner: match kind {
+                Kind::Other => None,
+                _ => Some(id),
+            },
+            payload,
+        });
+        tag
+    }
+
+    /// Starts a new group's log: its first snapshot, at index 0, holds the initial membership
+    /// and the machine's initial state.
+    pub fn create(&mut self, id: GroupId, membership: Membership, data: Bytes) {
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership,
+            },
+            data,
+            live: BTreeSet::new(),
+        };
+        self.groups.insert(id, Group::default());
+        self.push(
+            id,
+            Kind::Snapshot { compaction: false },
+            BodyRef::Snapshot {
+                meta: &snapshot.meta,
+                data: &snapshot.data,
+                live: &[],
+                reset: true,
+            },
+            true,
+        );
+        self.group(id).snapshot = snapshot;
+    }
+
+    fn group(&mut self, id: GroupId) -> &mut Group {
+        self.groups.entry(id).or_default()
+    }
+
+    /// Whether the store holds this group.
+    pub fn contains(&self, id: GroupId) -> bool {
+        self.groups.get(&id).is_some_and(|group| !group.deleted)
+    }
+
+    /// Appends entries at the end of the log (after any truncation).
+    pub fn append(&mut self, id: GroupId, entries: &[Entry]) {
+        for entry in entries {
+            let tag = self.push(
+                id,
+                Kind::Entry { index: entry.index },
+                BodyRef::Entry(entry),
+                true,
+            );
+            let group = self.group(id);
+            let stale: Vec<u64> = group
+                .entries
+                .range(entry.index..)
+                .map(|(i, _)| *i)
+                .collect();
+            for index in stale {
+                let slot = group.entries.remove(&index).expect("listed above");
+                group.remove_slot(slot);
+            }
+            group.cached_bytes += u64::from(entry.payload.size());
+            group.entries.insert(
+                entry.index,
+                Slot {
+                    term: entry.term,
+                    position: None,
+                    tag,
+                    cached: Some(entry.payload.clone()),
+                },
+            );
+        }
+    }
+
+    /// Drops the entries from `from` on (the entries appended next say so on disk).
+    pub fn truncate(&mut self, id: GroupId, from: u64) {
+        let group = self.group(id);
+        let snapshot_index = group.snapshot.meta.index;
+        let stale: Vec<u64> = group
+            .entries
+            .range(from.max(snapshot_index + 1)..)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in stale {
+            let slot = group.entries.remove(&index).expect("listed above");
+            group.remove_slot(slot);
+        }
+    }
+
+    pub fn save_hard_state(&mut self, id: GroupId, hard: HardState) {
+        self.push(id, Kind::Hard, BodyRef::Hard(&hard), true);
+    }
+
+    /// Records the commit index (a hint for the next start: never synced).
+    pub fn commit(&mut self, id: GroupId, index: u64) {
+        self.push(id, Kind::Other, BodyRef::Commit(index), false);
+    }
+
+    /// Replaces the log with a snapshot a leader sent, with the entries it still needs.
+    pub fn install(&mut self, id: GroupId, snapshot: Snapshot, live: &[Entry]) {
+        for entry in live {
+            let tag = self.push(
+                id,
+                Kind::Entry { index: entry.index },
+                BodyRef::Copy(entry),
+                true,
+            );
+            let group = self.group(id);
+            if let Some(slot) = group.entries.remove(&entry.index) {
+                group.remove_slot(slot);
+            }
+            group.cached_bytes += u64::from(entry.payload.size());
+            group.entries.insert(
+                entry.index,
+                Slot {
+                    term: entry.term,
+                    position: None,
+                    tag,
+                    cached: Some(entry.payload.clone()),
+                },
+            );
+        }
+        let live_list: Vec<u64> = snapshot.live.iter().copied().collect();
+        self.push(
+            id,
+            Kind::Snapshot { compaction: false },
+            BodyRef::Snapshot {
+                meta: &snapshot.meta,
+                data: &snapshot.data,
+                live: &live_list,
+                reset: true,
+            },
+            true,
+        );
+        let group = self.group(id);
+        let stale: Vec<u64> = group
+            .entries
+            .keys()
+            .copied()
+            .filter(|index| !snapshot.live.contains(index))
+            .collect();
+        for index in stale {
+            let slot = group.entries.remove(&index).expect("listed above");
+            group.remove_slot(slot);
+        }
+        if let Some(position) = group.snapshot_at.take() {
+            group.release_later(position);
+        }
+        group.snapshot = snapshot;
+        group.compacting = None;
+    }
+
+    /// Writes a snapshot of the machine at a committed index; once it is on disk
+    /// ([`Written::Compacted`]) the entries it covers that are not `live` go. Refused (false)
+    /// while another is being written.
+    pub fn compact(&mut self, id: GroupId, snapshot: Snapshot) -> bool {
+        let group = self.group(id);
+        if group.compacting.is_some() || snapshot.meta.index <= group.snapshot.meta.index {
+            return false;
+        }
+        let live_list: Vec<u64> = snapshot.live.iter().copied().collect();
+        let tag = self.push(
+            id,
+            Kind::Snapshot { compaction: true },
+            BodyRef::Snapshot {
+                meta: &snapshot.meta,
+                data: &snapshot.data,
+                live: &live_list,
+                reset: false,
+            },
+            true,
+        );
+        self.group(id).compacting = Some((tag, snapshot));
+        true
+    }
+
+    /// The machine no longer needs the entry at `index`, which a snapshot had kept live.
+    pub fn release_entry(&mut self, id: GroupId, index: u64) {
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
+        if index > group.snapshot.meta.index || !group.snapshot.live.remove(&index) {
+            if let Some((_, pending)) = &mut group.compacting {
+                pending.live.remove(&index);
+            }
+            return;
+        }
+        if let Some((_, pending)) = &mut group.compacting {
+            pending.live.remove(&index);
+        }
+        if let Some(slot) = group.entries.remove(&index) {
+            group.remove_slot(slot);
+        }
+    }
+
+    /// Deletes the group: every record of it is released once the deletion is on disk.
+    pub fn delete(&mut self, id: GroupId) {
+        if !self.groups.contains_key(&id) {
+            return;
+        }
+        self.push(id, Kind::Other, BodyRef::Deleted, true);
+        let group = self.group(id);
+        group.deleted = true;
+        let slots: Vec<Slot> = std::mem::take(&mut group.entries).into_values().collect();
+        for slot in slots {
+            group.remove_slot(slot);
+        }
+        for position in [group.hard.take(), group.snapshot_at.take()]
+            .into_iter()
+            .flatten()
+        {
+            group.release_later(position);
+        }
+        group.compacting = None;
+    }
+
+    /// The snapshot the group stands on.
+    pub fn snapshot(&self, id: GroupId) -> Option<&Snapshot> {
+        self.groups.get(&id).map(|group| &group.snapshot)
+    }
+
+    /// The entry at `index`, from memory or from disk.
+    pub fn entry(&self, id: GroupId, index: u64) -> Result<Entry, String> {
+        let group = self
+            .groups
+            .get(&id)
+            .ok_or_else(|| format!("group {id} is not on this node"))?;
+        let slot = group
+            .entries
+            .get(&index)
+            .ok_or_else(|| format!("group {id} has no entry {index}"))?;
+        if let Some(payload) = &slot.cached {
+            return Ok(Entry {
+                index,
+                term: slot.term,
+                payload: payload.clone(),
+            });
+        }
+        let position = slot
+            .position
+            .ok_or_else(|| format!("group {id}: entry {index} is neither cached nor written"))?;
+        let bytes = self
+            .reader
+            .read(position)
+            .map_err(|error| format!("group {id}: entry {index}: {error}"))?;
+        match decode(&bytes) {
+            Ok((group_id, Body::Entry(entry) | Body::Copy(entry)))
+                if group_id == id && entry.index == index =>
+            {
+                Ok(entry)
+            }
+            Ok(_) => Err(format!("group {id}: entry {index}: another record found")),
+            Err(error) => Err(format!("group {id}: entry {index}: {error}")),
+        }
+    }
+
+    /// The entries `from..=until`.
+    pub fn entries(&self, id: GroupId, from: u64, until: u64) -> Result<Vec<Entry>, String> {
+        (from..=until).map(|index| self.entry(id, index)).collect()
+    }
+
+    /// Stops keeping written entries up to `index` in memory (they are applied and every
+    /// follower has them, or nobody is waiting for them).
+    pub fn uncache(&mut self, id: GroupId, index: u64) {
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let mut freed = 0;
+        for (_, slot) in group.entries.range_mut(..=index) {
+            if slot.position.is_some()
+                && let Some(payload) = slot.cached.take()
+            {
+                freed += u64::from(payload.size());
+            }
+        }
+        group.cached_bytes -= freed;
+    }
+
+    /// The last entry written, with every write before it: what the core may call persisted.
+    pub fn persisted(&self, id: GroupId) -> Option<(u64, u64)> {
+        let group = self.groups.get(&id)?;
+        let first_outstanding = group.outstanding.first().copied().unwrap_or(u64::MAX);
+        group
+            .entries
+            .range(group.snapshot.meta.index + 1..)
+            .rev()
+            .find(|(_, slot)| slot.position.is_some() && slot.tag < first_outstanding)
+            .map(|(index, slot)| (*index, slot.term))
+    }
+
+    /// The last tag pushed for the group: a promise made now waits until it is done.
+    pub fn last_tag(&self, id: GroupId) -> u64 {
+        self.groups.get(&id).map_or(0, |group| group.last_tag)
+    }
+
+    /// Whether every durable write of the group up to `tag` is done.
+    pub fn durable_through(&self, id: GroupId, tag: u64) -> bool {
+        self.groups
+            .get(&id)
+            .is_none_or(|group| group.durable_through(tag))
+    }
+
+    /// Why the group's writes failed, if they did.
+    pub fn failure(&self, id: GroupId) -> Option<&str> {
+        self.groups.get(&id)?.failed.as_deref()
+    }
+
+    /// Bytes of entries the group keeps in memory.
+    pub fn cached_bytes(&self, id: GroupId) -> u64 {
+        self.groups.get(&id).map_or(0, |group| group.cached_bytes)
+    }
+
+    /// Takes the writes reported done since the last call.
+    pub fn take_written(&mut self) -> Vec<Written> {
+        let mut out = Vec::new();
+        let mut touched = BTreeSet::new();
+        for done in self.producer.take_done() {
+            let Some((id, kind)) = self.inflight.remove(&done.tag) else {
+                continue;
+            };
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            touched.insert(id);
+            let position = match done.result {
+                Ok(position) => {
+                    group.outstanding.remove(&done.tag);
+                    position
+                }
+                // The failed write stays outstanding: nothing after it counts as durable.
+                Err(failure) => {
+                    if group.failed.is_none() {
+                        group.failed = Some(failure.message.clone());
+                        out.push(Written::Failed(id, failure.message));
+                    }
+                    continue;
+                }
+            };
+            let owned = !matches!(kind, Kind::Other);
+            let mut dead = false;
+            match kind {
+                Kind::Entry { index } => match group.entries.get_mut(&index) {
+                    Some(slot) if slot.tag == done.tag => slot.position = Some(position),
+                    _ => dead = true,
+                },
+                Kind::Hard => {
+                    if let Some(old) = group.hard.replace(position) {
+                        group.release_later(old);
+                    }
+                }
+                Kind::Snapshot { compaction } => {
+                    let pending = group
+                        .compacting
+                        .take_if(|(tag, _)| *tag == done.tag)
+                        .map(|(_, snapshot)| snapshot);
+                    match (compaction, pending) {
+                        (true, Some(snapshot)) => {
+                            let index = snapshot.meta.index;
+                            let stale: Vec<u64> = group
+                                .entries
+                                .range(..=index)
+                                .map(|(i, _)| *i)
+                                .filter(|i| !snapshot.live.contains(i))
+                                .collect();
+                            for stale in stale {
+                                let slot = group.entries.remove(&stale).expect("listed above");
+                                group.remove_slot(slot);
+                            }
+                            group.snapshot = snapshot;
+                            if let Some(old) = group.snapshot_at.replace(position) {
+                                group.release_later(old);
+                            }
+                            out.push(Written::Compacted(id, index));
+                        }
+                        // A compaction overtaken by an installed snapshot, or a deleted group.
+                        (true, None) => dead = true,
+                        (false, _) => {
+                            if group.deleted {
+                                dead = true;
+                            } else if let Some(old) = group.snapshot_at.replace(position) {
+                                group.release_later(old);
+                            }
+                        }
+                    }
+                }
+                Kind::Other => {}
+            }
+            if dead && owned {
+                group.release_later(position);
+            }
+        }
+        for id in touched {
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let first_outstanding = group.outstanding.first().copied().unwrap_or(u64::MAX);
+            let wal = &self.wal;
+            group.releases.retain(|(tag, position)| {
+                if *tag < first_outstanding {
+                    wal.release(Stream::Groups, *position, id);
+                    false
+                } else {
+                    true
+                }
+            });
+            // Bound what is kept in memory for lagging followers.
+            if group.cached_bytes > CACHE_PER_GROUP {
+                let mut freed = 0;
+                for slot in group.entries.values_mut() {
+                    if group.cached_bytes - freed <= CACHE_PER_GROUP / 2 {
+                        break;
+                    }
+                    if slot.position.is_some()
+                        && let Some(payload) = slot.cached.take()
+                    {
+                        freed += u64::from(payload.size());
+                    }
+                }
+                group.cached_bytes -= freed;
+            }
+            if group.deleted && group.outstanding.is_empty() && group.releases.is_empty() {
+                self.groups.remove(&id);
+                continue;
+            }
+            out.push(Written::Synced(id));
+        }
+        out
+    }
+
+    /// Deletes the segments nothing live is left in.
+    pub fn collect(&self) {
+        self.wal.collect(Stream::Groups);
+    }
+
+    /// Records of the groups stream still live (for tests and metrics).
+    pub fn live_records(&self) -> u64 {
+        self.wal.live_records(Stream::Groups)
+    }
+}
+
+#[cfg(test)]
+mod tests;
