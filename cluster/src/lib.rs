@@ -25,6 +25,18 @@ pub mod raft;
 pub mod secret;
 pub mod transport;
 
+/// A fresh directory under the system's temporary one, named `warren-{label}-{random}`, for
+/// tests that open a data directory.
+#[cfg(test)]
+pub(crate) fn test_dir(label: &str) -> std::path::PathBuf {
+    let mut bytes = [0u8; 8];
+    secret::random(&mut bytes);
+    let dir =
+        std::env::temp_dir().join(format!("warren-{label}-{:016x}", u64::from_le_bytes(bytes)));
+    std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
+    dir
+}
+
 pub use identity::NodeName;
 pub use secret::Secret;
 pub use transport::{Transport, TransportConfig};

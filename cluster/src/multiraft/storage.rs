@@ -27,6 +27,7 @@
 //! read back by position.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::RangeBounds;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -222,6 +223,50 @@ impl Group {
 
     fn release_later(&mut self, position: Position) {
         self.releases.push((self.last_tag, position));
+    }
+
+    /// Keeps an entry just pushed under `tag` (in memory until it is written), in place of any
+    /// entry at its index.
+    fn insert_pending(&mut self, tag: u64, entry: &Entry) {
+        self.cached_bytes += u64::from(entry.payload.size());
+        let slot = Slot {
+            term: entry.term,
+            position: None,
+            tag,
+            cached: Some(entry.payload.clone()),
+        };
+        if let Some(old) = self.entries.insert(entry.index, slot) {
+            self.remove_slot(old);
+        }
+    }
+
+    /// Drops the entries in `range` that `stale` picks.
+    fn drop_entries(&mut self, range: impl RangeBounds<u64>, stale: impl Fn(u64) -> bool) {
+        let indexes: Vec<u64> = self
+            .entries
+            .range(range)
+            .map(|(index, _)| *index)
+            .filter(|index| stale(*index))
+            .collect();
+        for index in indexes {
+            let slot = self.entries.remove(&index).expect("listed above");
+            self.remove_slot(slot);
+        }
+    }
+
+    /// Stops keeping written entries up to `index` in memory, oldest first, until no more
+    /// than `target` bytes are kept.
+    fn uncache(&mut self, index: u64, target: u64) {
+        for slot in self.entries.range_mut(..=index).map(|(_, slot)| slot) {
+            if self.cached_bytes <= target {
+                break;
+            }
+            if slot.position.is_some()
+                && let Some(payload) = slot.cached.take()
+            {
+                self.cached_bytes -= u64::from(payload.size());
+            }
+        }
     }
 
     fn remove_slot(&mut self, slot: Slot) {
@@ -425,41 +470,16 @@ impl GroupStore {
                 true,
             );
             let group = self.group(id);
-            let stale: Vec<u64> = group
-                .entries
-                .range(entry.index..)
-                .map(|(i, _)| *i)
-                .collect();
-            for index in stale {
-                let slot = group.entries.remove(&index).expect("listed above");
-                group.remove_slot(slot);
-            }
-            group.cached_bytes += u64::from(entry.payload.size());
-            group.entries.insert(
-                entry.index,
-                Slot {
-                    term: entry.term,
-                    position: None,
-                    tag,
-                    cached: Some(entry.payload.clone()),
-                },
-            );
+            group.drop_entries(entry.index.., |_| true);
+            group.insert_pending(tag, entry);
         }
     }
 
     /// Drops the entries from `from` on (the entries appended next say so on disk).
     pub fn truncate(&mut self, id: GroupId, from: u64) {
         let group = self.group(id);
-        let snapshot_index = group.snapshot.meta.index;
-        let stale: Vec<u64> = group
-            .entries
-            .range(from.max(snapshot_index + 1)..)
-            .map(|(i, _)| *i)
-            .collect();
-        for index in stale {
-            let slot = group.entries.remove(&index).expect("listed above");
-            group.remove_slot(slot);
-        }
+        let first = from.max(group.snapshot.meta.index + 1);
+        group.drop_entries(first.., |_| true);
     }
 
     pub fn save_hard_state(&mut self, id: GroupId, hard: HardState) {
@@ -480,20 +500,7 @@ impl GroupStore {
                 BodyRef::Copy(entry),
                 true,
             );
-            let group = self.group(id);
-            if let Some(slot) = group.entries.remove(&entry.index) {
-                group.remove_slot(slot);
-            }
-            group.cached_bytes += u64::from(entry.payload.size());
-            group.entries.insert(
-                entry.index,
-                Slot {
-                    term: entry.term,
-                    position: None,
-                    tag,
-                    cached: Some(entry.payload.clone()),
-                },
-            );
+            self.group(id).insert_pending(tag, entry);
         }
         let live_list: Vec<u64> = snapshot.live.iter().copied().collect();
         self.push(
@@ -508,16 +515,7 @@ impl GroupStore {
             true,
         );
         let group = self.group(id);
-        let stale: Vec<u64> = group
-            .entries
-            .keys()
-            .copied()
-            .filter(|index| !snapshot.live.contains(index))
-            .collect();
-        for index in stale {
-            let slot = group.entries.remove(&index).expect("listed above");
-            group.remove_slot(slot);
-        }
+        group.drop_entries(.., |index| !snapshot.live.contains(&index));
         if let Some(position) = group.snapshot_at.take() {
             group.release_later(position);
         }
@@ -554,17 +552,11 @@ impl GroupStore {
         let Some(group) = self.groups.get_mut(&id) else {
             return;
         };
-        if index > group.snapshot.meta.index || !group.snapshot.live.remove(&index) {
-            if let Some((_, pending)) = &mut group.compacting {
-                pending.live.remove(&index);
-            }
-            return;
-        }
         if let Some((_, pending)) = &mut group.compacting {
             pending.live.remove(&index);
         }
-        if let Some(slot) = group.entries.remove(&index) {
-            group.remove_slot(slot);
+        if index <= group.snapshot.meta.index && group.snapshot.live.remove(&index) {
+            group.drop_entries(index..=index, |_| true);
         }
     }
 
@@ -576,10 +568,7 @@ impl GroupStore {
         self.push(id, Kind::Other, BodyRef::Deleted, true);
         let group = self.group(id);
         group.deleted = true;
-        let slots: Vec<Slot> = std::mem::take(&mut group.entries).into_values().collect();
-        for slot in slots {
-            group.remove_slot(slot);
-        }
+        group.drop_entries(.., |_| true);
         for position in [group.hard.take(), group.snapshot_at.take()]
             .into_iter()
             .flatten()
@@ -637,18 +626,9 @@ impl GroupStore {
     /// Stops keeping written entries up to `index` in memory (they are applied and every
     /// follower has them, or nobody is waiting for them).
     pub fn uncache(&mut self, id: GroupId, index: u64) {
-        let Some(group) = self.groups.get_mut(&id) else {
-            return;
-        };
-        let mut freed = 0;
-        for (_, slot) in group.entries.range_mut(..=index) {
-            if slot.position.is_some()
-                && let Some(payload) = slot.cached.take()
-            {
-                freed += u64::from(payload.size());
-            }
+        if let Some(group) = self.groups.get_mut(&id) {
+            group.uncache(index, 0);
         }
-        group.cached_bytes -= freed;
     }
 
     /// The last entry written, with every write before it: what the core may call persisted.
@@ -731,16 +711,7 @@ impl GroupStore {
                     match (compaction, pending) {
                         (true, Some(snapshot)) => {
                             let index = snapshot.meta.index;
-                            let stale: Vec<u64> = group
-                                .entries
-                                .range(..=index)
-                                .map(|(i, _)| *i)
-                                .filter(|i| !snapshot.live.contains(i))
-                                .collect();
-                            for stale in stale {
-                                let slot = group.entries.remove(&stale).expect("listed above");
-                                group.remove_slot(slot);
-                            }
+                            group.drop_entries(..=index, |i| !snapshot.live.contains(&i));
                             group.snapshot = snapshot;
                             if let Some(old) = group.snapshot_at.replace(position) {
                                 group.release_later(old);
@@ -780,18 +751,7 @@ impl GroupStore {
             });
             // Bound what is kept in memory for lagging followers.
             if group.cached_bytes > CACHE_PER_GROUP {
-                let mut freed = 0;
-                for slot in group.entries.values_mut() {
-                    if group.cached_bytes - freed <= CACHE_PER_GROUP / 2 {
-                        break;
-                    }
-                    if slot.position.is_some()
-                        && let Some(payload) = slot.cached.take()
-                    {
-                        freed += u64::from(payload.size());
-                    }
-                }
-                group.cached_bytes -= freed;
+                group.uncache(u64::MAX, CACHE_PER_GROUP / 2);
             }
             if group.deleted && group.outstanding.is_empty() && group.releases.is_empty() {
                 self.groups.remove(&id);

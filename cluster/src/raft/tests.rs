@@ -48,14 +48,7 @@ struct Node {
 }
 
 fn temp_dir(label: &str) -> PathBuf {
-    let mut bytes = [0u8; 8];
-    crate::secret::random(&mut bytes);
-    let dir = std::env::temp_dir().join(format!(
-        "warren-raft-{label}-{:016x}",
-        u64::from_le_bytes(bytes)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::test_dir(&format!("raft-{label}"))
 }
 
 fn config(snapshot_every: u64) -> GroupConfig {

@@ -9,14 +9,7 @@ use super::*;
 use crate::multiraft::message::MemberId;
 
 fn temp_dir(label: &str) -> PathBuf {
-    let mut bytes = [0u8; 8];
-    crate::secret::random(&mut bytes);
-    let dir = std::env::temp_dir().join(format!(
-        "warren-groups-{label}-{:016x}",
-        u64::from_le_bytes(bytes)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::test_dir(&format!("groups-{label}"))
 }
 
 struct Opened {
