@@ -5,6 +5,8 @@
 //!  core      one group's Raft, sans-IO: messages, proposals and `now` in, actions out
 //!  terms     what a core keeps of its log: terms and sizes after the snapshot
 //!  message   the messages members exchange and the actions a core asks for
+//!  storage   every group's log in the node's WAL, read back by position
+//!  host      one task driving every group on the node: writes, promises, applies, batches
 //! ```
 //!
 //! Why not openraft for these groups too: openraft runs several tasks and its own heartbeat
@@ -14,6 +16,7 @@
 //! heartbeats of idle groups share one message per node pair.
 
 pub mod core;
+pub mod host;
 pub mod message;
 #[cfg(test)]
 mod sim;

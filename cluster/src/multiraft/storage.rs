@@ -212,6 +212,8 @@ struct Group {
     /// A snapshot being written: its tag and what it replaces once written.
     compacting: Option<(u64, Snapshot)>,
     cached_bytes: u64,
+    /// No entry below this index is kept in memory (where uncaching resumes).
+    cached_from: u64,
     failed: Option<String>,
     deleted: bool,
 }
@@ -229,6 +231,7 @@ impl Group {
     /// entry at its index.
     fn insert_pending(&mut self, tag: u64, entry: &Entry) {
         self.cached_bytes += u64::from(entry.payload.size());
+        self.cached_from = self.cached_from.min(entry.index);
         let slot = Slot {
             term: entry.term,
             position: None,
@@ -255,18 +258,28 @@ impl Group {
     }
 
     /// Stops keeping written entries up to `index` in memory, oldest first, until no more
-    /// than `target` bytes are kept.
+    /// than `target` bytes are kept. Resumes where the last call stopped, so a queue holding a
+    /// million applied entries is not walked again on every call.
     fn uncache(&mut self, index: u64, target: u64) {
-        for slot in self.entries.range_mut(..=index).map(|(_, slot)| slot) {
-            if self.cached_bytes <= target {
-                break;
-            }
-            if slot.position.is_some()
-                && let Some(payload) = slot.cached.take()
-            {
+        if self.cached_from > index {
+            return;
+        }
+        let mut next_from = index.saturating_add(1);
+        for (at, slot) in self.entries.range_mut(self.cached_from..=index) {
+            let Some(payload) = &slot.cached else {
+                continue;
+            };
+            if self.cached_bytes > target && slot.position.is_some() {
                 self.cached_bytes -= u64::from(payload.size());
+                slot.cached = None;
+            } else {
+                next_from = next_from.min(*at);
+                if self.cached_bytes <= target {
+                    break;
+                }
             }
         }
+        self.cached_from = self.cached_from.max(next_from);
     }
 
     fn remove_slot(&mut self, slot: Slot) {
@@ -545,19 +558,6 @@ impl GroupStore {
         );
         self.group(id).compacting = Some((tag, snapshot));
         true
-    }
-
-    /// The machine no longer needs the entry at `index`, which a snapshot had kept live.
-    pub fn release_entry(&mut self, id: GroupId, index: u64) {
-        let Some(group) = self.groups.get_mut(&id) else {
-            return;
-        };
-        if let Some((_, pending)) = &mut group.compacting {
-            pending.live.remove(&index);
-        }
-        if index <= group.snapshot.meta.index && group.snapshot.live.remove(&index) {
-            group.drop_entries(index..=index, |_| true);
-        }
     }
 
     /// Deletes the group: every record of it is released once the deletion is on disk.

@@ -79,7 +79,7 @@ pub enum ProposeError {
 }
 
 /// A change of membership, one member at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MembershipChange {
     /// Add a member that follows the log without voting until it has caught up.
     AddLearner(MemberId),

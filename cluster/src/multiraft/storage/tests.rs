@@ -192,24 +192,44 @@ fn a_compaction_keeps_only_the_live_entries_it_covers() {
     assert_eq!(opened.store.persisted(3), Some((10, 1)));
     assert!(opened.store.entry(3, 4).is_err());
     assert_eq!(opened.store.entry(3, 5).unwrap(), command(5, 1, "m5"));
-    // The machine settles message 2: its entry goes once the release is safe.
-    opened.store.release_entry(3, 2);
     opened.store.commit(3, 10);
     opened.settle(3);
     opened.close();
 
-    let opened = open(&dir, 1 << 20);
+    let mut opened = open(&dir, 1 << 20);
     let group = &opened.recovered[&3];
     assert_eq!(group.snapshot.meta.index, 8);
     assert_eq!(group.snapshot.data, Bytes::from_static(b"state at 8"));
     assert_eq!(indexes(group), vec![(9, 1), (10, 1)]);
-    assert_eq!(opened.store.entry(3, 5).unwrap(), command(5, 1, "m5"));
-    // Live: the snapshot, entries 9 and 10, 5, and 2: released before the close, but the
-    // snapshot on disk still names it and its segment lives, so the replay keeps it until the
-    // machine's next snapshot leaves it out (the machine, replaying the settlement after the
-    // snapshot, no longer refers to it).
-    assert_eq!(opened.store.live_records(), 5);
     assert_eq!(group.snapshot.live, [2, 5].into_iter().collect());
+    assert_eq!(opened.store.entry(3, 5).unwrap(), command(5, 1, "m5"));
+    // Live: the snapshot, entries 9 and 10, 5 and 2.
+    assert_eq!(opened.store.live_records(), 5);
+
+    // The machine settled message 2 after the snapshot: the entry stays until a snapshot
+    // taken after the settlement leaves it out (a replay of the settlement reads it again).
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            index: 10,
+            term: 1,
+            membership: voters(&[1, 2]),
+        },
+        data: Bytes::from_static(b"state at 10"),
+        live: [5].into_iter().collect(),
+    };
+    assert!(opened.store.compact(3, snapshot));
+    let written = opened.settle(3);
+    assert!(written.contains(&Written::Compacted(3, 10)), "{written:?}");
+    assert!(opened.store.entry(3, 2).is_err());
+    assert_eq!(opened.store.entry(3, 5).unwrap(), command(5, 1, "m5"));
+    opened.close();
+
+    let opened = open(&dir, 1 << 20);
+    let group = &opened.recovered[&3];
+    assert_eq!(group.snapshot.live, [5].into_iter().collect());
+    assert_eq!(indexes(group), vec![]);
+    // Live: the snapshot and entry 5.
+    assert_eq!(opened.store.live_records(), 2);
     opened.close();
 }
 
