@@ -551,3 +551,59 @@ async fn idle_groups_share_one_batch_per_node_pair_and_round() {
     }
     remove(dirs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_member_routes_batches_to_the_leader_across_a_failover() {
+    let (addresses, mut nodes) = cluster("route", 64 << 20).await;
+    for node in &nodes {
+        node.create(11, &[1, 2, 3], node.member == 2).await;
+    }
+    let dir = crate::test_dir("host-route-4");
+    let router = start(4, &dir, &addresses, 64 << 20).await;
+    router.host.route(11, Some(vec![1, 2, 3]));
+    // Batches submitted one after another, without waiting: the first ones go to a member
+    // that is not the leader and come back to be routed again, so later ones may overtake
+    // them, but each batch is appended whole and in order.
+    let answers: Vec<Proposed> = (0..10)
+        .map(|batch| {
+            let commands = (0..5).map(|i| push(&format!("a-{batch}-{i}"))).collect();
+            router.host.submit(11, commands)
+        })
+        .collect();
+    for answer in answers {
+        assert_eq!(answer.await.unwrap().unwrap().len(), 5);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader = leader_of(&all, 11).await;
+    let position = nodes.iter().position(|node| node.member == leader).unwrap();
+    let gone_dir = stop(nodes.remove(position)).await;
+    for i in 0..20 {
+        propose(&router, 11, push(&format!("b-{i}"))).await;
+    }
+    let bodies = drain(&router, 11).await;
+    let (first, second) = bodies.split_at(50);
+    for batch in first.chunks(5) {
+        let name = &batch[0][..batch[0].len() - 2];
+        let expected: Vec<String> = (0..5).map(|i| format!("{name}-{i}")).collect();
+        assert_eq!(batch, &expected[..], "a batch stays whole, in order");
+    }
+    let mut batches: Vec<&str> = first.chunks(5).map(|batch| &batch[0][..3]).collect();
+    batches.sort();
+    batches.dedup();
+    assert_eq!(batches.len(), 10, "every batch once: {first:?}");
+    let expected: Vec<String> = (0..20).map(|i| format!("b-{i}")).collect();
+    assert_eq!(
+        second,
+        &expected[..],
+        "proposals made one after another keep their order"
+    );
+    assert!(
+        router.host.status(11).await.is_none(),
+        "no member on the router"
+    );
+    let mut dirs = vec![gone_dir, stop(router).await];
+    for node in nodes {
+        dirs.push(stop(node).await);
+    }
+    remove(dirs);
+}

@@ -1,0 +1,1089 @@
+//! The runner: the one task that owns every group member of the node, its group store and
+//! its outbound batches.
+//!
+//! ```text
+//!  round:  inputs (proposals, batches, link events) │ writes done │ tick
+//!          ─> step / propose / route each group ─> act on what the cores ask (write, hold,
+//!             apply, send) ─> snapshot where due ─> one batch per node
+//! ```
+//!
+//! Proposals find their leader here: a member that leads appends them; a member that follows
+//! sends them to its leader's node inside the round's batch (so one node's proposals reach the
+//! leader in the order they were made); a node with no member routes them to the members it was
+//! told of. The leader answers in a batch once the commands are applied. A proposal sent to a
+//! node that no longer leads comes back with that node's idea of the leader and goes there;
+//! while nobody knows a leader it waits, until its deadline. Proposals keep their order while
+//! the leader stays where they were sent; one that had to be routed again may be overtaken by
+//! later ones (a machine that needs the order, a queue, numbers its commands).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{
+    Answer, BATCH_BYTES, Batch, DRAINED_SNAPSHOT, Directory, Envelope, Forward, GROUP_SERVICE,
+    GroupError, GroupStatus, HostConfig, HostStats, Input, LEADER_WAIT, Log, MAX_HOPS, Machine,
+    MachineFactory, PEER_QUEUE, Reply, SnapshotPayload,
+};
+use crate::identity::NodeName;
+use crate::multiraft::core::{ProposeError, Raft};
+use crate::multiraft::message::{Action, Entry, MemberId, Membership, Message, Payload, Role};
+use crate::multiraft::storage::{GroupId, GroupStore, RecoveredGroup, Snapshot, Written};
+use crate::transport::Transport;
+
+/// Who waits for a proposal.
+enum Origin {
+    Local(Reply<Vec<Bytes>>),
+    /// Another node's runner, for its forward `id`.
+    Remote {
+        node: NodeName,
+        id: u64,
+    },
+}
+
+/// Commands on their way to the leader.
+struct Proposal {
+    commands: Vec<Bytes>,
+    origin: Origin,
+    /// When it fails (runner milliseconds).
+    deadline: u64,
+    hops: u32,
+    /// The leader a node that refused named.
+    hint: Option<MemberId>,
+}
+
+/// Commands appended by the leader here, waiting to be applied.
+struct Appended {
+    last: u64,
+    term: u64,
+    answers: Vec<Bytes>,
+    waiter: Waiter,
+}
+
+enum Waiter {
+    Proposal(Origin),
+    Change(Reply<u64>),
+}
+
+struct Member {
+    raft: Raft,
+    machine: Box<dyn Machine>,
+    applied: u64,
+    /// Appended here, by first index.
+    pending: BTreeMap<u64, Appended>,
+    /// Promises waiting for the writes before them: the group's last tag when they were made.
+    held: VecDeque<(u64, MemberId, Message)>,
+}
+
+/// Where to send proposals for a group this node has no member of.
+struct Route {
+    members: Vec<MemberId>,
+    leader: Option<MemberId>,
+    next: usize,
+}
+
+/// A round's traffic for one node, in batches of at most [`BATCH_BYTES`] of entries.
+#[derive(Default)]
+struct Outbox {
+    batches: Vec<Batch>,
+    bytes: u64,
+}
+
+impl Outbox {
+    /// The batch to add `size` more bytes to.
+    fn batch(&mut self, size: u64) -> &mut Batch {
+        if self.batches.is_empty() || (self.bytes > 0 && self.bytes + size > BATCH_BYTES) {
+            self.batches.push(Batch::default());
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.batches.last_mut().expect("pushed above")
+    }
+}
+
+type Outboxes = HashMap<NodeName, Outbox>;
+
+pub(super) struct Runner {
+    /// The runner's own input, for the peers' sender tasks.
+    input: mpsc::UnboundedSender<Input>,
+    config: Arc<HostConfig>,
+    transport: Transport,
+    directory: Directory,
+    store: GroupStore,
+    members: HashMap<GroupId, Member>,
+    /// Groups whose member stopped, and why.
+    stopped: HashMap<GroupId, String>,
+    routes: HashMap<GroupId, Route>,
+    dirty: BTreeSet<GroupId>,
+    outbox: Outboxes,
+    /// Per peer: batches to send, with the forwards inside.
+    peers: HashMap<NodeName, mpsc::Sender<(Bytes, Vec<u64>)>>,
+    /// Proposals sent to another node, by forward id.
+    forwarded: HashMap<u64, (NodeName, GroupId, Proposal)>,
+    next_forward: u64,
+    /// Proposals waiting for a leader: (group, proposal, when to try again).
+    parked: Vec<(GroupId, Proposal, u64)>,
+    rng: fastrand::Rng,
+    clock: Instant,
+    stats: HostStats,
+}
+
+impl Runner {
+    pub(super) fn new(
+        input: mpsc::UnboundedSender<Input>,
+        config: Arc<HostConfig>,
+        transport: Transport,
+        directory: Directory,
+        store: GroupStore,
+        recovered: HashMap<GroupId, RecoveredGroup>,
+        mut factory: MachineFactory,
+    ) -> Runner {
+        let mut runner = Runner {
+            input,
+            config,
+            transport,
+            directory,
+            store,
+            members: HashMap::new(),
+            stopped: HashMap::new(),
+            routes: HashMap::new(),
+            dirty: BTreeSet::new(),
+            outbox: HashMap::new(),
+            peers: HashMap::new(),
+            forwarded: HashMap::new(),
+            next_forward: 1,
+            parked: Vec::new(),
+            rng: fastrand::Rng::new(),
+            clock: Instant::now(),
+            stats: HostStats::default(),
+        };
+        let now = runner.now();
+        for (group, found) in recovered {
+            let Some(mut machine) = factory(group) else {
+                tracing::warn!("group {group} is on disk but unknown to the node: left stopped");
+                runner
+                    .stopped
+                    .insert(group, "unknown to the node".to_string());
+                continue;
+            };
+            if let Err(error) = machine.restore(&found.snapshot.data) {
+                tracing::error!("group {group}: its snapshot does not restore: {error}");
+                runner.stopped.insert(group, error);
+                continue;
+            }
+            let raft = Raft::restore(
+                runner.config.member,
+                runner.config.raft.clone(),
+                runner.rng.u64(..),
+                found.restored,
+                now,
+            );
+            runner.members.insert(
+                group,
+                Member {
+                    applied: raft.snapshot_index(),
+                    raft,
+                    machine,
+                    pending: BTreeMap::new(),
+                    held: VecDeque::new(),
+                },
+            );
+            runner.dirty.insert(group);
+        }
+        runner
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut inbound: mpsc::Receiver<Input>,
+        written: Arc<Notify>,
+    ) {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => Some(input),
+                    None => break,
+                },
+                Some(input) = inbound.recv() => Some(input),
+                _ = written.notified() => None,
+                _ = ticker.tick() => {
+                    self.tick();
+                    None
+                }
+            };
+            // Take what else is waiting, so one round serves it all.
+            let mut more = first.into_iter().chain(std::iter::from_fn(|| {
+                inputs.try_recv().ok().or_else(|| inbound.try_recv().ok())
+            }));
+            for input in more.by_ref().take(4096) {
+                if let Some(done) = self.input(input) {
+                    self.shut(done);
+                    return;
+                }
+            }
+            drop(more);
+            self.written();
+            self.drive();
+            self.flush();
+            self.stats.rounds += 1;
+        }
+    }
+
+    fn shut(&mut self, done: oneshot::Sender<()>) {
+        let stopping = |group| GroupError::Stopped(group, "the node is shutting down".into());
+        for (group, member) in std::mem::take(&mut self.members) {
+            for (_, appended) in member.pending {
+                finish_waiter(&mut self.outbox, appended.waiter, Err(stopping(group)));
+            }
+        }
+        for (_, (_, group, proposal)) in std::mem::take(&mut self.forwarded) {
+            finish(&mut self.outbox, proposal.origin, Err(stopping(group)));
+        }
+        for (group, proposal, _) in std::mem::take(&mut self.parked) {
+            finish(&mut self.outbox, proposal.origin, Err(stopping(group)));
+        }
+        self.flush();
+        self.transport
+            .register(GROUP_SERVICE, Arc::new(super::Closed));
+        let _ = done.send(());
+    }
+
+    /// Takes one input; returns the shutdown's waiter when it is one.
+    fn input(&mut self, input: Input) -> Option<oneshot::Sender<()>> {
+        let now = self.now();
+        match input {
+            Input::Create {
+                group,
+                membership,
+                machine,
+                campaign,
+                reply,
+            } => {
+                let _ = reply.send(self.create(group, membership, machine, campaign, now));
+            }
+            Input::Delete { group, reply } => {
+                if let Some(member) = self.members.remove(&group) {
+                    for (_, appended) in member.pending {
+                        let error = Err(GroupError::Unknown(group));
+                        finish_waiter(&mut self.outbox, appended.waiter, error);
+                    }
+                }
+                self.stopped.remove(&group);
+                self.store.delete(group);
+                let _ = reply.send(Ok(()));
+            }
+            Input::Route { group, members } => match members {
+                Some(members) => {
+                    let route = self.routes.entry(group).or_insert(Route {
+                        members: Vec::new(),
+                        leader: None,
+                        next: 0,
+                    });
+                    route.members = members;
+                }
+                None => {
+                    self.routes.remove(&group);
+                }
+            },
+            Input::Propose {
+                group,
+                commands,
+                reply,
+            } => {
+                let proposal = Proposal {
+                    commands,
+                    origin: Origin::Local(reply),
+                    deadline: now + self.config.propose_timeout.as_millis() as u64,
+                    hops: 0,
+                    hint: None,
+                };
+                self.dispatch(group, proposal, now);
+            }
+            Input::Change {
+                group,
+                change,
+                reply,
+            } => match self.leading(group) {
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+                Ok(member) => match member.raft.change_membership(change) {
+                    Ok(index) => {
+                        let appended = Appended {
+                            last: index,
+                            term: member.raft.term(),
+                            answers: Vec::new(),
+                            waiter: Waiter::Change(reply),
+                        };
+                        member.pending.insert(index, appended);
+                        self.dirty.insert(group);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(refusal(group, error)));
+                    }
+                },
+            },
+            Input::Transfer { group, to, reply } => match self.leading(group) {
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+                Ok(member) => {
+                    let result = member
+                        .raft
+                        .transfer_leadership(to, now)
+                        .map_err(|error| refusal(group, error));
+                    self.dirty.insert(group);
+                    let _ = reply.send(result);
+                }
+            },
+            Input::Status { group, reply } => {
+                let status = self.members.get(&group).map(|member| GroupStatus {
+                    role: member.raft.role(),
+                    term: member.raft.term(),
+                    leader: member.raft.leader(),
+                    commit: member.raft.commit_index(),
+                    applied: member.applied,
+                    last_index: member.raft.last_index(),
+                    snapshot_index: member.raft.snapshot_index(),
+                    membership: member.raft.membership().clone(),
+                    cached_bytes: self.store.cached_bytes(group),
+                });
+                let _ = reply.send(status);
+            }
+            Input::Stats(reply) => {
+                let _ = reply.send(self.stats);
+            }
+            Input::Batch(from, batch) => self.receive(from, batch, now),
+            Input::Unsent(ids) => {
+                // Never sent, so never appended: route them again once a leader is known.
+                for id in ids {
+                    if let Some((node, group, mut proposal)) = self.forwarded.remove(&id) {
+                        self.unroute(group, &node);
+                        proposal.hint = None;
+                        self.park(group, proposal, now);
+                    }
+                }
+            }
+            Input::Down(node) => {
+                for (group, member) in &mut self.members {
+                    let gone: Vec<MemberId> = member
+                        .raft
+                        .membership()
+                        .members()
+                        .filter(|m| (self.directory)(*m).as_ref() == Some(&node))
+                        .collect();
+                    for m in gone {
+                        member.raft.unreachable(m);
+                        self.dirty.insert(*group);
+                    }
+                }
+                // What was sent there may or may not have been appended.
+                let lost: Vec<u64> = self
+                    .forwarded
+                    .iter()
+                    .filter(|(_, (to, _, _))| *to == node)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let routed: Vec<GroupId> = self.routes.keys().copied().collect();
+                for group in routed {
+                    self.unroute(group, &node);
+                }
+                for id in lost {
+                    let (_, group, proposal) = self.forwarded.remove(&id).expect("listed");
+                    let error =
+                        GroupError::Indeterminate(group, format!("lost the link to {node}"));
+                    finish(&mut self.outbox, proposal.origin, Err(error));
+                }
+            }
+            Input::Shutdown(done) => return Some(done),
+        }
+        None
+    }
+
+    fn receive(&mut self, from: NodeName, batch: Batch, now: u64) {
+        for (group, sender, to, message) in batch.raft {
+            if to != self.config.member {
+                continue;
+            }
+            if let Some(member) = self.members.get_mut(&group) {
+                member.raft.step(sender, message, now);
+                self.dirty.insert(group);
+            }
+        }
+        for Forward {
+            id,
+            group,
+            commands,
+        } in batch.forwards
+        {
+            let proposal = Proposal {
+                commands,
+                origin: Origin::Remote {
+                    node: from.clone(),
+                    id,
+                },
+                deadline: now + self.config.propose_timeout.as_millis() as u64,
+                hops: 0,
+                hint: None,
+            };
+            self.dispatch(group, proposal, now);
+        }
+        for Answer { id, result } in batch.answers {
+            let Some((_, group, mut proposal)) = self.forwarded.remove(&id) else {
+                continue;
+            };
+            match result {
+                Err(GroupError::NotLeader { leader, .. }) => {
+                    if let (Some(route), Some(leader)) = (self.routes.get_mut(&group), leader) {
+                        route.leader = Some(leader);
+                    }
+                    // Nodes whose views of the leader disagree send a proposal back and
+                    // forth: after a few hops it waits between them.
+                    proposal.hops += 1;
+                    proposal.hint = leader;
+                    match leader {
+                        Some(_) if proposal.hops <= MAX_HOPS => {
+                            self.dispatch(group, proposal, now);
+                        }
+                        _ => self.park(group, proposal, now),
+                    }
+                }
+                Err(GroupError::NoLeader(_)) => {
+                    proposal.hint = None;
+                    if let Some(route) = self.routes.get_mut(&group) {
+                        route.leader = None;
+                        route.next += 1;
+                    }
+                    self.park(group, proposal, now);
+                }
+                result => finish(&mut self.outbox, proposal.origin, result),
+            }
+        }
+    }
+
+    /// Stops taking the group's leader to be on `node` (it cannot be reached).
+    fn unroute(&mut self, group: GroupId, node: &NodeName) {
+        let Some(route) = self.routes.get_mut(&group) else {
+            return;
+        };
+        let on = |member: MemberId| (self.directory)(member).as_ref() == Some(node);
+        if route.leader.is_some_and(on) {
+            route.leader = None;
+        }
+        if !route.members.is_empty() && on(route.members[route.next % route.members.len()]) {
+            route.next += 1;
+        }
+    }
+
+    fn park(&mut self, group: GroupId, proposal: Proposal, now: u64) {
+        let again = now + LEADER_WAIT.as_millis() as u64;
+        self.parked.push((group, proposal, again));
+    }
+
+    /// Sends a proposal where its group's leader is, or appends it here.
+    fn dispatch(&mut self, group: GroupId, proposal: Proposal, now: u64) {
+        if proposal.commands.is_empty() {
+            finish(&mut self.outbox, proposal.origin, Ok(Vec::new()));
+            return;
+        }
+        if now >= proposal.deadline {
+            finish(
+                &mut self.outbox,
+                proposal.origin,
+                Err(GroupError::Timeout(group)),
+            );
+            return;
+        }
+        if let Some(reason) = self.stopped.get(&group) {
+            let error = GroupError::Stopped(group, reason.clone());
+            finish(&mut self.outbox, proposal.origin, Err(error));
+            return;
+        }
+        let me = self.config.member;
+        let remote = matches!(proposal.origin, Origin::Remote { .. });
+        let target = if let Some(member) = self.members.get_mut(&group) {
+            if member.raft.role() == Role::Leader {
+                match append(member, &proposal.commands) {
+                    Ok((first, last, term)) => {
+                        let appended = Appended {
+                            last,
+                            term,
+                            answers: Vec::with_capacity(proposal.commands.len()),
+                            waiter: Waiter::Proposal(proposal.origin),
+                        };
+                        member.pending.insert(first, appended);
+                        self.dirty.insert(group);
+                    }
+                    // A leadership transfer finishes within an election timeout.
+                    Err(ProposeError::Transferring) if !remote => {
+                        self.park(group, proposal, now);
+                    }
+                    Err(error) => {
+                        finish(
+                            &mut self.outbox,
+                            proposal.origin,
+                            Err(refusal(group, error)),
+                        );
+                    }
+                }
+                return;
+            }
+            let leader = member.raft.leader().filter(|leader| *leader != me);
+            if remote {
+                // The asking node routes it again, with what this member knows.
+                let error = match leader {
+                    Some(leader) => GroupError::NotLeader {
+                        group,
+                        leader: Some(leader),
+                    },
+                    None => GroupError::NoLeader(group),
+                };
+                finish(&mut self.outbox, proposal.origin, Err(error));
+                return;
+            }
+            proposal.hint.filter(|hint| *hint != me).or(leader)
+        } else if let Some(route) = self.routes.get_mut(&group) {
+            if remote || route.members.is_empty() {
+                let error = if remote {
+                    GroupError::NoLeader(group)
+                } else {
+                    GroupError::Unknown(group)
+                };
+                finish(&mut self.outbox, proposal.origin, Err(error));
+                return;
+            }
+            // With no leader known, every proposal tries the same member, until one that
+            // cannot answer moves the route on.
+            proposal
+                .hint
+                .or(route.leader)
+                .or(Some(route.members[route.next % route.members.len()]))
+        } else {
+            let error = if remote {
+                GroupError::NoLeader(group)
+            } else {
+                GroupError::Unknown(group)
+            };
+            finish(&mut self.outbox, proposal.origin, Err(error));
+            return;
+        };
+        let node = target.and_then(|target| (self.directory)(target));
+        match node {
+            Some(node) => {
+                let id = self.next_forward;
+                self.next_forward += 1;
+                let size = proposal.commands.iter().map(|c| c.len() as u64).sum();
+                let forward = Forward {
+                    id,
+                    group,
+                    commands: proposal.commands.clone(),
+                };
+                self.outbox
+                    .entry(node.clone())
+                    .or_default()
+                    .batch(size)
+                    .forwards
+                    .push(forward);
+                self.forwarded.insert(id, (node, group, proposal));
+            }
+            None => self.park(group, proposal, now),
+        }
+    }
+
+    fn create(
+        &mut self,
+        group: GroupId,
+        membership: Membership,
+        machine: Box<dyn Machine>,
+        campaign: bool,
+        now: u64,
+    ) -> Result<(), GroupError> {
+        if self.members.contains_key(&group) || self.store.contains(group) {
+            return Err(GroupError::Exists(group));
+        }
+        let (data, _) = machine.snapshot();
+        self.store.create(group, membership.clone(), data);
+        let mut raft = Raft::new(
+            self.config.member,
+            self.config.raft.clone(),
+            self.rng.u64(..),
+            membership,
+            now,
+        );
+        if campaign {
+            raft.campaign(now);
+        }
+        self.members.insert(
+            group,
+            Member {
+                raft,
+                machine,
+                applied: 0,
+                pending: BTreeMap::new(),
+                held: VecDeque::new(),
+            },
+        );
+        self.dirty.insert(group);
+        Ok(())
+    }
+
+    /// The member, if it leads its group now (or why not).
+    fn leading(&mut self, group: GroupId) -> Result<&mut Member, GroupError> {
+        if let Some(reason) = self.stopped.get(&group) {
+            return Err(GroupError::Stopped(group, reason.clone()));
+        }
+        let member = self
+            .members
+            .get_mut(&group)
+            .ok_or(GroupError::Unknown(group))?;
+        if member.raft.role() != Role::Leader {
+            return Err(match member.raft.leader() {
+                Some(leader) => GroupError::NotLeader {
+                    group,
+                    leader: Some(leader),
+                },
+                None => GroupError::NoLeader(group),
+            });
+        }
+        Ok(member)
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        for (group, member) in &mut self.members {
+            if member.raft.next_deadline() <= now {
+                member.raft.tick(now);
+                self.dirty.insert(*group);
+            }
+        }
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(_, _, again)| *again <= now);
+        self.parked = waiting;
+        for (group, proposal, _) in due {
+            self.dispatch(group, proposal, now);
+        }
+        let expired: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, (_, _, proposal))| proposal.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let (node, group, proposal) = self.forwarded.remove(&id).expect("listed");
+            let error = GroupError::Indeterminate(group, format!("{node} did not answer in time"));
+            finish(&mut self.outbox, proposal.origin, Err(error));
+        }
+    }
+
+    /// Takes the writes the WAL finished: promises go out, the leaders' own logs count.
+    fn written(&mut self) {
+        for written in self.store.take_written() {
+            match written {
+                Written::Synced(group) => {
+                    let Some(member) = self.members.get_mut(&group) else {
+                        continue;
+                    };
+                    if let Some((index, term)) = self.store.persisted(group) {
+                        member.raft.persisted(index, term);
+                    }
+                    while let Some((tag, _, _)) = member.held.front() {
+                        if !self.store.durable_through(group, *tag) {
+                            break;
+                        }
+                        let (_, to, message) = member.held.pop_front().expect("looked at");
+                        let me = self.config.member;
+                        post(&mut self.outbox, &self.directory, group, me, to, message);
+                    }
+                    self.dirty.insert(group);
+                }
+                Written::Compacted(group, index) => {
+                    if let Some(member) = self.members.get_mut(&group) {
+                        member.raft.compact(index);
+                        self.dirty.insert(group);
+                    }
+                }
+                Written::Failed(group, reason) => {
+                    tracing::error!("group {group}: a write failed, the member stops: {reason}");
+                    self.stop(group, reason);
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self, group: GroupId, reason: String) {
+        if let Some(member) = self.members.remove(&group) {
+            for (_, appended) in member.pending {
+                let error = Err(GroupError::Stopped(group, reason.clone()));
+                finish_waiter(&mut self.outbox, appended.waiter, error);
+            }
+        }
+        self.stopped.insert(group, reason);
+    }
+
+    /// Carries out what the dirty groups asked for, until they ask nothing more.
+    fn drive(&mut self) {
+        while let Some(group) = self.dirty.pop_first() {
+            while let Some(member) = self
+                .members
+                .get_mut(&group)
+                .filter(|member| member.raft.has_actions())
+            {
+                for action in member.raft.take_actions() {
+                    if let Err(reason) = self.act(group, action) {
+                        tracing::error!("group {group}: the member stops: {reason}");
+                        self.stop(group, reason);
+                        break;
+                    }
+                }
+            }
+            self.maybe_snapshot(group);
+        }
+    }
+
+    fn act(&mut self, group: GroupId, action: Action) -> Result<(), String> {
+        let me = self.config.member;
+        let Runner {
+            store,
+            members,
+            outbox,
+            directory,
+            ..
+        } = self;
+        let Some(member) = members.get_mut(&group) else {
+            return Ok(());
+        };
+        match action {
+            Action::Truncate { from } => store.truncate(group, from),
+            Action::Append(entries) => store.append(group, &entries),
+            Action::SaveHardState(hard) => store.save_hard_state(group, hard),
+            Action::InstallSnapshot { meta, data } => {
+                let payload: SnapshotPayload = postcard::from_bytes(&data)
+                    .map_err(|e| format!("a malformed snapshot: {e}"))?;
+                member.machine.restore(&payload.machine)?;
+                let live = payload.live.iter().map(|entry| entry.index).collect();
+                let index = meta.index;
+                let snapshot = Snapshot {
+                    meta,
+                    data: payload.machine,
+                    live,
+                };
+                store.install(group, snapshot, &payload.live);
+                member.applied = index;
+                // What this member appended as a leader is now covered by a snapshot it did
+                // not apply itself: whether it made it is not known here.
+                while let Some(entry) = member.pending.first_entry() {
+                    if *entry.key() > index {
+                        break;
+                    }
+                    let error =
+                        GroupError::Indeterminate(group, "a snapshot replaced the log".into());
+                    finish_waiter(outbox, entry.remove().waiter, Err(error));
+                }
+            }
+            Action::Send {
+                to,
+                message,
+                after_sync,
+            } => {
+                let tag = store.last_tag(group);
+                if after_sync && (!member.held.is_empty() || !store.durable_through(group, tag)) {
+                    member.held.push_back((tag, to, message));
+                } else {
+                    post(outbox, directory, group, me, to, message);
+                }
+            }
+            Action::Replicate {
+                to,
+                term,
+                prev_index,
+                prev_term,
+                from,
+                until,
+                commit,
+            } => {
+                let entries = if until < from {
+                    Vec::new()
+                } else {
+                    match store.entries(group, from, until) {
+                        Ok(entries) => entries,
+                        // The follower asks again; the entries may have been compacted away
+                        // meanwhile, and the next probe sends the snapshot.
+                        Err(error) => {
+                            tracing::warn!("group {group}: cannot send entries: {error}");
+                            return Ok(());
+                        }
+                    }
+                };
+                let message = Message::Append {
+                    term,
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit,
+                };
+                post(outbox, directory, group, me, to, message);
+            }
+            Action::SendSnapshot { to, term, .. } => {
+                let snapshot = store
+                    .snapshot(group)
+                    .cloned()
+                    .ok_or_else(|| "no snapshot".to_string())?;
+                let live = snapshot
+                    .live
+                    .iter()
+                    .map(|index| store.entry(group, *index))
+                    .collect::<Result<Vec<Entry>, String>>()?;
+                let payload = SnapshotPayload {
+                    machine: snapshot.data,
+                    live,
+                };
+                let data = Bytes::from(
+                    postcard::to_stdvec(&payload).expect("invariant: snapshots serialize"),
+                );
+                let message = Message::Snapshot {
+                    term,
+                    meta: snapshot.meta,
+                    data,
+                };
+                post(outbox, directory, group, me, to, message);
+            }
+            Action::Commit { index } => {
+                store.commit(group, index);
+                apply(store, outbox, group, member, index)?;
+            }
+            Action::Leader { term, leader } => {
+                member
+                    .machine
+                    .leader_changed(term, leader, leader == Some(me));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot of the group's machine when enough log piled up since the last one.
+    fn maybe_snapshot(&mut self, group: GroupId) {
+        let Some(member) = self.members.get_mut(&group) else {
+            return;
+        };
+        let piled = member.raft.bytes_since_snapshot();
+        let due = piled >= self.config.snapshot_after
+            || (piled >= DRAINED_SNAPSHOT.min(self.config.snapshot_after)
+                && member.machine.drained());
+        if !due {
+            return;
+        }
+        let Some(meta) = member.raft.meta_at(member.applied) else {
+            return;
+        };
+        let (data, live) = member.machine.snapshot();
+        self.store.compact(group, Snapshot { meta, data, live });
+    }
+
+    /// Sends every node its batches of the round.
+    fn flush(&mut self) {
+        let outbox = std::mem::take(&mut self.outbox);
+        for (node, out) in outbox {
+            for batch in out.batches {
+                self.send(&node, batch);
+            }
+        }
+    }
+
+    fn send(&mut self, node: &NodeName, batch: Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let count = batch.raft.len() as u64;
+        let body = Bytes::from(postcard::to_stdvec(&batch).expect("invariant: batches serialize"));
+        let forwards: Vec<u64> = batch.forwards.iter().map(|forward| forward.id).collect();
+        let transport = &self.transport;
+        let input = &self.input;
+        let peer = self.peers.entry(node.clone()).or_insert_with(|| {
+            let (sender, mut receiver) = mpsc::channel::<(Bytes, Vec<u64>)>(PEER_QUEUE);
+            let transport = transport.clone();
+            let input = input.clone();
+            let node = node.clone();
+            tokio::spawn(async move {
+                while let Some((body, forwards)) = receiver.recv().await {
+                    // A link that cannot be made loses the batch: Raft sends again, and the
+                    // runner routes the proposals in it again.
+                    if transport.send(&node, GROUP_SERVICE, body).await.is_err()
+                        && !forwards.is_empty()
+                    {
+                        let _ = input.send(Input::Unsent(forwards));
+                    }
+                }
+            });
+            sender
+        });
+        match peer.try_send((body, forwards)) {
+            Ok(()) => {
+                self.stats.batches += 1;
+                self.stats.messages += count;
+            }
+            Err(_) => {
+                self.stats.dropped += 1;
+                let now = self.now();
+                for forward in batch.forwards {
+                    if let Some((_, group, mut proposal)) = self.forwarded.remove(&forward.id) {
+                        proposal.hint = None;
+                        self.park(group, proposal, now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies the committed entries up to `index` and answers the proposals they complete.
+fn apply(
+    store: &mut GroupStore,
+    outbox: &mut Outboxes,
+    group: GroupId,
+    member: &mut Member,
+    index: u64,
+) -> Result<(), String> {
+    let leading = member.raft.role() == Role::Leader;
+    while member.applied < index {
+        let at = member.applied + 1;
+        let entry = store.entry(group, at)?;
+        member.applied = at;
+        let answer = match &entry.payload {
+            Payload::Command(command) => {
+                let log = Log {
+                    store: &*store,
+                    group,
+                    leading,
+                };
+                Some(member.machine.apply(at, command, &log))
+            }
+            _ => None,
+        };
+        let Some(mut first) = member.pending.first_entry() else {
+            continue;
+        };
+        if *first.key() > at {
+            continue;
+        }
+        let started = *first.key();
+        let appended = first.get_mut();
+        if appended.term != entry.term {
+            // Another leader's entry: the batch was cut off here (entries of it before this
+            // one were committed).
+            let error = if started == at {
+                GroupError::Lost(group)
+            } else {
+                GroupError::Indeterminate(group, "the leader was lost within the batch".into())
+            };
+            finish_waiter(outbox, first.remove().waiter, Err(error));
+            continue;
+        }
+        appended.answers.extend(answer);
+        if at >= appended.last {
+            let appended = first.remove();
+            match appended.waiter {
+                Waiter::Change(reply) => {
+                    let _ = reply.send(Ok(at));
+                }
+                Waiter::Proposal(origin) => finish(outbox, origin, Ok(appended.answers)),
+            }
+        }
+    }
+    // Entries every member holds and the machine applied are read from disk from now on.
+    let mut upto = member.applied;
+    if leading {
+        for (_, matched) in member.raft.matched() {
+            upto = upto.min(matched);
+        }
+    }
+    store.uncache(group, upto);
+    Ok(())
+}
+
+/// Appends commands (at least one) on the leader: `(first, last, term)`.
+fn append(member: &mut Member, commands: &[Bytes]) -> Result<(u64, u64, u64), ProposeError> {
+    let mut span: Option<(u64, u64, u64)> = None;
+    for command in commands {
+        let (index, term) = member.raft.propose(command.clone())?;
+        let first = span.map_or(index, |(first, _, _)| first);
+        span = Some((first, index, term));
+    }
+    Ok(span.expect("invariant: a proposal has commands"))
+}
+
+fn finish(outbox: &mut Outboxes, origin: Origin, result: Result<Vec<Bytes>, GroupError>) {
+    match origin {
+        Origin::Local(reply) => {
+            let _ = reply.send(result);
+        }
+        Origin::Remote { node, id } => {
+            let size = match &result {
+                Ok(answers) => answers.iter().map(|a| a.len() as u64).sum(),
+                Err(_) => 16,
+            };
+            outbox
+                .entry(node)
+                .or_default()
+                .batch(size)
+                .answers
+                .push(Answer { id, result });
+        }
+    }
+}
+
+fn finish_waiter(outbox: &mut Outboxes, waiter: Waiter, result: Result<Vec<Bytes>, GroupError>) {
+    match waiter {
+        Waiter::Proposal(origin) => finish(outbox, origin, result),
+        Waiter::Change(reply) => {
+            let _ = reply.send(result.map(|_| 0));
+        }
+    }
+}
+
+/// Queues a message for the member's node, in this round's batch.
+fn post(
+    outbox: &mut Outboxes,
+    directory: &Directory,
+    group: GroupId,
+    from: MemberId,
+    to: MemberId,
+    message: Message,
+) {
+    let Some(node) = directory(to) else {
+        tracing::debug!("group {group}: member {to} is on no known node");
+        return;
+    };
+    let size = match &message {
+        Message::Append { entries, .. } => entries
+            .iter()
+            .map(|entry| u64::from(entry.payload.size()))
+            .sum(),
+        Message::Snapshot { data, .. } => data.len() as u64,
+        _ => 16,
+    };
+    let envelope: Envelope = (group, from, to, message);
+    outbox
+        .entry(node)
+        .or_default()
+        .batch(size)
+        .raft
+        .push(envelope);
+}
+
+fn refusal(group: GroupId, error: ProposeError) -> GroupError {
+    match error {
+        ProposeError::NotLeader { leader } => GroupError::NotLeader { group, leader },
+        other => GroupError::Refused(group, other.to_string()),
+    }
+}
