@@ -20,6 +20,7 @@
 mod actor;
 pub mod arguments;
 pub mod dead_letter;
+pub mod quorum;
 pub(crate) mod ready;
 mod state;
 pub mod storage;

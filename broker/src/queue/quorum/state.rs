@@ -1,0 +1,536 @@
+//! A quorum queue's replicated state, sans-IO: committed commands in, replies and effects out,
+//! the same on every member. Message bodies stay in the log: the state knows a message by the
+//! index of the entry that enqueued it, and the snapshot names those entries as live.
+//!
+//! ```text
+//!  Enqueue ──> ready ──checkout──> checked out (by consumer) ──Settle ack/discard──> gone
+//!                ▲                        │ Settle requeue, channel or node down, new leader
+//!                └──── returns (served first, delivery count + 1) ◄──────────────────┘
+//! ```
+//!
+//! What it holds to:
+//! - Publishes are deduplicated per enqueuer (a node's front for the queue, one incarnation):
+//!   a sequence number already taken is answered `Duplicate`, one past the next is a `Gap` (an
+//!   earlier publish was lost on the way: the front sends again from there). A front that
+//!   resends after a lost answer therefore never enqueues twice, and never out of order.
+//! - Consumers get messages round-robin, each within its prefetch (unsettled deliveries) and
+//!   its credit (deliveries its connection has not taken yet). A no-ack consumer's deliveries
+//!   are settled as they are made.
+//! - A new leader's first command returns every checked-out message: deliveries in flight from
+//!   the old leader may be lost, so they come again, marked redelivered.
+//! - Everything is deterministic: no clock, no randomness, iteration in key order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A consumer, as the log knows it: its node (and that node's incarnation), connection,
+/// channel and tag.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConsumerKey {
+    pub node: String,
+    pub incarnation: u64,
+    pub connection: u64,
+    pub channel: u16,
+    pub tag: Bytes,
+}
+
+/// A publishing node's front for the queue, one incarnation of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Enqueuer {
+    pub node: String,
+    pub incarnation: u64,
+}
+
+/// What settles messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+/// A command of the queue's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A published message (its wire encoding stays in this entry).
+    Enqueue {
+        enqueuer: Enqueuer,
+        seq: u64,
+        message: Bytes,
+        size: u32,
+    },
+    /// A consumer starts.
+    Checkout {
+        consumer: ConsumerKey,
+        prefetch: u32,
+        no_ack: bool,
+        credit: u32,
+        exclusive: bool,
+    },
+    Cancel {
+        consumer: ConsumerKey,
+    },
+    /// Acks, nacks and rejects of one channel.
+    Settle {
+        node: String,
+        incarnation: u64,
+        connection: u64,
+        channel: u16,
+        ids: Vec<u64>,
+        outcome: Outcome,
+    },
+    /// More deliveries a consumer's connection can take.
+    Credit {
+        consumer: ConsumerKey,
+        amount: u32,
+    },
+    /// `basic.get` by a channel.
+    Get {
+        node: String,
+        incarnation: u64,
+        connection: u64,
+        channel: u16,
+        no_ack: bool,
+    },
+    /// A channel closed: its consumers go, what it had not settled returns.
+    ChannelDown {
+        node: String,
+        incarnation: u64,
+        connection: u64,
+        channel: u16,
+    },
+    /// A node's consumers go (it is down, or restarted as `keep`).
+    NodeDown {
+        node: String,
+        keep: Option<u64>,
+    },
+    Purge,
+    /// Counts, in log order.
+    Stats,
+    /// A new leader took over: checked-out messages come again.
+    Leader,
+}
+
+impl Command {
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_stdvec(self).expect("invariant: commands serialize"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Command, String> {
+        postcard::from_bytes(bytes).map_err(|error| format!("a malformed queue command: {error}"))
+    }
+}
+
+/// What a command answers to the node that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Enqueued(Enqueued),
+    Done,
+    /// An AMQP error: reply code and text.
+    Error(u16, String),
+    /// `basic.get`: the message (id, delivery count) and what is left, or nothing.
+    Got(Option<Got>),
+    Count(u32),
+    Stats {
+        messages: u32,
+        consumers: u32,
+    },
+}
+
+impl Reply {
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_stdvec(self).expect("invariant: replies serialize"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Reply, String> {
+        postcard::from_bytes(bytes).map_err(|error| format!("a malformed queue reply: {error}"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enqueued {
+    Accepted,
+    /// Taken before (a publish sent again).
+    Duplicate,
+    /// Publishes before this one were lost: send again from `expected`.
+    Gap {
+        expected: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Got {
+    pub id: u64,
+    pub delivery_count: u32,
+    pub remaining: u32,
+    /// Filled in by the leader from the log (not part of the state).
+    pub message: Bytes,
+}
+
+/// Something for the leader to do about a committed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Deliver {
+        consumer: ConsumerKey,
+        id: u64,
+        delivery_count: u32,
+        needs_ack: bool,
+    },
+    /// The queue cancelled a consumer (it was replaced by nothing: the queue was purged of
+    /// it because its node went down).
+    Cancelled { consumer: ConsumerKey },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Message {
+    id: u64,
+    size: u32,
+    delivery_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Consumer {
+    prefetch: u32,
+    no_ack: bool,
+    credit: u32,
+    exclusive: bool,
+    /// Unsettled deliveries.
+    checked_out: BTreeSet<u64>,
+}
+
+impl Consumer {
+    fn can_take(&self) -> bool {
+        self.credit > 0
+            && (self.no_ack
+                || self.prefetch == 0
+                || (self.checked_out.len() as u32) < self.prefetch)
+    }
+}
+
+/// The state every member keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumState {
+    /// Messages returned by consumers: delivered first.
+    returns: VecDeque<Message>,
+    ready: VecDeque<Message>,
+    /// Checked-out messages and whose they are.
+    checked: HashMap<u64, (ConsumerKey, Message)>,
+    consumers: BTreeMap<ConsumerKey, Consumer>,
+    /// Consumers in service order: the front is served next.
+    order: VecDeque<ConsumerKey>,
+    enqueuers: BTreeMap<Enqueuer, u64>,
+    ready_bytes: u64,
+}
+
+impl QuorumState {
+    /// Applies a committed command at log index `index`; what the leader must do about it goes
+    /// to `effects`.
+    pub fn apply(&mut self, index: u64, command: Command, effects: &mut Vec<Effect>) -> Reply {
+        let reply = match command {
+            Command::Enqueue {
+                enqueuer,
+                seq,
+                size,
+                ..
+            } => {
+                let next = self.enqueuers.entry(enqueuer).or_insert(1);
+                if seq < *next {
+                    Reply::Enqueued(Enqueued::Duplicate)
+                } else if seq > *next {
+                    Reply::Enqueued(Enqueued::Gap { expected: *next })
+                } else {
+                    *next += 1;
+                    self.ready.push_back(Message {
+                        id: index,
+                        size,
+                        delivery_count: 0,
+                    });
+                    self.ready_bytes += u64::from(size);
+                    Reply::Enqueued(Enqueued::Accepted)
+                }
+            }
+            Command::Checkout {
+                consumer,
+                prefetch,
+                no_ack,
+                credit,
+                exclusive,
+            } => {
+                if self.consumers.values().any(|c| c.exclusive) {
+                    Reply::Error(
+                        403,
+                        "ACCESS_REFUSED - queue in exclusive use by another consumer".into(),
+                    )
+                } else if exclusive && !self.consumers.is_empty() {
+                    Reply::Error(
+                        403,
+                        "ACCESS_REFUSED - cannot obtain exclusive access to queue, it already has consumers".into(),
+                    )
+                } else {
+                    if !self.consumers.contains_key(&consumer) {
+                        self.order.push_back(consumer.clone());
+                    }
+                    self.consumers.insert(
+                        consumer,
+                        Consumer {
+                            prefetch,
+                            no_ack,
+                            credit,
+                            exclusive,
+                            checked_out: BTreeSet::new(),
+                        },
+                    );
+                    Reply::Done
+                }
+            }
+            Command::Cancel { consumer } => {
+                self.remove_consumer(&consumer);
+                Reply::Done
+            }
+            Command::Settle {
+                node,
+                incarnation,
+                connection,
+                channel,
+                ids,
+                outcome,
+            } => {
+                let mut settled = 0;
+                for id in ids {
+                    let owned = self.checked.get(&id).is_some_and(|(owner, _)| {
+                        owner.node == node
+                            && owner.incarnation == incarnation
+                            && owner.connection == connection
+                            && owner.channel == channel
+                    });
+                    if !owned {
+                        continue;
+                    }
+                    let (owner, message) = self.checked.remove(&id).expect("looked up");
+                    if let Some(consumer) = self.consumers.get_mut(&owner) {
+                        consumer.checked_out.remove(&id);
+                    }
+                    settled += 1;
+                    if outcome == Outcome::Requeue {
+                        self.give_back(message);
+                    }
+                }
+                Reply::Count(settled)
+            }
+            Command::Credit { consumer, amount } => {
+                if let Some(consumer) = self.consumers.get_mut(&consumer) {
+                    consumer.credit = consumer.credit.saturating_add(amount);
+                }
+                Reply::Done
+            }
+            Command::Get {
+                node,
+                incarnation,
+                connection,
+                channel,
+                no_ack,
+            } => match self.take_next() {
+                None => Reply::Got(None),
+                Some(message) => {
+                    if !no_ack {
+                        // Settled by the channel like any delivery: owned by a consumer-less
+                        // key of the channel.
+                        let owner = ConsumerKey {
+                            node,
+                            incarnation,
+                            connection,
+                            channel,
+                            tag: Bytes::new(),
+                        };
+                        self.checked.insert(message.id, (owner, message));
+                    }
+                    Reply::Got(Some(Got {
+                        id: message.id,
+                        delivery_count: message.delivery_count,
+                        remaining: self.messages(),
+                        message: Bytes::new(),
+                    }))
+                }
+            },
+            Command::ChannelDown {
+                node,
+                incarnation,
+                connection,
+                channel,
+            } => {
+                self.drop_owners(|owner| {
+                    owner.node == node
+                        && owner.incarnation == incarnation
+                        && owner.connection == connection
+                        && owner.channel == channel
+                });
+                Reply::Done
+            }
+            Command::NodeDown { node, keep } => {
+                let gone: Vec<ConsumerKey> = self
+                    .consumers
+                    .keys()
+                    .filter(|key| key.node == node && Some(key.incarnation) != keep)
+                    .cloned()
+                    .collect();
+                self.drop_owners(|owner| owner.node == node && Some(owner.incarnation) != keep);
+                for consumer in gone {
+                    effects.push(Effect::Cancelled { consumer });
+                }
+                Reply::Done
+            }
+            Command::Purge => {
+                let count = self.messages();
+                self.ready.clear();
+                self.returns.clear();
+                self.ready_bytes = 0;
+                Reply::Count(count)
+            }
+            Command::Stats => Reply::Stats {
+                messages: self.messages(),
+                consumers: self.consumers.len() as u32,
+            },
+            Command::Leader => {
+                let mut ids: Vec<u64> = self.checked.keys().copied().collect();
+                ids.sort_unstable();
+                for id in ids {
+                    let (owner, message) = self.checked.remove(&id).expect("listed");
+                    if let Some(consumer) = self.consumers.get_mut(&owner) {
+                        consumer.checked_out.remove(&id);
+                    }
+                    self.give_back(message);
+                }
+                Reply::Done
+            }
+        };
+        self.deliver(effects);
+        reply
+    }
+
+    /// Messages ready for delivery.
+    pub fn messages(&self) -> u32 {
+        (self.ready.len() + self.returns.len()) as u32
+    }
+
+    pub fn consumers(&self) -> u32 {
+        self.consumers.len() as u32
+    }
+
+    /// Messages checked out and not settled.
+    pub fn unacked(&self) -> u32 {
+        self.checked.len() as u32
+    }
+
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
+    /// The log entries the state still needs: every message it holds.
+    pub fn live(&self) -> BTreeSet<u64> {
+        self.returns
+            .iter()
+            .chain(self.ready.iter())
+            .map(|message| message.id)
+            .chain(self.checked.keys().copied())
+            .collect()
+    }
+
+    /// Whether it holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.returns.is_empty() && self.ready.is_empty() && self.checked.is_empty()
+    }
+
+    fn give_back(&mut self, mut message: Message) {
+        message.delivery_count += 1;
+        self.ready_bytes += u64::from(message.size);
+        // Returned messages go out first, oldest first.
+        let at = self.returns.partition_point(|m| m.id < message.id);
+        self.returns.insert(at, message);
+    }
+
+    fn take_next(&mut self) -> Option<Message> {
+        let message = self
+            .returns
+            .pop_front()
+            .or_else(|| self.ready.pop_front())?;
+        self.ready_bytes -= u64::from(message.size);
+        Some(message)
+    }
+
+    fn remove_consumer(&mut self, key: &ConsumerKey) {
+        let Some(consumer) = self.consumers.remove(key) else {
+            return;
+        };
+        self.order.retain(|k| k != key);
+        for id in consumer.checked_out {
+            if let Some((_, message)) = self.checked.remove(&id) {
+                self.give_back(message);
+            }
+        }
+    }
+
+    /// Removes the consumers `gone` picks and returns what they (and the channels' gets) held.
+    fn drop_owners(&mut self, gone: impl Fn(&ConsumerKey) -> bool) {
+        let consumers: Vec<ConsumerKey> =
+            self.consumers.keys().filter(|k| gone(k)).cloned().collect();
+        for consumer in consumers {
+            self.remove_consumer(&consumer);
+        }
+        let mut ids: Vec<u64> = self
+            .checked
+            .iter()
+            .filter(|(_, (owner, _))| gone(owner))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            let (_, message) = self.checked.remove(&id).expect("listed");
+            self.give_back(message);
+        }
+    }
+
+    /// Hands ready messages to consumers that can take them, round-robin.
+    fn deliver(&mut self, effects: &mut Vec<Effect>) {
+        let mut idle = 0;
+        while self.messages() > 0 && idle < self.order.len() {
+            let key = self.order.pop_front().expect("not empty");
+            let consumer = self
+                .consumers
+                .get_mut(&key)
+                .expect("ordered consumers exist");
+            if !consumer.can_take() {
+                self.order.push_back(key);
+                idle += 1;
+                continue;
+            }
+            idle = 0;
+            let message = {
+                let message = self
+                    .returns
+                    .pop_front()
+                    .or_else(|| self.ready.pop_front())
+                    .expect("counted");
+                self.ready_bytes -= u64::from(message.size);
+                message
+            };
+            consumer.credit -= 1;
+            let needs_ack = !consumer.no_ack;
+            if needs_ack {
+                consumer.checked_out.insert(message.id);
+                self.checked.insert(message.id, (key.clone(), message));
+            }
+            effects.push(Effect::Deliver {
+                consumer: key.clone(),
+                id: message.id,
+                delivery_count: message.delivery_count,
+                needs_ack,
+            });
+            self.order.push_back(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
