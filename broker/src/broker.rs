@@ -19,6 +19,7 @@ use crate::alarms::Alarms;
 use crate::auth::{PasswordHash, User, Users};
 use crate::direct_reply::DirectReplies;
 use crate::events::ConnectionId;
+use crate::queue::quorum::QuorumHub;
 use crate::queue::{QueueCommand, QueueHandle, QueueTasks};
 use crate::remote::RemoteHub;
 use crate::store::metadata::MetadataMachine;
@@ -26,6 +27,7 @@ use crate::store::metadata::{MetadataCommand, PendingWrites};
 use crate::store::{Recovered, Scanned, Store};
 use crate::vhost::VHost;
 use warren_cluster::discovery::Discovery;
+use warren_cluster::multiraft::host::{Host, HostConfig};
 use warren_cluster::raft::log::RaftLog;
 use warren_cluster::raft::{GroupConfig, RaftGroup};
 use warren_cluster::{NodeName, Transport};
@@ -54,6 +56,8 @@ pub struct Broker {
     node: NodeName,
     transport: Transport,
     remote: Arc<RemoteHub>,
+    /// The node's quorum queues and the host of their Raft groups.
+    quorum: Arc<QuorumHub>,
     /// Peer discovery through a service (DNS, etcd, Consul), when configured: registration,
     /// node cleanup, the health check.
     discovery: Option<Arc<Discovery>>,
@@ -271,6 +275,34 @@ async fn start_metadata_group(
     Ok((group, new_cluster, discovery))
 }
 
+/// Starts the host of the node's quorum queue groups over the WAL, with the groups it holds;
+/// the node's member id in them is its metadata Raft id.
+fn start_quorum_host(
+    transport: &Transport,
+    group: &RaftGroup,
+    store: &Store,
+    groups: warren_cluster::multiraft::storage::Recovery,
+) -> Arc<QuorumHub> {
+    let member = group.id();
+    let quorum = QuorumHub::new(transport, member);
+    for known in group.status().members {
+        quorum
+            .members
+            .learn(known.id, &NodeName::new_unchecked(known.name));
+    }
+    let machines = quorum.clone();
+    let host = Host::start(
+        HostConfig::new(member),
+        transport,
+        quorum.directory(),
+        &store.wal,
+        groups,
+        Box::new(move |queue| Some(machines.machine(queue))),
+    );
+    quorum.attach(host);
+    quorum
+}
+
 /// A user from its metadata; an unreadable password hash is logged and the user cannot log in.
 fn user(name: &str, password_hash: Option<&str>, tags: &[String]) -> User {
     let password = match password_hash.map(PasswordHash::from_base64) {
@@ -302,7 +334,11 @@ impl Broker {
         let started = Instant::now();
         let (store, scanned) = Store::open(&config.data_dir, config.segment_size)?;
         let store = Arc::new(store);
-        let Scanned { raft, messages } = scanned;
+        let Scanned {
+            raft,
+            messages,
+            groups,
+        } = scanned;
         let log = RaftLog::open(&store.wal, raft)
             .await
             .map_err(|error| SetupError::Persist(error.to_string()))?;
@@ -310,6 +346,7 @@ impl Broker {
         let (group, new_cluster, discovery) =
             start_metadata_group(&config, transport, log, machine.clone(), formation).await?;
         let group_for_discovery = group.clone();
+        let quorum = start_quorum_host(transport, &group, &store, groups);
         let broker = Arc::new(Broker {
             users: Users::default(),
             vhosts: RwLock::new(HashMap::new()),
@@ -323,6 +360,7 @@ impl Broker {
             node: transport.node().clone(),
             transport: transport.clone(),
             remote: RemoteHub::start(transport),
+            quorum,
             discovery,
             config: Arc::new(config),
         });
@@ -479,6 +517,13 @@ impl Broker {
             }
         }
         for ((vhost, name), record) in &state.queues {
+            if record.is_quorum() {
+                // Its group came back from the WAL with the host; its front is made here.
+                if let Some(vhost) = self.vhost(vhost) {
+                    vhost.add_quorum_queue(name, record);
+                }
+                continue;
+            }
             if !record.durable && record.home == self.node.as_str() {
                 stale.push(MetadataCommand::DeleteQueue {
                     vhost: vhost.clone(),
@@ -571,6 +616,7 @@ impl Broker {
             MetadataCommand::DeclareExchange { vhost, .. }
             | MetadataCommand::DeleteExchange { vhost, .. }
             | MetadataCommand::DeclareQueue { vhost, .. }
+            | MetadataCommand::DeclareQuorumQueue { vhost, .. }
             | MetadataCommand::DeleteQueue { vhost, .. }
             | MetadataCommand::Bind { vhost, .. }
             | MetadataCommand::Unbind { vhost, .. } => {
@@ -579,6 +625,11 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// The node's quorum queues.
+    pub fn quorum(&self) -> &Arc<QuorumHub> {
+        &self.quorum
     }
 
     /// The node's store.
@@ -623,6 +674,7 @@ impl Broker {
                 VHost::new(
                     name,
                     self.remote.clone(),
+                    self.quorum.clone(),
                     self.store.clone(),
                     self.queues.clone(),
                 )

@@ -628,6 +628,7 @@ async fn stop_incarnation(running: Running, grace: Duration) {
     {
         tracing::warn!("some queues did not stop within {grace:?}");
     }
+    broker.quorum().host().shutdown().await;
     broker.store().metadata.shutdown().await;
     // The data directory is let go when the last holder of the WAL (the Raft tasks wind down
     // after shutdown returns) drops it: wait for that, so that the directory can be opened

@@ -15,6 +15,7 @@ use warren_wire::{FieldTable, FieldValue, ShortString};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, DestinationKey, Exchange, ExchangeKind};
 use crate::message::Message;
+use crate::queue::quorum::QuorumHub;
 use crate::queue::{self, QueueHandle, QueueSpec, QueueTasks, Queued};
 use crate::remote::RemoteHub;
 use crate::store::Store;
@@ -65,6 +66,8 @@ pub struct VHost {
     node: Arc<str>,
     /// Traffic to queues hosted on other nodes.
     remote: Arc<RemoteHub>,
+    /// The node's quorum queues.
+    quorum: Arc<QuorumHub>,
     /// Held while a change to exchanges, queues or bindings is made and submitted to the
     /// metadata log, so that the log records changes in the order they were made.
     changes: Mutex<()>,
@@ -96,6 +99,7 @@ impl VHost {
     pub fn new(
         name: &str,
         remote: Arc<RemoteHub>,
+        quorum: Arc<QuorumHub>,
         store: Arc<Store>,
         tasks: QueueTasks,
     ) -> Arc<VHost> {
@@ -103,6 +107,7 @@ impl VHost {
             name: name.into(),
             node: remote.node().as_str().into(),
             remote,
+            quorum,
             changes: Mutex::new(()),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
@@ -326,8 +331,19 @@ impl VHost {
             return Ok((existing, false));
         }
         // Arguments are validated only when the queue is created, as in RabbitMQ.
-        queue::arguments::parse(&spec.arguments, &spec.name, &self.name)?;
+        let config = queue::arguments::parse(&spec.arguments, &spec.name, &self.name)?;
         let id = self.store.next_queue_id();
+        if config.quorum {
+            self.propose_quorum_queue(&spec, &config, id).await?;
+            let queue = self
+                .queue(&spec.name)
+                .ok_or_else(|| AmqpError::no_queue(&spec.name, &self.name))?;
+            if queue.id() == id {
+                return Ok((queue, true));
+            }
+            self.check_queue_equivalence(&queue, &spec, connection)?;
+            return Ok((queue, false));
+        }
         self.propose(MetadataCommand::DeclareQueue {
             vhost: self.name.to_string(),
             name: spec.name.to_vec(),
@@ -348,6 +364,91 @@ impl VHost {
         // Another declaration of the name was applied first.
         self.check_queue_equivalence(&queue, &spec, connection)?;
         Ok((queue, false))
+    }
+
+    /// Places a new quorum queue's group and proposes it: up to its initial group size of the
+    /// cluster's nodes, this node first (its member stands for election first: RabbitMQ's
+    /// `client-local` leader locator), the others taken in turn from a place set by the
+    /// queue's id, so that groups spread over the cluster.
+    async fn propose_quorum_queue(
+        &self,
+        spec: &QueueSpec,
+        config: &queue::QueueConfig,
+        id: u64,
+    ) -> Result<(), AmqpError> {
+        let resource = format!("queue '{}' in vhost '{}'", spec.name, self.name);
+        if spec.auto_delete {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid property 'auto-delete' for {resource}"
+            )));
+        }
+        if spec.exclusive_owner.is_some() {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid property 'exclusive-owner' for {resource}"
+            )));
+        }
+        if !spec.durable {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid property 'non-durable' for {resource}"
+            )));
+        }
+        let group = self.store.metadata.group().ok_or_else(|| {
+            AmqpError::internal_error("the metadata store is not running".to_string())
+        })?;
+        let status = group.status();
+        let me = group.id();
+        let mut others: Vec<(u64, String)> = status
+            .members
+            .iter()
+            .filter(|member| member.id != me)
+            .map(|member| (member.id, member.name.clone()))
+            .collect();
+        others.sort();
+        if !others.is_empty() {
+            let start = (id % others.len() as u64) as usize;
+            others.rotate_left(start);
+        }
+        let size = config.initial_group_size.unwrap_or(3).max(1) as usize;
+        let mut members = vec![(me, self.node.to_string())];
+        members.extend(others.into_iter().take(size - 1));
+        self.propose(MetadataCommand::DeclareQuorumQueue {
+            vhost: self.name.to_string(),
+            name: spec.name.to_vec(),
+            id,
+            members,
+            leader: self.node.to_string(),
+            arguments: encode_table(&spec.arguments),
+        })
+        .await
+    }
+
+    /// Makes this node's front of a quorum queue and, on a node of its group, starts its member.
+    pub(crate) fn add_quorum_queue(self: &Arc<Self>, name: &[u8], record: &QueueRecord) {
+        let (name, spec, config) = match self.queue_spec(name, record) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                tracing::error!(
+                    "quorum queue '{}' in vhost '{}': {error}",
+                    String::from_utf8_lossy(name),
+                    self.name
+                );
+                return;
+            }
+        };
+        let members: Vec<u64> = record.members.iter().map(|(id, _)| *id).collect();
+        for (id, node) in &record.members {
+            self.quorum
+                .members
+                .learn(*id, &NodeName::new_unchecked(node.clone()));
+        }
+        if members.contains(&self.quorum.member()) {
+            self.quorum
+                .start_member(record.id, &members, *record.home == *self.node);
+        } else {
+            self.quorum.host().route(record.id, Some(members));
+        }
+        let handle = queue::quorum::front::spawn(&self.quorum, spec, config, self, record.id);
+        self.queues.write().insert(name, handle);
     }
 
     /// What a queue's metadata record declares.
@@ -450,6 +551,15 @@ impl VHost {
                     self.add_remote_queue(name, &record);
                 }
             }
+            MetadataCommand::DeclareQuorumQueue { name, .. } => {
+                let Some(record) = command.queue_record() else {
+                    return;
+                };
+                if self.queues.read().contains_key(name.as_slice()) {
+                    return;
+                }
+                self.add_quorum_queue(name, &record);
+            }
             MetadataCommand::DeleteQueue { name, id, .. } => {
                 let removed = {
                     let mut queues = self.queues.write();
@@ -465,6 +575,9 @@ impl VHost {
                 let Some(queue) = removed else { return };
                 if queue.home.is_some() {
                     self.remote.remove_proxy(queue.id());
+                }
+                if queue.config.quorum {
+                    self.quorum.remove(queue.id());
                 }
                 let key = DestinationKey::Queue(queue.id());
                 let emptied: Vec<ShortString> = self

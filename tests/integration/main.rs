@@ -22,3 +22,4 @@ mod management;
 mod pika;
 mod process;
 mod protocol;
+mod quorum;

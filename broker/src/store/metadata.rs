@@ -147,6 +147,21 @@ pub enum MetadataCommand {
     },
     /// The whole durable state, replacing what came before.
     Snapshot(Vec<MetadataCommand>),
+    /// A quorum queue exists: a Raft group on `members`, first led by `leader`.
+    DeclareQuorumQueue {
+        /// Vhost.
+        vhost: String,
+        /// Name.
+        name: Vec<u8>,
+        /// Its persistent id (also its group's).
+        id: u64,
+        /// Its group's members: member id (the node's metadata Raft id) and node name.
+        members: Vec<(u64, String)>,
+        /// The node whose member stands for election first.
+        leader: String,
+        /// Arguments, AMQP-encoded.
+        arguments: Vec<u8>,
+    },
 }
 
 impl MetadataCommand {

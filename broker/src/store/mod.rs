@@ -51,6 +51,8 @@ pub struct Scanned {
     pub raft: RaftRecovered,
     /// Persistent messages by queue id, then message id.
     pub(crate) messages: HashMap<u64, BTreeMap<u64, Entry>>,
+    /// The logs of the node's quorum queue groups.
+    pub groups: warren_cluster::multiraft::storage::Recovery,
 }
 
 /// The data directory and everything written in it.
@@ -119,6 +121,7 @@ impl Store {
         let mut raft = RaftRecovered::default();
         let mut queues: HashMap<u64, BTreeMap<u64, Entry>> = HashMap::new();
         let mut malformed = 0u64;
+        let mut groups = warren_cluster::multiraft::storage::Recovery::default();
         let (wal, report) = Wal::open(
             dir,
             segment_size,
@@ -157,7 +160,7 @@ impl Store {
                     },
                     None => malformed += 1,
                 },
-                Stream::Groups => {}
+                Stream::Groups => groups.visit(position, payload),
                 Stream::Paging => {}
             },
         )?;
@@ -170,6 +173,12 @@ impl Store {
             if scan.truncated_bytes > 0 || !scan.corrupt.is_empty() {
                 tracing::warn!("{stream:?} log: {scan:?}");
             }
+        }
+        if groups.malformed > 0 {
+            tracing::warn!(
+                "{} quorum queue records could not be read and were skipped",
+                groups.malformed
+            );
         }
         if raft.malformed > 0 {
             tracing::warn!(
@@ -186,6 +195,7 @@ impl Store {
             Scanned {
                 raft,
                 messages: queues,
+                groups,
             },
         ))
     }

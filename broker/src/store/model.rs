@@ -51,6 +51,15 @@ pub struct QueueRecord {
     pub auto_delete: bool,
     /// AMQP-encoded arguments.
     pub arguments: Vec<u8>,
+    /// A quorum queue's group: member ids and their nodes (empty for a classic queue).
+    pub members: Vec<(u64, String)>,
+}
+
+impl QueueRecord {
+    /// Whether it is a quorum queue.
+    pub fn is_quorum(&self) -> bool {
+        !self.members.is_empty()
+    }
 }
 
 /// A durable binding.
@@ -129,7 +138,7 @@ impl MetadataCommand {
         }
     }
 
-    /// The queue a `DeclareQueue` declares.
+    /// The queue a `DeclareQueue` or `DeclareQuorumQueue` declares.
     pub fn queue_record(&self) -> Option<QueueRecord> {
         match self {
             MetadataCommand::DeclareQueue {
@@ -147,6 +156,22 @@ impl MetadataCommand {
                 exclusive_owner: *exclusive_owner,
                 auto_delete: *auto_delete,
                 arguments: arguments.clone(),
+                members: Vec::new(),
+            }),
+            MetadataCommand::DeclareQuorumQueue {
+                id,
+                members,
+                leader,
+                arguments,
+                ..
+            } => Some(QueueRecord {
+                id: *id,
+                home: leader.clone(),
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: arguments.clone(),
+                members: members.clone(),
             }),
             _ => None,
         }
@@ -203,7 +228,8 @@ impl DurableState {
             MetadataCommand::DeleteExchange { vhost, name } => {
                 self.remove_exchange(vhost, name);
             }
-            MetadataCommand::DeclareQueue { vhost, name, .. } => {
+            MetadataCommand::DeclareQueue { vhost, name, .. }
+            | MetadataCommand::DeclareQuorumQueue { vhost, name, .. } => {
                 if let (true, Some(record)) = (self.vhosts.contains(vhost), command.queue_record())
                 {
                     self.queues
@@ -366,6 +392,17 @@ impl DurableState {
             });
         }
         for ((vhost, name), queue) in &self.queues {
+            if queue.is_quorum() {
+                commands.push(MetadataCommand::DeclareQuorumQueue {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    id: queue.id,
+                    members: queue.members.clone(),
+                    leader: queue.home.clone(),
+                    arguments: queue.arguments.clone(),
+                });
+                continue;
+            }
             commands.push(MetadataCommand::DeclareQueue {
                 vhost: vhost.clone(),
                 name: name.clone(),

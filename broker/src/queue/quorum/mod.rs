@@ -2,6 +2,12 @@
 //!
 //! ```text
 //!  state   the replicated queue, sans-IO: committed commands in, replies and effects out
+//!  hub     the node's side: the group host, each group's machine, deliveries between nodes
+//!  front   a queue's handle on one node: channels' commands into the log, its answers out
 //! ```
 
+pub(crate) mod front;
+pub mod hub;
 pub mod state;
+
+pub use hub::QuorumHub;

@@ -128,7 +128,7 @@ impl Command {
 pub enum Reply {
     Enqueued(Enqueued),
     Done,
-    /// An AMQP error: reply code and text.
+    /// An AMQP error: reply code and what follows the queue's name in its text.
     Error(u16, String),
     /// `basic.get`: the message (id, delivery count) and what is left, or nothing.
     Got(Option<Got>),
@@ -258,16 +258,11 @@ impl QuorumState {
                 credit,
                 exclusive,
             } => {
-                if self.consumers.values().any(|c| c.exclusive) {
-                    Reply::Error(
-                        403,
-                        "ACCESS_REFUSED - queue in exclusive use by another consumer".into(),
-                    )
-                } else if exclusive && !self.consumers.is_empty() {
-                    Reply::Error(
-                        403,
-                        "ACCESS_REFUSED - cannot obtain exclusive access to queue, it already has consumers".into(),
-                    )
+                let locked = self.consumers.values().any(|c| c.exclusive)
+                    || (exclusive && !self.consumers.is_empty());
+                if locked {
+                    // The front names the queue: "queue 'q' in vhost '/' in exclusive use".
+                    Reply::Error(403, "in exclusive use".into())
                 } else {
                     if !self.consumers.contains_key(&consumer) {
                         self.order.push_back(consumer.clone());

@@ -384,6 +384,11 @@ impl Host {
         self.config.member
     }
 
+    /// How long a proposal may wait for its group's leader.
+    pub fn propose_timeout(&self) -> Duration {
+        self.config.propose_timeout
+    }
+
     async fn ask<T>(&self, input: impl FnOnce(Reply<T>) -> Input) -> Result<T, GroupError> {
         let (reply, answer) = oneshot::channel();
         self.input
@@ -411,6 +416,29 @@ impl Host {
             reply,
         })
         .await
+    }
+
+    /// [`Host::create`], taken in at once: what is submitted after this call finds the group.
+    pub fn create_now(
+        &self,
+        group: GroupId,
+        membership: Membership,
+        machine: Box<dyn Machine>,
+        campaign: bool,
+    ) -> oneshot::Receiver<Result<(), GroupError>> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Input::Create { reply, .. })) =
+            self.input.send(Input::Create {
+                group,
+                membership,
+                machine,
+                campaign,
+                reply,
+            })
+        {
+            let _ = reply.send(Err(GroupError::Shutdown));
+        }
+        answer
     }
 
     /// Deletes this node's member of a group and its log.

@@ -1,0 +1,800 @@
+//! A quorum queue's front on one node: what the node's channels hold (a [`QueueHandle`]), and
+//! the task that turns their commands into commands of the queue's log.
+//!
+//! ```text
+//!  channels ─QueueCommand─> front ─submit─> host (here or on the leader's node) ─> log
+//!  connections <─deliveries, confirms, credit── front <─FrontEvent── leader's machine
+//! ```
+//!
+//! Publishes carry the front's enqueuer id and a sequence number, and stay in the front's
+//! window until the log answers for them: a publish is confirmed only once a majority of the
+//! queue's members have it on disk (the leader answers after applying it, which it does only
+//! once it is committed). When an answer is lost (the leader died, a link broke), the window
+//! is sent again from its start; the queue takes each sequence number once and asks for the
+//! ones it missed, so nothing is enqueued twice or out of order. Publishes the queue could not
+//! take within the propose timeout (no majority) are nacked, and the front starts over as a new
+//! enqueuer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use warren_cluster::multiraft::host::GroupError;
+use warren_wire::ShortString;
+
+use super::hub::{FrontEvent, QuorumHub, group_of};
+use super::state::{Command, ConsumerKey, Enqueued, Enqueuer, Outcome, Reply};
+use crate::error::AmqpError;
+use crate::events::{
+    ChannelKey, ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome,
+};
+use crate::queue::{
+    ConsumerSpec, DELIVERY_CREDIT, GetResult, Incoming, PUBLISH_CREDIT_MORE_AFTER, QueueCommand,
+    QueueConfig, QueueHandle, QueueShared, QueueSpec, QueueStats, Settlement,
+};
+use crate::vhost::VHost;
+
+/// How long the front waits for the log to answer one submission.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(35);
+/// How long the front waits before sending its window again after a failure.
+const RETRY: Duration = Duration::from_millis(100);
+/// Commands per submission when the window is sent again.
+const RESEND_BATCH: usize = 256;
+
+/// Starts the front of quorum queue `id` on this node and returns its handle.
+pub(crate) fn spawn(
+    hub: &Arc<QuorumHub>,
+    spec: QueueSpec,
+    config: QueueConfig,
+    vhost: &Arc<VHost>,
+    id: u64,
+) -> QueueHandle {
+    let (commands, mailbox) = mpsc::unbounded_channel();
+    let handle = QueueHandle(Arc::new(QueueShared {
+        id,
+        name: spec.name,
+        vhost: vhost.name_shared(),
+        durable: true,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments: spec.arguments,
+        config,
+        home: None,
+        commands,
+    }));
+    let (events, event_mailbox) = mpsc::unbounded_channel();
+    hub.add_front(id, events);
+    let (internal, internal_mailbox) = mpsc::unbounded_channel();
+    let front = Front {
+        queue: handle.clone(),
+        group: group_of(id),
+        hub: hub.clone(),
+        vhost: Arc::downgrade(vhost),
+        enqueuer: new_enqueuer(hub),
+        next_seq: 1,
+        window: BTreeMap::new(),
+        epoch: 0,
+        retry_at: None,
+        publishers: HashMap::new(),
+        consumers: HashMap::new(),
+        internal,
+    };
+    // Consumers of this node's earlier runs are gone.
+    front.submit_settling(Command::NodeDown {
+        node: hub.node().to_string(),
+        keep: Some(hub.incarnation()),
+    });
+    vhost
+        .tasks()
+        .tracker
+        .spawn(front.run(mailbox, event_mailbox, internal_mailbox));
+    handle
+}
+
+fn new_enqueuer(hub: &QuorumHub) -> Enqueuer {
+    Enqueuer {
+        node: hub.node().to_string(),
+        incarnation: fastrand::u64(1..u64::MAX),
+    }
+}
+
+struct Pending {
+    command: Bytes,
+    publisher: ConnectionId,
+    confirm: Option<(u16, u64)>,
+    since: Instant,
+}
+
+struct Publisher {
+    events: EventSender,
+    processed: u32,
+}
+
+struct Local {
+    spec: ConsumerSpec,
+    /// Whether the queue has answered its checkout (deliveries wait until then).
+    ready: bool,
+    held: Vec<Delivery>,
+    /// Credit its connection returned, not yet passed on.
+    owed: u32,
+}
+
+enum Internal {
+    Published {
+        epoch: u64,
+        seqs: Vec<u64>,
+        result: Result<Vec<Bytes>, GroupError>,
+    },
+    CheckedOut {
+        consumer: ConsumerKey,
+        result: Result<Reply, GroupError>,
+        reply: oneshot::Sender<crate::error::AmqpResult<()>>,
+    },
+}
+
+struct Front {
+    queue: QueueHandle,
+    group: u64,
+    hub: Arc<QuorumHub>,
+    vhost: Weak<VHost>,
+    enqueuer: Enqueuer,
+    next_seq: u64,
+    /// Publishes not answered yet, by sequence number.
+    window: BTreeMap<u64, Pending>,
+    /// Bumped each time the window is sent again: answers of older sends only confirm.
+    epoch: u64,
+    retry_at: Option<Instant>,
+    publishers: HashMap<ConnectionId, Publisher>,
+    consumers: HashMap<ConsumerKey, Local>,
+    internal: mpsc::UnboundedSender<Internal>,
+}
+
+/// Waits for the log's answer to one submission.
+async fn answer(
+    proposed: warren_cluster::multiraft::host::Proposed,
+    group: u64,
+) -> Result<Vec<Bytes>, GroupError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, proposed).await {
+        Err(_) => Err(GroupError::Indeterminate(group, "no answer in time".into())),
+        Ok(Err(_)) => Err(GroupError::Shutdown),
+        Ok(Ok(result)) => result,
+    }
+}
+
+/// The single reply of a one-command submission.
+fn single(result: Result<Vec<Bytes>, GroupError>) -> Result<Reply, GroupError> {
+    let answers = result?;
+    let first = answers
+        .first()
+        .ok_or_else(|| GroupError::Indeterminate(0, "no answer".into()))?;
+    Reply::decode(first).map_err(|error| GroupError::Indeterminate(0, error))
+}
+
+impl Front {
+    async fn run(
+        mut self,
+        mut mailbox: mpsc::UnboundedReceiver<QueueCommand>,
+        mut events: mpsc::UnboundedReceiver<FrontEvent>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+    ) {
+        loop {
+            let retry = self.retry_at;
+            tokio::select! {
+                command = mailbox.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => return,
+                },
+                event = events.recv() => match event {
+                    Some(event) => self.event(event),
+                    // The queue was deleted.
+                    None => {
+                        self.shut_down();
+                        return;
+                    }
+                },
+                Some(message) = internal.recv() => self.internal(message),
+                _ = sleep_until_or_never(retry) => {
+                    self.retry_at = None;
+                    self.resend();
+                }
+            }
+        }
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "queue '{}' in vhost '{}'",
+            self.queue.name, self.queue.vhost
+        )
+    }
+
+    fn command(&mut self, command: QueueCommand) {
+        match command {
+            QueueCommand::Publish {
+                publisher,
+                messages,
+            } => self.publish(publisher, messages),
+            QueueCommand::AttachPublisher { publisher, events } => {
+                self.publishers.insert(
+                    publisher,
+                    Publisher {
+                        events,
+                        processed: 0,
+                    },
+                );
+            }
+            QueueCommand::DetachPublisher { publisher } => {
+                self.publishers.remove(&publisher);
+            }
+            QueueCommand::Consume { consumer, reply } => self.consume(consumer, reply),
+            QueueCommand::Cancel {
+                channel,
+                tag,
+                reply,
+            } => {
+                let key = self.key(channel, &tag);
+                self.consumers.remove(&key);
+                let proposed = self
+                    .hub
+                    .host()
+                    .submit(self.group, vec![Command::Cancel { consumer: key }.encode()]);
+                let group = self.group;
+                tokio::spawn(async move {
+                    let _ = answer(proposed, group).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    }
+                });
+            }
+            QueueCommand::Settle {
+                channel,
+                message_ids,
+                outcome,
+            } => {
+                let outcome = match outcome {
+                    Settlement::Ack => Outcome::Ack,
+                    Settlement::Requeue => Outcome::Requeue,
+                    Settlement::Discard => Outcome::Discard,
+                };
+                self.submit_settling(Command::Settle {
+                    node: self.hub.node().to_string(),
+                    incarnation: self.hub.incarnation(),
+                    connection: channel.connection,
+                    channel: channel.channel,
+                    ids: message_ids,
+                    outcome,
+                });
+            }
+            QueueCommand::Credit {
+                channel,
+                tag,
+                amount,
+            } => {
+                let key = self.key(channel, &tag);
+                let Some(local) = self.consumers.get_mut(&key) else {
+                    return;
+                };
+                local.owed += amount;
+                if local.owed >= DELIVERY_CREDIT / 4 {
+                    let amount = std::mem::take(&mut local.owed);
+                    self.submit_settling(Command::Credit {
+                        consumer: key,
+                        amount,
+                    });
+                }
+            }
+            QueueCommand::Get {
+                channel,
+                no_ack,
+                reply,
+            } => {
+                let command = Command::Get {
+                    node: self.hub.node().to_string(),
+                    incarnation: self.hub.incarnation(),
+                    connection: channel.connection,
+                    channel: channel.channel,
+                    no_ack,
+                };
+                let proposed = self.hub.host().submit(self.group, vec![command.encode()]);
+                let group = self.group;
+                let name = self.name();
+                tokio::spawn(async move {
+                    let got = match single(answer(proposed, group).await) {
+                        Ok(Reply::Got(got)) => got,
+                        Ok(other) => {
+                            tracing::warn!("{name}: basic.get answered {other:?}");
+                            None
+                        }
+                        Err(error) => {
+                            tracing::warn!("{name}: basic.get failed: {error}");
+                            None
+                        }
+                    };
+                    let result = got.and_then(|got| {
+                        match crate::remote::decode_message(got.message.to_vec()) {
+                            Ok(message) => Some(GetResult {
+                                message_id: got.id,
+                                message: Arc::new(message),
+                                redelivered: got.delivery_count > 0,
+                                remaining: got.remaining,
+                            }),
+                            Err(error) => {
+                                tracing::error!("{name}: message {}: {error}", got.id);
+                                None
+                            }
+                        }
+                    });
+                    let _ = reply.send(result);
+                });
+            }
+            QueueCommand::Stats { reply, .. } => {
+                let proposed = self
+                    .hub
+                    .host()
+                    .submit(self.group, vec![Command::Stats.encode()]);
+                let group = self.group;
+                let local = self.consumers.len() as u32;
+                tokio::spawn(async move {
+                    let stats = match single(answer(proposed, group).await) {
+                        Ok(Reply::Stats {
+                            messages,
+                            consumers,
+                        }) => QueueStats {
+                            messages,
+                            consumers,
+                        },
+                        // Without a leader the counts are not known: what this node knows.
+                        _ => QueueStats {
+                            messages: 0,
+                            consumers: local,
+                        },
+                    };
+                    let _ = reply.send(stats);
+                });
+            }
+            QueueCommand::Purge { reply } => {
+                let proposed = self
+                    .hub
+                    .host()
+                    .submit(self.group, vec![Command::Purge.encode()]);
+                let group = self.group;
+                tokio::spawn(async move {
+                    if let Ok(Reply::Count(count)) = single(answer(proposed, group).await) {
+                        let _ = reply.send(count);
+                    }
+                });
+            }
+            QueueCommand::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
+                let proposed = self
+                    .hub
+                    .host()
+                    .submit(self.group, vec![Command::Stats.encode()]);
+                let group = self.group;
+                let name = self.name();
+                let queue = self.queue.clone();
+                let vhost = self.vhost.clone();
+                tokio::spawn(async move {
+                    let (messages, consumers) = match single(answer(proposed, group).await) {
+                        Ok(Reply::Stats {
+                            messages,
+                            consumers,
+                        }) => (messages, consumers),
+                        Ok(other) => {
+                            let error = format!("{name}: {other:?}");
+                            let _ = reply.send(Err(AmqpError::internal_error(error)));
+                            return;
+                        }
+                        Err(error) => {
+                            let error = format!("{name} cannot be deleted now: {error}");
+                            let _ = reply.send(Err(AmqpError::internal_error(error)));
+                            return;
+                        }
+                    };
+                    if if_empty && messages > 0 {
+                        let error = AmqpError::precondition_failed(format!("{name} not empty"));
+                        let _ = reply.send(Err(error));
+                        return;
+                    }
+                    if if_unused && consumers > 0 {
+                        let error = AmqpError::precondition_failed(format!("{name} in use"));
+                        let _ = reply.send(Err(error));
+                        return;
+                    }
+                    if let Some(vhost) = vhost.upgrade() {
+                        vhost.delete_queue_durably(&queue).await;
+                    }
+                    let _ = reply.send(Ok(messages));
+                });
+            }
+            QueueCommand::ChannelClosed { channel } => {
+                self.consumers.retain(|key, _| {
+                    !(key.connection == channel.connection && key.channel == channel.channel)
+                });
+                self.submit_settling(Command::ChannelDown {
+                    node: self.hub.node().to_string(),
+                    incarnation: self.hub.incarnation(),
+                    connection: channel.connection,
+                    channel: channel.channel,
+                });
+            }
+            QueueCommand::Return { messages } => {
+                // No-ack deliveries their consumer could not take: enqueued again.
+                let incoming = messages
+                    .into_iter()
+                    .map(|returned| Incoming {
+                        message: returned.message,
+                        confirm: None,
+                    })
+                    .collect();
+                self.publish(0, incoming);
+            }
+            QueueCommand::Kick
+            | QueueCommand::Persisted
+            | QueueCommand::PagedIn { .. }
+            | QueueCommand::Relocate { .. } => {}
+        }
+    }
+
+    fn key(&self, channel: ChannelKey, tag: &ShortString) -> ConsumerKey {
+        ConsumerKey {
+            node: self.hub.node().to_string(),
+            incarnation: self.hub.incarnation(),
+            connection: channel.connection,
+            channel: channel.channel,
+            tag: Bytes::copy_from_slice(tag.as_bytes()),
+        }
+    }
+
+    fn publish(&mut self, publisher: ConnectionId, messages: Vec<Incoming>) {
+        let now = Instant::now();
+        let mut seqs = Vec::with_capacity(messages.len());
+        let mut commands = Vec::with_capacity(messages.len());
+        for incoming in messages {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let command = Command::Enqueue {
+                enqueuer: self.enqueuer.clone(),
+                seq,
+                message: Bytes::from(crate::remote::encode_message(&incoming.message)),
+                size: incoming.message.body_size() as u32,
+            }
+            .encode();
+            seqs.push(seq);
+            commands.push(command.clone());
+            self.window.insert(
+                seq,
+                Pending {
+                    command,
+                    publisher,
+                    confirm: incoming.confirm,
+                    since: now,
+                },
+            );
+        }
+        self.submit_publishes(seqs, commands);
+    }
+
+    fn submit_publishes(&self, seqs: Vec<u64>, commands: Vec<Bytes>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let proposed = self.hub.host().submit(self.group, commands);
+        let internal = self.internal.clone();
+        let (epoch, group) = (self.epoch, self.group);
+        tokio::spawn(async move {
+            let result = answer(proposed, group).await;
+            let _ = internal.send(Internal::Published {
+                epoch,
+                seqs,
+                result,
+            });
+        });
+    }
+
+    /// Submits a command whose outcome nobody waits for and that may be applied twice (a
+    /// settlement, credit, a channel gone): sent again a few times if the log does not answer.
+    fn submit_settling(&self, command: Command) {
+        let host = self.hub.host().clone();
+        let group = self.group;
+        let command = command.encode();
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                let proposed = host.submit(group, vec![command.clone()]);
+                match answer(proposed, group).await {
+                    Ok(_) | Err(GroupError::Shutdown | GroupError::Unknown(_)) => return,
+                    Err(_) => tokio::time::sleep(RETRY).await,
+                }
+            }
+        });
+    }
+
+    fn internal(&mut self, message: Internal) {
+        match message {
+            Internal::Published {
+                epoch,
+                seqs,
+                result,
+            } => self.published(epoch, seqs, result),
+            Internal::CheckedOut {
+                consumer,
+                result,
+                reply,
+            } => {
+                let outcome = match result {
+                    Ok(Reply::Done) => Ok(()),
+                    Ok(Reply::Error(403, text)) => {
+                        Err(AmqpError::access_refused(format!("{} {text}", self.name())))
+                    }
+                    Ok(other) => Err(AmqpError::internal_error(format!(
+                        "{}: {other:?}",
+                        self.name()
+                    ))),
+                    Err(error) => {
+                        // It may have been applied: make sure the consumer does not linger.
+                        self.submit_settling(Command::Cancel {
+                            consumer: consumer.clone(),
+                        });
+                        Err(AmqpError::internal_error(format!(
+                            "{} is not available: {error}",
+                            self.name()
+                        )))
+                    }
+                };
+                let ok = outcome.is_ok();
+                let _ = reply.send(outcome);
+                if !ok {
+                    self.consumers.remove(&consumer);
+                    return;
+                }
+                if let Some(local) = self.consumers.get_mut(&consumer) {
+                    local.ready = true;
+                    let held = std::mem::take(&mut local.held);
+                    if !held.is_empty() {
+                        let _ = local.spec.events.send(ConnectionEvent::Deliveries(held));
+                    }
+                }
+            }
+        }
+    }
+
+    fn published(&mut self, epoch: u64, seqs: Vec<u64>, result: Result<Vec<Bytes>, GroupError>) {
+        let mut settled: HashMap<ConnectionId, Vec<PublishOutcome>> = HashMap::new();
+        let mut resend = false;
+        match result {
+            Ok(answers) => {
+                for (seq, answer) in seqs.iter().zip(answers.iter()) {
+                    match Reply::decode(answer) {
+                        Ok(Reply::Enqueued(Enqueued::Accepted | Enqueued::Duplicate)) => {
+                            self.settle(*seq, true, &mut settled);
+                        }
+                        Ok(Reply::Enqueued(Enqueued::Gap { expected })) => {
+                            // Everything before `expected` is in the queue.
+                            let taken: Vec<u64> =
+                                self.window.range(..expected).map(|(s, _)| *s).collect();
+                            for seq in taken {
+                                self.settle(seq, true, &mut settled);
+                            }
+                            resend |= epoch == self.epoch;
+                        }
+                        Ok(other) => {
+                            tracing::warn!("{}: a publish answered {other:?}", self.name());
+                            self.settle(*seq, false, &mut settled);
+                        }
+                        Err(error) => {
+                            tracing::error!("{}: {error}", self.name());
+                            self.settle(*seq, false, &mut settled);
+                        }
+                    }
+                }
+            }
+            Err(GroupError::Shutdown) => {}
+            Err(error) => {
+                tracing::debug!("{}: publishes to send again: {error}", self.name());
+                resend |= epoch == self.epoch;
+            }
+        }
+        for (publisher, outcomes) in settled {
+            if let Some(entry) = self.publishers.get(&publisher) {
+                let _ = entry.events.send(ConnectionEvent::Settled(outcomes));
+            }
+        }
+        if resend {
+            // Later answers of this send only confirm; the next send starts from the window.
+            self.epoch += 1;
+            self.retry_at.get_or_insert(Instant::now() + RETRY);
+        }
+    }
+
+    /// Answers for one publish: its confirm (or nack) and its publisher's credit.
+    fn settle(
+        &mut self,
+        seq: u64,
+        accepted: bool,
+        settled: &mut HashMap<ConnectionId, Vec<PublishOutcome>>,
+    ) {
+        let Some(pending) = self.window.remove(&seq) else {
+            return;
+        };
+        if let Some((channel, sequence)) = pending.confirm {
+            settled
+                .entry(pending.publisher)
+                .or_default()
+                .push(PublishOutcome {
+                    channel,
+                    sequence,
+                    accepted,
+                });
+        }
+        if let Some(publisher) = self.publishers.get_mut(&pending.publisher) {
+            publisher.processed += 1;
+            if publisher.processed >= PUBLISH_CREDIT_MORE_AFTER {
+                let amount = std::mem::take(&mut publisher.processed);
+                let _ = publisher.events.send(ConnectionEvent::PublishCredit {
+                    queue: self.queue.id(),
+                    amount,
+                });
+            }
+        }
+    }
+
+    /// Sends the window again, or gives up on it when it waited longer than a proposal may.
+    fn resend(&mut self) {
+        let patience = self.hub.host().propose_timeout();
+        let oldest = self.window.values().map(|pending| pending.since).min();
+        if oldest.is_some_and(|since| since.elapsed() >= patience) {
+            let mut settled = HashMap::new();
+            let seqs: Vec<u64> = self.window.keys().copied().collect();
+            tracing::warn!(
+                "{}: {} publishes not taken within {patience:?} are nacked",
+                self.name(),
+                seqs.len()
+            );
+            for seq in seqs {
+                self.settle(seq, false, &mut settled);
+            }
+            for (publisher, outcomes) in settled {
+                if let Some(entry) = self.publishers.get(&publisher) {
+                    let _ = entry.events.send(ConnectionEvent::Settled(outcomes));
+                }
+            }
+            // The queue may hold some of them: a new enqueuer starts its numbers afresh.
+            self.enqueuer = new_enqueuer(&self.hub);
+            self.next_seq = 1;
+            self.epoch += 1;
+            return;
+        }
+        let entries: Vec<(u64, Bytes)> = self
+            .window
+            .iter()
+            .map(|(seq, pending)| (*seq, pending.command.clone()))
+            .collect();
+        for chunk in entries.chunks(RESEND_BATCH) {
+            let (seqs, commands) = chunk.iter().cloned().unzip();
+            self.submit_publishes(seqs, commands);
+        }
+    }
+
+    fn consume(
+        &mut self,
+        spec: ConsumerSpec,
+        reply: oneshot::Sender<crate::error::AmqpResult<()>>,
+    ) {
+        let key = self.key(spec.channel, &spec.tag);
+        let command = Command::Checkout {
+            consumer: key.clone(),
+            prefetch: u32::from(spec.prefetch),
+            no_ack: spec.no_ack,
+            credit: DELIVERY_CREDIT,
+            exclusive: spec.exclusive,
+        };
+        self.consumers.insert(
+            key.clone(),
+            Local {
+                spec,
+                ready: false,
+                held: Vec::new(),
+                owed: 0,
+            },
+        );
+        let proposed = self.hub.host().submit(self.group, vec![command.encode()]);
+        let internal = self.internal.clone();
+        let group = self.group;
+        tokio::spawn(async move {
+            let result = single(answer(proposed, group).await);
+            let _ = internal.send(Internal::CheckedOut {
+                consumer: key,
+                result,
+                reply,
+            });
+        });
+    }
+
+    fn event(&mut self, event: FrontEvent) {
+        match event {
+            FrontEvent::Deliver {
+                consumer,
+                id,
+                delivery_count,
+                needs_ack,
+                message,
+            } => {
+                let Some(local) = self.consumers.get_mut(&consumer) else {
+                    // Its channel is gone: the queue hears so and delivers it again.
+                    return;
+                };
+                let message = match crate::remote::decode_message(message.to_vec()) {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::error!("{}: message {id}: {error}", self.queue.name);
+                        return;
+                    }
+                };
+                let delivery = Delivery {
+                    channel: local.spec.channel.channel,
+                    consumer_tag: local.spec.tag.clone(),
+                    queue: Some(self.queue.clone()),
+                    message_id: id,
+                    message: Arc::new(message),
+                    redelivered: delivery_count > 0,
+                    needs_ack,
+                };
+                if local.ready {
+                    let _ = local
+                        .spec
+                        .events
+                        .send(ConnectionEvent::Deliveries(vec![delivery]));
+                } else {
+                    local.held.push(delivery);
+                }
+            }
+            FrontEvent::Cancelled { consumer } => {
+                if let Some(local) = self.consumers.remove(&consumer) {
+                    let _ = local.spec.events.send(ConnectionEvent::ConsumerCancelled {
+                        channel: local.spec.channel.channel,
+                        consumer_tag: local.spec.tag.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The queue was deleted: its consumers are cancelled, its publishers told.
+    fn shut_down(&mut self) {
+        for (_, local) in self.consumers.drain() {
+            let _ = local.spec.events.send(ConnectionEvent::ConsumerCancelled {
+                channel: local.spec.channel.channel,
+                consumer_tag: local.spec.tag.clone(),
+            });
+        }
+        let mut settled = HashMap::new();
+        let seqs: Vec<u64> = self.window.keys().copied().collect();
+        for seq in seqs {
+            // Publishes that raced the deletion are confirmed, as RabbitMQ does.
+            self.settle(seq, true, &mut settled);
+        }
+        for (publisher, outcomes) in settled {
+            if let Some(entry) = self.publishers.get(&publisher) {
+                let _ = entry.events.send(ConnectionEvent::Settled(outcomes));
+            }
+        }
+        for (_, publisher) in self.publishers.drain() {
+            let _ = publisher.events.send(ConnectionEvent::QueueGone {
+                queue: self.queue.id(),
+            });
+        }
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

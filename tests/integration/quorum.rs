@@ -1,0 +1,209 @@
+//! Quorum queues (`x-queue-type=quorum`) on clusters of in-process nodes, through lapin:
+//! publishers and consumers on any node, confirms once a majority holds a message, and the
+//! queue going on when its leader's node dies.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use warren_testkit::TestCluster;
+use warren_tests::{promptly, wait_until};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn channel(url: &str) -> (Connection, lapin::Channel) {
+    let connection = promptly(
+        "lapin to connect",
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("lapin connects");
+    let channel = connection.create_channel().await.expect("channel opens");
+    (connection, channel)
+}
+
+fn quorum() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Publishes `bodies` with confirms and waits until every one is acked.
+async fn publish_confirmed(channel: &lapin::Channel, queue: &str, bodies: &[String]) {
+    let mut confirms = Vec::new();
+    for body in bodies {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("published");
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        let confirmation = promptly("a confirm", confirm).await.expect("confirmed");
+        assert!(confirmation.is_ack(), "nacked: {confirmation:?}");
+    }
+}
+
+/// Declared on one node, published to through a second and consumed through a third; the
+/// leader's node is stopped mid-way: the survivors elect a new leader, the publisher's confirms
+/// resume, the consumer on its channel gets every confirmed message (the unacknowledged ones
+/// again, marked redelivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_keeps_every_confirmed_message_when_its_leader_dies() {
+    let mut cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (_a, on_leader) = channel(&cluster.node(0).url()).await;
+    on_leader
+        .queue_declare("orders".into(), durable(), quorum())
+        .await
+        .expect("declared");
+    for index in 1..3 {
+        let node = cluster.node(index);
+        wait_until("the queue reaches every node", || {
+            node.broker()
+                .vhost("/")
+                .is_some_and(|vhost| vhost.queue(b"orders").is_some())
+        })
+        .await;
+    }
+    let (_b, publisher) = channel(&cluster.node(1).url()).await;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let first: Vec<String> = (0..200).map(|i| format!("m-{i}")).collect();
+    publish_confirmed(&publisher, "orders", &first).await;
+
+    let (_c, consuming) = channel(&cluster.node(2).url()).await;
+    consuming
+        .basic_qos(50, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consuming
+        .basic_consume(
+            "orders".into(),
+            "reader".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consumes through node 2");
+    let mut seen = BTreeSet::new();
+    for _ in 0..100 {
+        let delivery = promptly("a delivery", consumer.next())
+            .await
+            .expect("the consumer goes on")
+            .expect("a delivery");
+        seen.insert(String::from_utf8(delivery.data.clone()).unwrap());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+
+    // The leader's node goes; the publisher and the consumer are on the survivors.
+    cluster.stop_node(0).await;
+    let second: Vec<String> = (200..300).map(|i| format!("m-{i}")).collect();
+    publish_confirmed(&publisher, "orders", &second).await;
+    let mut redelivered = 0;
+    while seen.len() < 300 {
+        let delivery = promptly("a delivery after the failover", consumer.next())
+            .await
+            .expect("the consumer goes on after the failover")
+            .expect("a delivery");
+        let body = String::from_utf8(delivery.data.clone()).unwrap();
+        if !seen.insert(body.clone()) {
+            assert!(
+                delivery.redelivered,
+                "{body} came twice without redelivered"
+            );
+        }
+        if delivery.redelivered {
+            redelivered += 1;
+        }
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let expected: BTreeSet<String> = first.into_iter().chain(second).collect();
+    assert_eq!(seen, expected, "every confirmed message, once at least");
+    eprintln!("{redelivered} deliveries came again after the failover");
+    cluster.stop().await;
+}
+
+/// RabbitMQ's refusals: a quorum queue is durable, not exclusive, not auto-delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_is_durable_shared_and_lasting() {
+    let cluster = TestCluster::builder().nodes(1).build().await;
+    for (options, property) in [
+        (
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            "auto-delete",
+        ),
+        (
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            "exclusive-owner",
+        ),
+        (QueueDeclareOptions::default(), "non-durable"),
+    ] {
+        let (_connection, channel) = channel(&cluster.node(0).url()).await;
+        let error = channel
+            .queue_declare("refused".into(), options, quorum())
+            .await
+            .expect_err("refused");
+        let expected = format!(
+            "PRECONDITION_FAILED - invalid property '{property}' for queue 'refused' in vhost '/'"
+        );
+        assert!(error.to_string().contains(&expected), "{error}");
+    }
+    // One node: a group of one, which commits alone.
+    let (_connection, channel) = channel(&cluster.node(0).url()).await;
+    channel
+        .queue_declare("alone".into(), durable(), quorum())
+        .await
+        .expect("declared");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..20).map(|i| format!("b-{i}")).collect();
+    publish_confirmed(&channel, "alone", &bodies).await;
+    let declared = channel
+        .queue_declare(
+            "alone".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive");
+    assert_eq!(declared.message_count(), 20);
+    cluster.stop().await;
+}
