@@ -207,3 +207,85 @@ async fn a_quorum_queue_is_durable_shared_and_lasting() {
     assert_eq!(declared.message_count(), 20);
     cluster.stop().await;
 }
+
+/// The whole cluster stops and starts again, every node at once: the queue comes back from the
+/// members' logs with every confirmed message its consumers had not acknowledged, and nothing
+/// they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_restart_keeps_what_was_not_acknowledged() {
+    use lapin::options::BasicGetOptions;
+
+    let mut cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (_a, on_a) = channel(&cluster.node(0).url()).await;
+    on_a.queue_declare("kept".into(), durable(), quorum())
+        .await
+        .expect("declared");
+    let node = cluster.node(1);
+    wait_until("the queue reaches node 1", || {
+        node.broker()
+            .vhost("/")
+            .is_some_and(|vhost| vhost.queue(b"kept").is_some())
+    })
+    .await;
+    let (b, on_b) = channel(&cluster.node(1).url()).await;
+    on_b.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..100).map(|i| format!("k-{i}")).collect();
+    publish_confirmed(&on_b, "kept", &bodies).await;
+    // Thirty are taken and acknowledged through node 1.
+    for i in 0..30 {
+        let got = on_b
+            .basic_get("kept".into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+            .expect("a message");
+        assert_eq!(got.delivery.data, format!("k-{i}").as_bytes());
+        got.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // The acknowledgements are in the log before the counts the declaration asks for.
+    let declared = on_b
+        .queue_declare(
+            "kept".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive");
+    assert_eq!(declared.message_count(), 70);
+    drop(b);
+
+    for index in 0..3 {
+        cluster.stop_node(index).await;
+    }
+    let starting: Vec<_> = (0..3)
+        .map(|index| cluster.start_in_background(index))
+        .collect();
+    for (index, start) in starting.into_iter().enumerate() {
+        let node = promptly("a node to start again", start).await.unwrap();
+        cluster.adopt(index, node);
+    }
+    cluster.wait_for_members(3, SETTLE).await;
+
+    let (_c, on_c) = channel(&cluster.node(2).url()).await;
+    let mut left = Vec::new();
+    loop {
+        let got = promptly(
+            "basic.get after the restart",
+            on_c.basic_get("kept".into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("the queue answers once it has a leader");
+        match got {
+            Some(got) => left.push(String::from_utf8(got.delivery.data.clone()).unwrap()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (30..100).map(|i| format!("k-{i}")).collect();
+    assert_eq!(left, expected);
+    cluster.stop().await;
+}

@@ -504,13 +504,16 @@ impl Front {
         let host = self.hub.host().clone();
         let group = self.group;
         let command = command.encode();
+        // The first submission now, in order with what the front submits next (an ack before
+        // a declaration's counts); the retries after.
+        let mut proposed = host.submit(group, vec![command.clone()]);
         tokio::spawn(async move {
             for _ in 0..5 {
-                let proposed = host.submit(group, vec![command.clone()]);
                 match answer(proposed, group).await {
                     Ok(_) | Err(GroupError::Shutdown | GroupError::Unknown(_)) => return,
                     Err(_) => tokio::time::sleep(RETRY).await,
                 }
+                proposed = host.submit(group, vec![command.clone()]);
             }
         });
     }
