@@ -281,22 +281,7 @@ pub fn parse(
         }
     }
     if let Some(value) = get("x-queue-leader-locator") {
-        match value {
-            FieldValue::LongString(locator)
-                if matches!(locator.as_bytes(), b"client-local" | b"balanced") => {}
-            FieldValue::LongString(_) => {
-                return Err(invalid(
-                    "x-queue-leader-locator",
-                    Invalid::Term("invalid_queue_locator_arg".into()),
-                ));
-            }
-            other => {
-                return Err(invalid(
-                    "x-queue-leader-locator",
-                    Invalid::Term(format!("{{unacceptable_type,{}}}", type_name(other))),
-                ));
-            }
-        }
+        leader_locator(value).map_err(|why| invalid("x-queue-leader-locator", why))?;
     }
     for (key, _) in arguments.iter() {
         if let Some(other) = OTHER_TYPE_ARGUMENTS
@@ -309,6 +294,22 @@ pub fn parse(
         }
     }
     Ok(config)
+}
+
+/// Checks `x-queue-leader-locator`: `client-local` or `balanced`.
+fn leader_locator(value: &FieldValue) -> Result<(), Invalid> {
+    match value {
+        FieldValue::LongString(locator)
+            if matches!(locator.as_bytes(), b"client-local" | b"balanced") =>
+        {
+            Ok(())
+        }
+        FieldValue::LongString(_) => Err(Invalid::Term("invalid_queue_locator_arg".into())),
+        other => Err(Invalid::Term(format!(
+            "{{unacceptable_type,{}}}",
+            type_name(other)
+        ))),
+    }
 }
 
 /// Arguments of classic queues and streams, refused on quorum queues.
@@ -347,22 +348,9 @@ fn parse_quorum(
                 }
                 config.initial_group_size = Some(size);
             }
-            "x-queue-leader-locator" => match value {
-                FieldValue::LongString(locator)
-                    if matches!(locator.as_bytes(), b"client-local" | b"balanced") => {}
-                FieldValue::LongString(_) => {
-                    return Err(invalid(
-                        "x-queue-leader-locator",
-                        Invalid::Term("invalid_queue_locator_arg".into()),
-                    ));
-                }
-                other => {
-                    return Err(invalid(
-                        "x-queue-leader-locator",
-                        Invalid::Term(format!("{{unacceptable_type,{}}}", type_name(other))),
-                    ));
-                }
-            },
+            "x-queue-leader-locator" => {
+                leader_locator(value).map_err(|why| invalid("x-queue-leader-locator", why))?;
+            }
             key if NOT_QUORUM_ARGUMENTS.contains(&key) => {
                 return Err(AmqpError::precondition_failed(format!(
                     "invalid arg '{key}' for {resource} of queue type rabbit_quorum_queue"
