@@ -441,6 +441,8 @@ impl VHost {
                 .members
                 .learn(*id, &NodeName::new_unchecked(node.clone()));
         }
+        self.quorum
+            .set_limits(record.id, queue::quorum::front::limits(&config));
         if members.contains(&self.quorum.member()) {
             self.quorum
                 .start_member(record.id, &members, *record.home == *self.node);

@@ -289,3 +289,187 @@ async fn a_whole_cluster_restart_keeps_what_was_not_acknowledged() {
     assert_eq!(left, expected);
     cluster.stop().await;
 }
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// A header of a delivery, if it has it.
+fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<AMQPValue> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(name).cloned())
+}
+
+fn body(delivery: &lapin::message::Delivery) -> String {
+    String::from_utf8(delivery.data.clone()).expect("a text body")
+}
+
+/// RabbitMQ 4's poison-message handling and length limits, across nodes: the queue leads on
+/// one node, its consumer is on another and the dead-letter queue lives on a third. Over its
+/// length the oldest messages are dead-lettered (`maxlen`); a message nacked with requeue comes
+/// again with `x-delivery-count`, and once past `x-delivery-limit` it is dead-lettered
+/// (`delivery_limit`); a rejection dead-letters it (`rejected`). With `reject-publish` a full
+/// queue nacks the publish instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_dead_letter_what_goes_over_their_limits() {
+    let cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (_c, on_dlq_node) = channel(&cluster.node(2).url()).await;
+    on_dlq_node
+        .queue_declare("dead".into(), durable(), FieldTable::default())
+        .await
+        .expect("dead-letter queue declared");
+    let (_a, on_leader) = channel(&cluster.node(0).url()).await;
+    let mut arguments = quorum();
+    arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(1));
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(3));
+    arguments.insert("x-dead-letter-exchange".into(), text(""));
+    arguments.insert("x-dead-letter-routing-key".into(), text("dead"));
+    on_leader
+        .queue_declare("work".into(), durable(), arguments)
+        .await
+        .expect("declared");
+
+    let (_b, elsewhere) = channel(&cluster.node(1).url()).await;
+    elsewhere
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    publish_confirmed(&elsewhere, "work", &bodies).await;
+
+    elsewhere
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = elsewhere
+        .basic_consume(
+            "work".into(),
+            "worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consuming");
+    let mut next = async || {
+        promptly("a delivery", consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("no error")
+    };
+    let first = next().await;
+    assert_eq!(body(&first), "m2", "m0 and m1 went over the length");
+    assert!(!first.redelivered);
+    assert_eq!(header(&first, "x-delivery-count"), None);
+    first
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let again = next().await;
+    assert_eq!(body(&again), "m2");
+    assert!(again.redelivered);
+    assert_eq!(
+        header(&again, "x-delivery-count"),
+        Some(AMQPValue::LongLongInt(1))
+    );
+    again
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let third = next().await;
+    assert_eq!(body(&third), "m3", "m2 failed twice, past the limit of 1");
+    third
+        .reject(lapin::options::BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let last = next().await;
+    assert_eq!(body(&last), "m4");
+    last.ack(BasicAckOptions::default()).await.unwrap();
+
+    let mut dead = on_dlq_node
+        .basic_consume(
+            "dead".into(),
+            "reader".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consuming dead letters");
+    for (expected, reason) in [
+        ("m0", "maxlen"),
+        ("m1", "maxlen"),
+        ("m2", "delivery_limit"),
+        ("m3", "rejected"),
+    ] {
+        let letter = promptly("a dead letter", dead.next())
+            .await
+            .expect("a dead letter")
+            .expect("no error");
+        assert_eq!(body(&letter), expected);
+        assert_eq!(header(&letter, "x-first-death-reason"), Some(text(reason)));
+        assert_eq!(header(&letter, "x-first-death-queue"), Some(text("work")));
+    }
+
+    // reject-publish: the publish that goes over is nacked.
+    let mut arguments = quorum();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    arguments.insert("x-overflow".into(), text("reject-publish"));
+    on_leader
+        .queue_declare("capped".into(), durable(), arguments)
+        .await
+        .expect("declared");
+    let (_d, publisher) = channel(&cluster.node(1).url()).await;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&publisher, "capped", &["one".into(), "two".into()]).await;
+    let confirm = publisher
+        .basic_publish(
+            "".into(),
+            "capped".into(),
+            BasicPublishOptions::default(),
+            b"three",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("published");
+    let confirmation = promptly("a nack", confirm).await.expect("answered");
+    assert!(confirmation.is_nack(), "{confirmation:?}");
+
+    // What is not taken is refused by name.
+    for (key, value, expected) in [
+        (
+            "x-overflow",
+            text("reject-publish-dlx"),
+            "invalid arg 'x-overflow' for queue 'refused' in vhost '/': reject-publish-dlx is not supported by quorum queues",
+        ),
+        (
+            "x-delivery-limit",
+            AMQPValue::LongInt(-2),
+            "invalid arg 'x-delivery-limit' for queue 'refused' in vhost '/': {value_negative,-2}",
+        ),
+    ] {
+        let (_connection, channel) = channel(&cluster.node(1).url()).await;
+        let mut arguments = quorum();
+        arguments.insert(key.into(), value);
+        let error = channel
+            .queue_declare("refused".into(), durable(), arguments)
+            .await
+            .expect_err("refused");
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+    cluster.stop().await;
+}

@@ -9,11 +9,11 @@ use tokio_util::sync::CancellationToken;
 use warren_storage::{Position, Stream};
 
 use super::arguments::QueueConfig;
-use super::dead_letter::{self, Reason};
+use super::dead_letter;
 use super::ready::Queued;
 use super::state::{Outbox, QueueState};
 use super::storage::{MessageReader, QueueStorage, WalStorage};
-use super::{Incoming, QueueCommand, QueueHandle, QueueShared, QueueSpec};
+use super::{QueueCommand, QueueHandle, QueueShared, QueueSpec};
 use crate::vhost::VHost;
 
 /// Commands applied per wake-up before delivering and flushing; bounds the latency one busy
@@ -193,49 +193,14 @@ fn dead_letter_all(state: &QueueState, vhost: &Weak<VHost>, outbox: &mut Outbox,
         return;
     }
     let queue = state.queue();
-    let (Some(vhost), Some(exchange_name)) =
-        (vhost.upgrade(), queue.config.dead_letter_exchange.as_ref())
-    else {
-        outbox.dead_letters.clear();
-        return;
-    };
-    let exchange = if exchange_name.is_empty() {
-        None
-    } else {
-        match vhost.exchange(exchange_name) {
-            Some(exchange) => Some(exchange),
-            None => {
-                // A missing dead-letter exchange drops the messages, as in RabbitMQ.
-                outbox.dead_letters.clear();
-                return;
-            }
-        }
-    };
-    let mut targets = Vec::new();
-    for (message, reason) in outbox.dead_letters.drain(..) {
-        let (copy, keys) = dead_letter::dead_letter(
-            &message,
-            reason,
+    match vhost.upgrade() {
+        Some(vhost) => dead_letter::republish(
+            &vhost,
             &queue.name,
-            exchange_name,
-            queue.config.dead_letter_routing_key.as_ref(),
+            &queue.config,
+            outbox.dead_letters.drain(..),
             now,
-        );
-        targets.clear();
-        vhost.route(exchange.as_deref(), &copy, &keys, &mut targets);
-        if reason != Reason::Rejected
-            && let Some(deaths) = copy.deaths.as_deref()
-        {
-            targets.retain(|target| !dead_letter::is_cycle(deaths, &target.name));
-        }
-        for target in &targets {
-            target.send(QueueCommand::Publish {
-                publisher: 0,
-                messages: vec![Incoming {
-                    message: copy.clone(),
-                    confirm: None,
-                }],
-            });
-        }
+        ),
+        None => outbox.dead_letters.clear(),
     }
 }

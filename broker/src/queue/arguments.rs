@@ -50,6 +50,8 @@ pub struct QueueConfig {
     pub quorum: bool,
     /// `x-quorum-initial-group-size`.
     pub initial_group_size: Option<u64>,
+    /// `x-delivery-limit` of a quorum queue (20 unless set; `None` when set to -1: no limit).
+    pub delivery_limit: Option<u64>,
 }
 
 impl QueueConfig {
@@ -331,6 +333,7 @@ fn parse_quorum(
 ) -> Result<QueueConfig, AmqpError> {
     let mut config = QueueConfig {
         quorum: true,
+        delivery_limit: Some(u64::from(super::quorum::DEFAULT_DELIVERY_LIMIT)),
         ..QueueConfig::default()
     };
     for (key, value) in arguments.iter() {
@@ -351,6 +354,82 @@ fn parse_quorum(
             "x-queue-leader-locator" => {
                 leader_locator(value).map_err(|why| invalid("x-queue-leader-locator", why))?;
             }
+            "x-delivery-limit" => {
+                let limit = integer(value).map_err(|why| invalid("x-delivery-limit", why))?;
+                // RabbitMQ 4: -1 turns the limit off.
+                config.delivery_limit = match limit {
+                    -1 => None,
+                    limit => Some(u64::try_from(limit).map_err(|_| {
+                        invalid(
+                            "x-delivery-limit",
+                            Invalid::Term(format!("{{value_negative,{limit}}}")),
+                        )
+                    })?),
+                };
+            }
+            "x-dead-letter-exchange" => {
+                config.dead_letter_exchange =
+                    Some(string(value).map_err(|why| invalid("x-dead-letter-exchange", why))?);
+            }
+            "x-dead-letter-routing-key" => {
+                config.dead_letter_routing_key =
+                    Some(string(value).map_err(|why| invalid("x-dead-letter-routing-key", why))?);
+            }
+            "x-dead-letter-strategy" => match value {
+                FieldValue::LongString(text) if text.as_bytes() == b"at-most-once" => {}
+                FieldValue::LongString(text) if text.as_bytes() == b"at-least-once" => {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid arg 'x-dead-letter-strategy' for {resource}: at-least-once \
+                         is not supported by Warren's quorum queues yet"
+                    )));
+                }
+                FieldValue::LongString(_) => {
+                    return Err(invalid(
+                        "x-dead-letter-strategy",
+                        Invalid::Term("invalid_dead_letter_strategy".into()),
+                    ));
+                }
+                other => {
+                    return Err(invalid(
+                        "x-dead-letter-strategy",
+                        Invalid::Term(format!("{{unacceptable_type,{}}}", type_name(other))),
+                    ));
+                }
+            },
+            "x-max-length" => {
+                config.max_length =
+                    Some(non_negative(value).map_err(|why| invalid("x-max-length", why))?);
+            }
+            "x-max-length-bytes" => {
+                config.max_length_bytes =
+                    Some(non_negative(value).map_err(|why| invalid("x-max-length-bytes", why))?);
+            }
+            "x-overflow" => {
+                config.overflow = match value {
+                    FieldValue::LongString(text) => match text.as_bytes() {
+                        b"drop-head" => Overflow::DropHead,
+                        b"reject-publish" => Overflow::RejectPublish,
+                        b"reject-publish-dlx" => {
+                            return Err(AmqpError::precondition_failed(format!(
+                                "invalid arg 'x-overflow' for {resource}: reject-publish-dlx \
+                                 is not supported by quorum queues"
+                            )));
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "x-overflow",
+                                Invalid::Term("invalid_overflow".into()),
+                            ));
+                        }
+                    },
+                    other => {
+                        return Err(invalid(
+                            "x-overflow",
+                            Invalid::Term(format!("{{unacceptable_type,{}}}", type_name(other))),
+                        ));
+                    }
+                };
+            }
             key if NOT_QUORUM_ARGUMENTS.contains(&key) => {
                 return Err(AmqpError::precondition_failed(format!(
                     "invalid arg '{key}' for {resource} of queue type rabbit_quorum_queue"
@@ -364,6 +443,12 @@ fn parse_quorum(
                 )));
             }
         }
+    }
+    if config.dead_letter_routing_key.is_some() && config.dead_letter_exchange.is_none() {
+        return Err(invalid(
+            "x-dead-letter-routing-key",
+            Invalid::Term("routing_key_but_no_dlx_defined".into()),
+        ));
     }
     Ok(config)
 }

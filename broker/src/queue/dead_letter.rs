@@ -13,6 +13,8 @@ use std::sync::Arc;
 use warren_wire::{FieldTable, FieldValue, ShortString};
 
 use crate::message::{ExtraRoutingKeys, Message};
+use crate::queue::{Incoming, QueueCommand, QueueConfig};
+use crate::vhost::VHost;
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,56 @@ pub struct Deaths {
     pub entries: Vec<Death>,
     /// (reason, queue, exchange) of the very first death.
     pub first: (Reason, ShortString, ShortString),
+}
+
+/// Republishes `messages`, dead-lettered from the queue `queue`, through its dead-letter
+/// exchange, at most once: nothing waits for the target queues. A missing dead-letter exchange
+/// drops them, as in RabbitMQ.
+pub(crate) fn republish(
+    vhost: &VHost,
+    queue: &ShortString,
+    config: &QueueConfig,
+    messages: impl Iterator<Item = (Arc<Message>, Reason)>,
+    now_ms: u64,
+) {
+    let Some(exchange_name) = config.dead_letter_exchange.as_ref() else {
+        return;
+    };
+    let exchange = if exchange_name.is_empty() {
+        None
+    } else {
+        match vhost.exchange(exchange_name) {
+            Some(exchange) => Some(exchange),
+            None => return,
+        }
+    };
+    let mut targets = Vec::new();
+    for (message, reason) in messages {
+        let (copy, keys) = dead_letter(
+            &message,
+            reason,
+            queue,
+            exchange_name,
+            config.dead_letter_routing_key.as_ref(),
+            now_ms,
+        );
+        targets.clear();
+        vhost.route(exchange.as_deref(), &copy, &keys, &mut targets);
+        if reason != Reason::Rejected
+            && let Some(deaths) = copy.deaths.as_deref()
+        {
+            targets.retain(|target| !is_cycle(deaths, &target.name));
+        }
+        for target in &targets {
+            target.send(QueueCommand::Publish {
+                publisher: 0,
+                messages: vec![Incoming {
+                    message: copy.clone(),
+                    confirm: None,
+                }],
+            });
+        }
+    }
 }
 
 /// The copy of `message` to publish to `dead_letter_exchange`, with the routing keys to use.

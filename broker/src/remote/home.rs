@@ -210,7 +210,14 @@ pub(crate) fn take(hub: &Arc<RemoteHub>, node: &NodeName, wire: Wire) {
                     Err(error) => tracing::error!("a message from {node} is unreadable: {error}"),
                 }
             }
-            let sent = existing(hub, node, conn).is_some_and(|id| {
+            // Connection 0 is no client's: a queue's dead letters, which nothing confirms
+            // and which need no stand-in.
+            let publisher = if conn == 0 {
+                Some(0)
+            } else {
+                existing(hub, node, conn)
+            };
+            let sent = publisher.is_some_and(|id| {
                 send(
                     hub,
                     queue,

@@ -26,7 +26,7 @@ use warren_cluster::multiraft::host::GroupError;
 use warren_wire::ShortString;
 
 use super::hub::{FrontEvent, QuorumHub, group_of};
-use super::state::{Command, ConsumerKey, Enqueued, Enqueuer, Outcome, Reply};
+use super::state::{Command, ConsumerKey, Enqueued, Enqueuer, Limits, Outcome, Reply};
 use crate::error::AmqpError;
 use crate::events::{
     ChannelKey, ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome,
@@ -92,6 +92,41 @@ pub(crate) fn spawn(
         .tracker
         .spawn(front.run(mailbox, event_mailbox, internal_mailbox));
     handle
+}
+
+/// The limits the queue's state enforces, from its settings.
+pub(crate) fn limits(config: &QueueConfig) -> Limits {
+    Limits {
+        delivery_limit: config
+            .delivery_limit
+            .map(|limit| u32::try_from(limit).unwrap_or(u32::MAX)),
+        max_length: config.max_length,
+        max_length_bytes: config.max_length_bytes,
+        reject_publish: config.overflow == crate::queue::arguments::Overflow::RejectPublish,
+        dead_letter: config.dead_letter_exchange.is_some(),
+    }
+}
+
+/// The message as a redelivery shows it: with `x-delivery-count`, its failed deliveries, in its
+/// headers (as RabbitMQ's quorum queues set it once a delivery has failed).
+fn with_delivery_count(message: crate::message::Message, count: u32) -> crate::message::Message {
+    if count == 0 {
+        return message;
+    }
+    let mut properties = message.properties.decode().unwrap_or_default();
+    let mut headers = properties.headers.take().unwrap_or_default();
+    headers.insert(
+        ShortString::from_static("x-delivery-count"),
+        warren_wire::FieldValue::LongLongInt(i64::from(count)),
+    );
+    properties.headers = Some(headers);
+    let raw = properties.to_raw();
+    let summary = raw.summary().unwrap_or_default();
+    crate::message::Message {
+        properties: raw,
+        summary,
+        ..message
+    }
 }
 
 fn new_enqueuer(hub: &QuorumHub) -> Enqueuer {
@@ -317,8 +352,8 @@ impl Front {
                         match crate::remote::decode_message(got.message.to_vec()) {
                             Ok(message) => Some(GetResult {
                                 message_id: got.id,
-                                message: Arc::new(message),
-                                redelivered: got.delivery_count > 0,
+                                message: Arc::new(with_delivery_count(message, got.delivery_count)),
+                                redelivered: got.redelivered,
                                 remaining: got.remaining,
                             }),
                             Err(error) => {
@@ -462,6 +497,7 @@ impl Front {
             let command = Command::Enqueue {
                 enqueuer: self.enqueuer.clone(),
                 seq,
+                answered_below: self.window.keys().next().copied().unwrap_or(seq),
                 message: Bytes::from(crate::remote::encode_message(&incoming.message)),
                 size: incoming.message.body_size() as u32,
             }
@@ -576,6 +612,10 @@ impl Front {
                     match Reply::decode(answer) {
                         Ok(Reply::Enqueued(Enqueued::Accepted | Enqueued::Duplicate)) => {
                             self.settle(*seq, true, &mut settled);
+                        }
+                        // Full, with `reject-publish`: nacked.
+                        Ok(Reply::Enqueued(Enqueued::Rejected)) => {
+                            self.settle(*seq, false, &mut settled);
                         }
                         Ok(Reply::Enqueued(Enqueued::Gap { expected })) => {
                             // Everything before `expected` is in the queue.
@@ -725,6 +765,7 @@ impl Front {
                 consumer,
                 id,
                 delivery_count,
+                redelivered,
                 needs_ack,
                 message,
             } => {
@@ -744,8 +785,8 @@ impl Front {
                     consumer_tag: local.spec.tag.clone(),
                     queue: Some(self.queue.clone()),
                     message_id: id,
-                    message: Arc::new(message),
-                    redelivered: delivery_count > 0,
+                    message: Arc::new(with_delivery_count(message, delivery_count)),
+                    redelivered,
                     needs_ack,
                 };
                 if local.ready {
@@ -756,6 +797,31 @@ impl Front {
                 } else {
                     local.held.push(delivery);
                 }
+            }
+            FrontEvent::DeadLetter { reason, message } => {
+                let (Some(vhost), Some(reason)) = (
+                    self.vhost.upgrade(),
+                    crate::queue::Reason::from_code(reason),
+                ) else {
+                    return;
+                };
+                let message = match crate::remote::decode_message(message.to_vec()) {
+                    Ok(message) => Arc::new(message),
+                    Err(error) => {
+                        tracing::error!("{}: a dead letter: {error}", self.name());
+                        return;
+                    }
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis() as u64);
+                crate::queue::dead_letter::republish(
+                    &vhost,
+                    &self.queue.name,
+                    &self.queue.config,
+                    std::iter::once((message, reason)),
+                    now,
+                );
             }
             FrontEvent::Cancelled { consumer } => {
                 if let Some(local) = self.consumers.remove(&consumer) {

@@ -25,7 +25,9 @@ use warren_cluster::multiraft::{MemberId, Membership};
 use warren_cluster::transport::{BoxFuture, LinkEvent, Service};
 use warren_cluster::{NodeName, Transport};
 
-use super::state::{Command, ConsumerKey, Effect, QuorumState, Reply};
+use super::state::{Command, ConsumerKey, Effect, Limits, QuorumState, Reply};
+#[cfg(doc)]
+use crate::queue::dead_letter::Reason;
 
 /// The transport service deliveries to other nodes' fronts go on.
 pub const QUORUM_SERVICE: u16 = 14;
@@ -37,12 +39,19 @@ pub(crate) enum FrontEvent {
         consumer: ConsumerKey,
         id: u64,
         delivery_count: u32,
+        redelivered: bool,
         needs_ack: bool,
         /// The message in wire form.
         message: Bytes,
     },
     Cancelled {
         consumer: ConsumerKey,
+    },
+    /// To the leader's own front: republish to the dead-letter exchange (`reason` is a
+    /// [`Reason`] code).
+    DeadLetter {
+        reason: u8,
+        message: Bytes,
     },
 }
 
@@ -76,6 +85,8 @@ pub struct QuorumHub {
     fronts: Mutex<HashMap<u64, mpsc::UnboundedSender<FrontEvent>>>,
     /// Queues this node holds a member of.
     local: Mutex<std::collections::HashSet<u64>>,
+    /// The settings of the queues, from their records.
+    limits: Mutex<HashMap<u64, Limits>>,
     peers: Mutex<HashMap<NodeName, mpsc::UnboundedSender<(u64, FrontEvent)>>>,
 }
 
@@ -101,6 +112,7 @@ impl QuorumHub {
             members: Arc::new(Members::default()),
             fronts: Mutex::new(HashMap::new()),
             local: Mutex::new(std::collections::HashSet::new()),
+            limits: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
         });
         hub.members.learn(member, transport.node());
@@ -167,6 +179,15 @@ impl QuorumHub {
         })
     }
 
+    /// Records the settings of a queue, which its group's leaders put first in its log.
+    pub(crate) fn set_limits(&self, queue: u64, limits: Limits) {
+        self.limits.lock().insert(queue, limits);
+    }
+
+    fn limits(&self, queue: u64) -> Option<Limits> {
+        self.limits.lock().get(&queue).cloned()
+    }
+
     /// Starts this node's member of a queue's group (a no-op when it exists).
     pub(crate) fn start_member(self: &Arc<Self>, queue: u64, members: &[MemberId], campaign: bool) {
         self.local.lock().insert(queue);
@@ -187,6 +208,7 @@ impl QuorumHub {
     /// The queue is gone: its front stops, this node's member and its log go.
     pub(crate) fn remove(&self, queue: u64) {
         self.fronts.lock().remove(&queue);
+        self.limits.lock().remove(&queue);
         let member = self.local.lock().remove(&queue);
         let host = self.host().clone();
         host.route(queue, None);
@@ -341,6 +363,7 @@ impl Machine for QuorumMachine {
                     consumer,
                     id,
                     delivery_count,
+                    redelivered,
                     needs_ack,
                 } => match enqueued_message(log, id) {
                     Ok(message) => {
@@ -349,6 +372,7 @@ impl Machine for QuorumMachine {
                             consumer,
                             id,
                             delivery_count,
+                            redelivered,
                             needs_ack,
                             message,
                         };
@@ -362,6 +386,17 @@ impl Machine for QuorumMachine {
                     let node = consumer.node.clone();
                     hub.send(self.queue, &node, FrontEvent::Cancelled { consumer });
                 }
+                // The leader's node republishes (at most once: nothing waits for it).
+                Effect::DeadLetter { id, reason } => match enqueued_message(log, id) {
+                    Ok(message) => hub.to_front(
+                        self.queue,
+                        FrontEvent::DeadLetter {
+                            reason: reason.code(),
+                            message,
+                        },
+                    ),
+                    Err(error) => tracing::error!("quorum queue {}: {error}", self.queue),
+                },
             }
         }
         reply.encode()
@@ -381,17 +416,24 @@ impl Machine for QuorumMachine {
         Ok(())
     }
 
-    fn leader_changed(&mut self, _term: u64, _leader: Option<MemberId>, leading: bool) {
+    fn leader_changed(
+        &mut self,
+        _term: u64,
+        _leader: Option<MemberId>,
+        leading: bool,
+    ) -> Vec<Bytes> {
         if !leading {
-            return;
+            return Vec::new();
+        }
+        let mut commands = Vec::new();
+        // A new group's settings come before anything else in its log (a group recovered
+        // before its queue's record was read keeps the settings it applied already).
+        if let Some(limits) = self.hub.upgrade().and_then(|hub| hub.limits(self.queue)) {
+            commands.push(Command::Configure(limits).encode());
         }
         // Deliveries in flight from the old leader may be lost: they are made again.
-        if let Some(hub) = self.hub.upgrade() {
-            drop(
-                hub.host()
-                    .submit(self.queue, vec![Command::Leader.encode()]),
-            );
-        }
+        commands.push(Command::Leader.encode());
+        commands
     }
 }
 

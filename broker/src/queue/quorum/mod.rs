@@ -11,3 +11,4 @@ pub mod hub;
 pub mod state;
 
 pub use hub::QuorumHub;
+pub use state::DEFAULT_DELIVERY_LIMIT;

@@ -5,7 +5,8 @@
 //! ```text
 //!  Enqueue ──> ready ──checkout──> checked out (by consumer) ──Settle ack/discard──> gone
 //!                ▲                        │ Settle requeue, channel or node down, new leader
-//!                └──── returns (served first, delivery count + 1) ◄──────────────────┘
+//!                └──── returns (served first, redelivered) ◄────────────────────────┘
+//!   over a length limit, rejected, or returned more than the delivery limit ──> dead-lettered
 //! ```
 //!
 //! What it holds to:
@@ -18,12 +19,22 @@
 //!   are settled as they are made.
 //! - A new leader's first command returns every checked-out message: deliveries in flight from
 //!   the old leader may be lost, so they come again, marked redelivered.
+//! - A message counts its failed deliveries (returned by `basic.nack`/`basic.reject` with
+//!   requeue), as RabbitMQ 4 does for `x-delivery-count`; once it has failed more times than
+//!   the delivery limit (default 20) it is dead-lettered or dropped instead of returned.
+//!   Returns the consumer did not ask for (its channel or node went, a new leader) only mark it
+//!   redelivered.
+//! - Length limits count ready messages (not those checked out), as RabbitMQ's do: `drop-head`
+//!   dead-letters the oldest ready message, `reject-publish` refuses the new one.
+//! - Dead-lettering is at most once: the leader republishes what leaves the state, nothing waits.
 //! - Everything is deterministic: no clock, no randomness, iteration in key order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+use crate::queue::dead_letter::Reason;
 
 /// A consumer, as the log knows it: its node (and that node's incarnation), connection,
 /// channel and tag.
@@ -51,6 +62,38 @@ pub enum Outcome {
     Discard,
 }
 
+/// The delivery limit of quorum queues when none is set (RabbitMQ 4's).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// How the queue limits and dead-letters: from its arguments, set by [`Command::Configure`] so
+/// that every member applies the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Failed deliveries a message may have before it is dead-lettered; `None`: no limit.
+    pub delivery_limit: Option<u32>,
+    /// Ready messages the queue holds at most.
+    pub max_length: Option<u64>,
+    /// Bytes of ready bodies the queue holds at most.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow=reject-publish`: refuse what goes over, instead of dropping the head.
+    pub reject_publish: bool,
+    /// Whether what leaves the queue unconsumed is dead-lettered (a dead-letter exchange is
+    /// set) rather than dropped.
+    pub dead_letter: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            delivery_limit: Some(DEFAULT_DELIVERY_LIMIT),
+            max_length: None,
+            max_length_bytes: None,
+            reject_publish: false,
+            dead_letter: false,
+        }
+    }
+}
+
 /// A command of the queue's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -58,6 +101,9 @@ pub enum Command {
     Enqueue {
         enqueuer: Enqueuer,
         seq: u64,
+        /// Every publish of the enqueuer numbered below this one has had its answer (the
+        /// refusals of those need not be remembered).
+        answered_below: u64,
         message: Bytes,
         size: u32,
     },
@@ -111,6 +157,8 @@ pub enum Command {
     Stats,
     /// A new leader took over: checked-out messages come again.
     Leader,
+    /// The queue's limits (sent by every front before its first command).
+    Configure(Limits),
 }
 
 impl Command {
@@ -158,12 +206,15 @@ pub enum Enqueued {
     Gap {
         expected: u64,
     },
+    /// Refused: the queue is full and its overflow is `reject-publish`.
+    Rejected,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Got {
     pub id: u64,
     pub delivery_count: u32,
+    pub redelivered: bool,
     pub remaining: u32,
     /// Filled in by the leader from the log (not part of the state).
     pub message: Bytes,
@@ -175,9 +226,13 @@ pub enum Effect {
     Deliver {
         consumer: ConsumerKey,
         id: u64,
+        /// Failed deliveries before this one (`x-delivery-count`).
         delivery_count: u32,
+        redelivered: bool,
         needs_ack: bool,
     },
+    /// A message left the queue unconsumed: republish it to the dead-letter exchange.
+    DeadLetter { id: u64, reason: Reason },
     /// The queue cancelled a consumer (it was replaced by nothing: the queue was purged of
     /// it because its node went down).
     Cancelled { consumer: ConsumerKey },
@@ -187,7 +242,10 @@ pub enum Effect {
 struct Message {
     id: u64,
     size: u32,
+    /// Failed deliveries: returned by its consumer with requeue.
     delivery_count: u32,
+    /// Delivered before (returned for any reason).
+    redelivered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,7 +279,10 @@ pub struct QuorumState {
     /// Consumers in service order: the front is served next.
     order: VecDeque<ConsumerKey>,
     enqueuers: BTreeMap<Enqueuer, u64>,
+    /// Publishes refused (`reject-publish`) whose enqueuer may send them again.
+    refused: BTreeMap<Enqueuer, BTreeSet<u64>>,
     ready_bytes: u64,
+    limits: Limits,
 }
 
 impl QuorumState {
@@ -232,22 +293,45 @@ impl QuorumState {
             Command::Enqueue {
                 enqueuer,
                 seq,
+                answered_below,
                 size,
                 ..
             } => {
-                let next = self.enqueuers.entry(enqueuer).or_insert(1);
+                let full = self.limits.reject_publish && self.would_overflow(size);
+                if let Some(refused) = self.refused.get_mut(&enqueuer) {
+                    *refused = refused.split_off(&answered_below);
+                    if refused.is_empty() {
+                        self.refused.remove(&enqueuer);
+                    }
+                }
+                let next = self.enqueuers.entry(enqueuer.clone()).or_insert(1);
                 if seq < *next {
-                    Reply::Enqueued(Enqueued::Duplicate)
+                    // Sent again: answered as the first time.
+                    let refused = self
+                        .refused
+                        .get(&enqueuer)
+                        .is_some_and(|refused| refused.contains(&seq));
+                    Reply::Enqueued(if refused {
+                        Enqueued::Rejected
+                    } else {
+                        Enqueued::Duplicate
+                    })
                 } else if seq > *next {
                     Reply::Enqueued(Enqueued::Gap { expected: *next })
+                } else if full {
+                    *next += 1;
+                    self.refused.entry(enqueuer).or_default().insert(seq);
+                    Reply::Enqueued(Enqueued::Rejected)
                 } else {
                     *next += 1;
                     self.ready.push_back(Message {
                         id: index,
                         size,
                         delivery_count: 0,
+                        redelivered: false,
                     });
                     self.ready_bytes += u64::from(size);
+                    self.drop_head_while_over_limit(effects);
                     Reply::Enqueued(Enqueued::Accepted)
                 }
             }
@@ -281,7 +365,7 @@ impl QuorumState {
                 }
             }
             Command::Cancel { consumer } => {
-                self.remove_consumer(&consumer);
+                self.remove_consumer(&consumer, effects);
                 Reply::Done
             }
             Command::Settle {
@@ -308,8 +392,12 @@ impl QuorumState {
                         consumer.checked_out.remove(&id);
                     }
                     settled += 1;
-                    if outcome == Outcome::Requeue {
-                        self.give_back(message);
+                    match outcome {
+                        Outcome::Ack => {}
+                        Outcome::Requeue => self.give_back(message, true, effects),
+                        Outcome::Discard => {
+                            self.dead_letter(message.id, Reason::Rejected, effects);
+                        }
                     }
                 }
                 Reply::Count(settled)
@@ -344,6 +432,7 @@ impl QuorumState {
                     Reply::Got(Some(Got {
                         id: message.id,
                         delivery_count: message.delivery_count,
+                        redelivered: message.redelivered,
                         remaining: self.messages(),
                         message: Bytes::new(),
                     }))
@@ -355,12 +444,15 @@ impl QuorumState {
                 connection,
                 channel,
             } => {
-                self.drop_owners(|owner| {
-                    owner.node == node
-                        && owner.incarnation == incarnation
-                        && owner.connection == connection
-                        && owner.channel == channel
-                });
+                self.drop_owners(
+                    |owner| {
+                        owner.node == node
+                            && owner.incarnation == incarnation
+                            && owner.connection == connection
+                            && owner.channel == channel
+                    },
+                    effects,
+                );
                 Reply::Done
             }
             Command::NodeDown { node, keep } => {
@@ -370,7 +462,10 @@ impl QuorumState {
                     .filter(|key| key.node == node && Some(key.incarnation) != keep)
                     .cloned()
                     .collect();
-                self.drop_owners(|owner| owner.node == node && Some(owner.incarnation) != keep);
+                self.drop_owners(
+                    |owner| owner.node == node && Some(owner.incarnation) != keep,
+                    effects,
+                );
                 for consumer in gone {
                     effects.push(Effect::Cancelled { consumer });
                 }
@@ -395,8 +490,13 @@ impl QuorumState {
                     if let Some(consumer) = self.consumers.get_mut(&owner) {
                         consumer.checked_out.remove(&id);
                     }
-                    self.give_back(message);
+                    self.give_back(message, false, effects);
                 }
+                Reply::Done
+            }
+            Command::Configure(limits) => {
+                self.limits = limits;
+                self.drop_head_while_over_limit(effects);
                 Reply::Done
             }
         };
@@ -437,12 +537,69 @@ impl QuorumState {
         self.returns.is_empty() && self.ready.is_empty() && self.checked.is_empty()
     }
 
-    fn give_back(&mut self, mut message: Message) {
-        message.delivery_count += 1;
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Returns a checked-out message to the ready ones; `failed` counts a failed delivery,
+    /// which past the delivery limit dead-letters it instead.
+    fn give_back(&mut self, mut message: Message, failed: bool, effects: &mut Vec<Effect>) {
+        message.redelivered = true;
+        if failed {
+            message.delivery_count = message.delivery_count.saturating_add(1);
+            if self
+                .limits
+                .delivery_limit
+                .is_some_and(|limit| message.delivery_count > limit)
+            {
+                self.dead_letter(message.id, Reason::DeliveryLimit, effects);
+                return;
+            }
+        }
         self.ready_bytes += u64::from(message.size);
         // Returned messages go out first, oldest first.
         let at = self.returns.partition_point(|m| m.id < message.id);
         self.returns.insert(at, message);
+    }
+
+    /// A message leaves the queue unconsumed.
+    fn dead_letter(&mut self, id: u64, reason: Reason, effects: &mut Vec<Effect>) {
+        if self.limits.dead_letter {
+            effects.push(Effect::DeadLetter { id, reason });
+        }
+    }
+
+    fn would_overflow(&self, size: u32) -> bool {
+        self.limits
+            .max_length
+            .is_some_and(|max| u64::from(self.messages()) + 1 > max)
+            || self
+                .limits
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes + u64::from(size) > max)
+    }
+
+    fn is_over_limit(&self) -> bool {
+        self.limits
+            .max_length
+            .is_some_and(|max| u64::from(self.messages()) > max)
+            || self
+                .limits
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes > max)
+    }
+
+    /// `drop-head`: the oldest ready messages go while the queue is over its limits.
+    fn drop_head_while_over_limit(&mut self, effects: &mut Vec<Effect>) {
+        if self.limits.reject_publish {
+            return;
+        }
+        while self.is_over_limit() {
+            let Some(message) = self.take_next() else {
+                return;
+            };
+            self.dead_letter(message.id, Reason::Maxlen, effects);
+        }
     }
 
     fn take_next(&mut self) -> Option<Message> {
@@ -454,24 +611,24 @@ impl QuorumState {
         Some(message)
     }
 
-    fn remove_consumer(&mut self, key: &ConsumerKey) {
+    fn remove_consumer(&mut self, key: &ConsumerKey, effects: &mut Vec<Effect>) {
         let Some(consumer) = self.consumers.remove(key) else {
             return;
         };
         self.order.retain(|k| k != key);
         for id in consumer.checked_out {
             if let Some((_, message)) = self.checked.remove(&id) {
-                self.give_back(message);
+                self.give_back(message, false, effects);
             }
         }
     }
 
     /// Removes the consumers `gone` picks and returns what they (and the channels' gets) held.
-    fn drop_owners(&mut self, gone: impl Fn(&ConsumerKey) -> bool) {
+    fn drop_owners(&mut self, gone: impl Fn(&ConsumerKey) -> bool, effects: &mut Vec<Effect>) {
         let consumers: Vec<ConsumerKey> =
             self.consumers.keys().filter(|k| gone(k)).cloned().collect();
         for consumer in consumers {
-            self.remove_consumer(&consumer);
+            self.remove_consumer(&consumer, effects);
         }
         let mut ids: Vec<u64> = self
             .checked
@@ -482,7 +639,7 @@ impl QuorumState {
         ids.sort_unstable();
         for id in ids {
             let (_, message) = self.checked.remove(&id).expect("listed");
-            self.give_back(message);
+            self.give_back(message, false, effects);
         }
     }
 
@@ -520,6 +677,7 @@ impl QuorumState {
                 consumer: key.clone(),
                 id: message.id,
                 delivery_count: message.delivery_count,
+                redelivered: message.redelivered,
                 needs_ack,
             });
             self.order.push_back(key);

@@ -66,8 +66,17 @@ pub trait Machine: Send + 'static {
     }
     /// Replaces the state with a snapshot's.
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
-    /// The group has a new leader (or none); `leading` says whether it is this member.
-    fn leader_changed(&mut self, _term: u64, _leader: Option<MemberId>, _leading: bool) {}
+    /// The group has a new leader (or none); `leading` says whether it is this member. A new
+    /// leader appends the commands returned at once, before any proposal it takes: what the
+    /// machine must have before anything else (its settings in a new group, a takeover).
+    fn leader_changed(
+        &mut self,
+        _term: u64,
+        _leader: Option<MemberId>,
+        _leading: bool,
+    ) -> Vec<Bytes> {
+        Vec::new()
+    }
 }
 
 /// Builds the machine of a group found on disk at start, or `None` for a group the node no

@@ -863,9 +863,16 @@ impl Runner {
                 apply(store, outbox, group, member, index)?;
             }
             Action::Leader { term, leader } => {
-                member
-                    .machine
-                    .leader_changed(term, leader, leader == Some(me));
+                let leading = leader == Some(me);
+                let commands = member.machine.leader_changed(term, leader, leading);
+                // Appended before any proposal this leader takes (they come after this action);
+                // nobody waits for their answers.
+                if leading
+                    && !commands.is_empty()
+                    && let Err(error) = append(member, &commands)
+                {
+                    tracing::warn!("group {group}: a new leader's commands: {error:?}");
+                }
             }
         }
         Ok(())

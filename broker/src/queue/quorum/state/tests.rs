@@ -25,6 +25,8 @@ struct Log {
     state: QuorumState,
     index: u64,
     effects: Vec<Effect>,
+    /// Dead letters seen by `delivered`.
+    dead: Vec<(u64, Reason)>,
 }
 
 impl Log {
@@ -38,9 +40,14 @@ impl Log {
     }
 
     fn publish(&mut self, node: &str, seq: u64) -> Reply {
+        self.publish_answered(node, seq, 1)
+    }
+
+    fn publish_answered(&mut self, node: &str, seq: u64, answered_below: u64) -> Reply {
         self.apply(Command::Enqueue {
             enqueuer: enqueuer(node),
             seq,
+            answered_below,
             message: Bytes::from_static(b"body"),
             size: 4,
         })
@@ -83,8 +90,16 @@ impl Log {
                     delivery_count,
                 )),
                 Effect::Cancelled { .. } => None,
+                Effect::DeadLetter { id, reason } => {
+                    self.dead.push((id, reason));
+                    None
+                }
             })
             .collect()
+    }
+
+    fn configure(&mut self, limits: Limits) {
+        assert_eq!(self.apply(Command::Configure(limits)), Reply::Done);
     }
 }
 
@@ -225,10 +240,21 @@ fn a_new_leader_delivers_every_unsettled_message_again() {
     }
     assert_eq!(log.delivered().len(), 4);
     log.apply(Command::Leader);
-    let again = log.delivered();
-    assert_eq!(again.len(), 4);
-    assert!(again.iter().all(|(_, _, count)| *count == 1), "{again:?}");
-    let mut ids: Vec<u64> = again.iter().map(|(_, id, _)| *id).collect();
+    let mut ids = Vec::new();
+    for effect in std::mem::take(&mut log.effects) {
+        let Effect::Deliver {
+            id,
+            delivery_count,
+            redelivered,
+            ..
+        } = effect
+        else {
+            panic!("{effect:?}")
+        };
+        // Redelivered, but no delivery failed: the delivery limit is not nearer.
+        assert!(redelivered && delivery_count == 0);
+        ids.push(id);
+    }
     ids.sort_unstable();
     assert_eq!(ids, vec![3, 4, 5, 6]);
 }
@@ -273,4 +299,129 @@ fn get_purge_stats_and_exclusive_consumers() {
     assert_eq!(reply, Reply::Done);
     let reply = log.checkout(&consumer("a", 2, "second"), 0, false, 10);
     assert!(matches!(reply, Reply::Error(403, _)), "{reply:?}");
+}
+
+#[test]
+fn failed_deliveries_past_the_limit_dead_letter_the_message() {
+    let mut log = Log::default();
+    log.configure(Limits {
+        delivery_limit: Some(2),
+        dead_letter: true,
+        ..Limits::default()
+    });
+    log.publish("a", 1);
+    log.publish("a", 2);
+    let one = consumer("a", 1, "one");
+    log.checkout(&one, 1, false, 100);
+    assert_eq!(log.delivered(), vec![("one".into(), 2, 0)]);
+    // A closed channel is no failed delivery: the count stays.
+    log.apply(Command::ChannelDown {
+        node: "a".into(),
+        incarnation: 1,
+        connection: 7,
+        channel: 1,
+    });
+    log.checkout(&one, 1, false, 100);
+    assert_eq!(log.delivered(), vec![("one".into(), 2, 0)]);
+    log.settle(1, vec![2], Outcome::Requeue);
+    assert_eq!(log.delivered(), vec![("one".into(), 2, 1)]);
+    log.settle(1, vec![2], Outcome::Requeue);
+    assert_eq!(log.delivered(), vec![("one".into(), 2, 2)]);
+    // The third failure is one past the limit: dead-lettered, and the next goes out.
+    log.settle(1, vec![2], Outcome::Requeue);
+    assert_eq!(log.delivered(), vec![("one".into(), 3, 0)]);
+    assert_eq!(log.dead, vec![(2, Reason::DeliveryLimit)]);
+    assert_eq!(log.state.live(), [3].into_iter().collect());
+    // A rejection without requeue dead-letters too.
+    log.settle(1, vec![3], Outcome::Discard);
+    assert!(log.delivered().is_empty());
+    assert_eq!(log.dead[1], (3, Reason::Rejected));
+    assert!(log.state.is_empty());
+}
+
+#[test]
+fn without_a_dead_letter_exchange_what_leaves_is_dropped() {
+    let mut log = Log::default();
+    log.configure(Limits {
+        delivery_limit: Some(0),
+        ..Limits::default()
+    });
+    log.publish("a", 1);
+    let one = consumer("a", 1, "one");
+    log.checkout(&one, 1, false, 100);
+    log.delivered();
+    log.settle(1, vec![2], Outcome::Requeue);
+    assert!(log.delivered().is_empty());
+    assert!(log.dead.is_empty());
+    assert!(log.state.is_empty());
+}
+
+#[test]
+fn drop_head_dead_letters_the_oldest_ready_messages() {
+    let mut log = Log::default();
+    log.configure(Limits {
+        max_length: Some(2),
+        max_length_bytes: Some(10),
+        dead_letter: true,
+        ..Limits::default()
+    });
+    for seq in 1..=3 {
+        assert_eq!(log.publish("a", seq), Reply::Enqueued(Enqueued::Accepted));
+    }
+    log.delivered();
+    assert_eq!(log.dead, vec![(2, Reason::Maxlen)]);
+    assert_eq!(log.state.messages(), 2);
+    // Checked-out messages do not count: the limit is on ready ones.
+    let one = consumer("a", 1, "one");
+    log.checkout(&one, 1, false, 100);
+    assert_eq!(log.delivered(), vec![("one".into(), 3, 0)]);
+    log.publish("a", 4);
+    assert_eq!(log.state.messages(), 2);
+    assert_eq!(log.dead.len(), 1);
+    // The bytes limit: three 4-byte bodies are over 10.
+    log.configure(Limits {
+        max_length: None,
+        max_length_bytes: Some(10),
+        dead_letter: true,
+        ..Limits::default()
+    });
+    log.publish("a", 5);
+    log.delivered();
+    assert_eq!(log.state.messages(), 2);
+    assert_eq!(log.dead, vec![(2, Reason::Maxlen), (4, Reason::Maxlen)]);
+    // Lowering a limit drops at once.
+    log.configure(Limits {
+        max_length: Some(0),
+        dead_letter: true,
+        ..Limits::default()
+    });
+    assert_eq!(log.state.messages(), 0);
+    assert_eq!(log.dead.len(), 2, "not yet seen");
+    log.delivered();
+    assert_eq!(log.dead.len(), 4);
+}
+
+#[test]
+fn reject_publish_refuses_what_goes_over_and_takes_again_once_there_is_room() {
+    let mut log = Log::default();
+    log.configure(Limits {
+        max_length: Some(1),
+        reject_publish: true,
+        dead_letter: true,
+        ..Limits::default()
+    });
+    assert_eq!(log.publish("a", 1), Reply::Enqueued(Enqueued::Accepted));
+    assert_eq!(log.publish("a", 2), Reply::Enqueued(Enqueued::Rejected));
+    // A refused publish used its number; sent again (its answer was lost) it is refused
+    // again, not taken for a duplicate of something the queue holds.
+    assert_eq!(log.publish("a", 2), Reply::Enqueued(Enqueued::Rejected));
+    let one = consumer("a", 1, "one");
+    log.checkout(&one, 1, false, 100);
+    assert_eq!(log.delivered(), vec![("one".into(), 2, 0)]);
+    assert_eq!(log.publish("a", 3), Reply::Enqueued(Enqueued::Accepted));
+    assert!(
+        log.dead.is_empty(),
+        "refused publishes are not dead-lettered"
+    );
+    assert_eq!(log.state.live(), [2, 6].into_iter().collect());
 }
