@@ -208,25 +208,7 @@ pub fn parse(
         config.max_priority = Some(priority.clamp(1, 255) as u8);
     }
     if let Some(value) = get("x-overflow") {
-        config.overflow = match value {
-            FieldValue::LongString(text) => match text.as_bytes() {
-                b"drop-head" => Overflow::DropHead,
-                b"reject-publish" => Overflow::RejectPublish,
-                b"reject-publish-dlx" => Overflow::RejectPublishDlx,
-                _ => {
-                    return Err(invalid(
-                        "x-overflow",
-                        Invalid::Term("invalid_overflow".into()),
-                    ));
-                }
-            },
-            other => {
-                return Err(invalid(
-                    "x-overflow",
-                    Invalid::Term(format!("{{unacceptable_type,{}}}", type_name(other))),
-                ));
-            }
-        };
+        config.overflow = overflow(value).map_err(|why| invalid("x-overflow", why))?;
     }
     if let Some(value) = get("x-queue-mode") {
         match value {
@@ -296,6 +278,22 @@ pub fn parse(
         }
     }
     Ok(config)
+}
+
+/// Reads `x-overflow`: `drop-head`, `reject-publish` or `reject-publish-dlx`.
+fn overflow(value: &FieldValue) -> Result<Overflow, Invalid> {
+    match value {
+        FieldValue::LongString(text) => match text.as_bytes() {
+            b"drop-head" => Ok(Overflow::DropHead),
+            b"reject-publish" => Ok(Overflow::RejectPublish),
+            b"reject-publish-dlx" => Ok(Overflow::RejectPublishDlx),
+            _ => Err(Invalid::Term("invalid_overflow".into())),
+        },
+        other => Err(Invalid::Term(format!(
+            "{{unacceptable_type,{}}}",
+            type_name(other)
+        ))),
+    }
 }
 
 /// Checks `x-queue-leader-locator`: `client-local` or `balanced`.
@@ -405,30 +403,13 @@ fn parse_quorum(
                     Some(non_negative(value).map_err(|why| invalid("x-max-length-bytes", why))?);
             }
             "x-overflow" => {
-                config.overflow = match value {
-                    FieldValue::LongString(text) => match text.as_bytes() {
-                        b"drop-head" => Overflow::DropHead,
-                        b"reject-publish" => Overflow::RejectPublish,
-                        b"reject-publish-dlx" => {
-                            return Err(AmqpError::precondition_failed(format!(
-                                "invalid arg 'x-overflow' for {resource}: reject-publish-dlx \
-                                 is not supported by quorum queues"
-                            )));
-                        }
-                        _ => {
-                            return Err(invalid(
-                                "x-overflow",
-                                Invalid::Term("invalid_overflow".into()),
-                            ));
-                        }
-                    },
-                    other => {
-                        return Err(invalid(
-                            "x-overflow",
-                            Invalid::Term(format!("{{unacceptable_type,{}}}", type_name(other))),
-                        ));
-                    }
-                };
+                config.overflow = overflow(value).map_err(|why| invalid("x-overflow", why))?;
+                if config.overflow == Overflow::RejectPublishDlx {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid arg 'x-overflow' for {resource}: reject-publish-dlx \
+                         is not supported by quorum queues"
+                    )));
+                }
             }
             key if NOT_QUORUM_ARGUMENTS.contains(&key) => {
                 return Err(AmqpError::precondition_failed(format!(
