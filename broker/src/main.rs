@@ -80,6 +80,10 @@ async fn run(config: Config) -> ExitCode {
         config.node_name,
         config.data_dir.display()
     );
+    // Listened for before the node starts: the node says it listens (and a supervisor may
+    // send SIGTERM) before `Node::start` returns, and an unhandled SIGTERM would kill it
+    // without a clean shutdown.
+    let signals = Signals::listen();
     let node = match Node::start(config).await {
         Ok(node) => node,
         Err(error) => {
@@ -93,31 +97,49 @@ async fn run(config: Config) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         node.amqp_addresses()
     );
-    wait_for_signal().await;
+    signals.wait().await;
     node.shutdown(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered once so that one arriving at any time after is kept.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = terminate.recv() => tracing::info!("received SIGTERM"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+    listening: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listening = signal(SignalKind::terminate())
+                .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)));
+            match listening {
+                Ok(listening) => Signals {
+                    listening: Some(listening),
+                },
+                Err(error) => {
+                    tracing::warn!("cannot listen for SIGTERM and SIGINT: {error}");
+                    Signals { listening: None }
                 }
             }
-            Err(error) => {
-                tracing::warn!("cannot listen for SIGTERM: {error}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut terminate, mut interrupt)) = self.listening {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("received SIGTERM"),
+                _ = interrupt.recv() => tracing::info!("received SIGINT"),
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("received SIGINT");
     }
 }
