@@ -52,6 +52,78 @@ pub enum ControlRequest {
     /// Whether the node is healthy as a cluster member: it runs, is clustered with the node
     /// its peer discovery backend names as seed, and sees no partition.
     HealthCheck,
+    /// Which quorum queues (and the metadata store) would lose their majority if the node
+    /// stopped (`rabbitmq-queues check_if_node_is_quorum_critical`).
+    QuorumCritical,
+    /// Add a member of quorum queue `queue` on `node` (`rabbitmq-queues add_member`).
+    AddMember {
+        vhost: String,
+        queue: String,
+        node: String,
+    },
+    /// Remove the member of `queue` on `node` (`rabbitmq-queues delete_member`).
+    DeleteMember {
+        vhost: String,
+        queue: String,
+        node: String,
+    },
+    /// Add a member on `node` to the quorum queues that have none there and match
+    /// (`rabbitmq-queues grow`): all of them, or (`even`) those with an even number of members.
+    Grow {
+        node: String,
+        even: bool,
+        vhost_pattern: String,
+        queue_pattern: String,
+    },
+    /// Remove `node`'s member from every quorum queue that has one (`rabbitmq-queues shrink`).
+    Shrink { node: String },
+    /// The queues of `vhost` with these columns (`rabbitmqctl list_queues`).
+    ListQueues { vhost: String, columns: Vec<String> },
+    /// Spread the leaders of the matching quorum queues over the running nodes
+    /// (`rabbitmq-queues rebalance quorum`).
+    Rebalance {
+        vhost_pattern: String,
+        queue_pattern: String,
+    },
+}
+
+/// One queue's outcome in `grow` or `shrink`, as `rabbitmq-queues` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChange {
+    pub vhost: String,
+    pub name: String,
+    /// Its members after the change (before it, when it failed; `None`: not known).
+    pub size: Option<usize>,
+    /// `ok`, or `error: ...`.
+    pub result: String,
+}
+
+/// RabbitMQ's reason when stopping the node would cost a quorum queue its majority.
+pub const QUORUM_CRITICAL: &str =
+    "There are quorum queues that would lose their quorum if the target node is shut down";
+
+/// What would lose its majority if the node stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumCriticalReport {
+    /// The node answering.
+    pub node: String,
+    /// Whether the cluster has this node alone (nothing to lose a majority to).
+    pub single_node: bool,
+    /// What is critical, in RabbitMQ's shape.
+    pub critical: Vec<QuorumCritical>,
+}
+
+/// A quorum queue, or a component of the node (the metadata store), that has only a bare
+/// majority of its members online, this node among them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumCritical {
+    /// `queue 'q' in vhost '/'`, or the component's name.
+    pub readable_name: String,
+    pub name: String,
+    /// The queue's vhost; `-` for a component.
+    pub virtual_host: String,
+    /// `quorum`, or `process` for a component.
+    pub kind: String,
 }
 
 /// What a health check found.
@@ -114,6 +186,15 @@ pub enum ControlResponse {
     Links(Vec<String>),
     /// A health check's findings.
     Health(HealthReport),
+    /// What would lose its majority if the node stopped.
+    QuorumCritical(QuorumCriticalReport),
+    /// What `grow` or `shrink` did to each queue.
+    MemberChanges(Vec<MemberChange>),
+    /// A table: its columns and rows (`list_queues`).
+    Table {
+        columns: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
 }
 
 /// Encodes a control message.

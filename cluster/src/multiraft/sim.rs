@@ -807,3 +807,43 @@ fn a_learner_is_promoted_once_caught_up_and_a_snapshot_reaches_it() {
     );
     assert_eq!(sim.nodes[&4].machine, sim.nodes[&leader].machine);
 }
+
+/// A learner that catches up while its own addition is still being committed (its promotion is
+/// refused then) is promoted anyway once the group is idle: heartbeat answers try again.
+#[test]
+fn a_learner_caught_up_before_its_addition_commits_is_promoted_in_an_idle_group() {
+    for seed in 1..=20 {
+        let mut sim = Sim::new(seed, 3, 1);
+        while sim.leader().is_none() {
+            sim.step();
+        }
+        let leader = sim.leader().expect("leader");
+        for _ in 0..5 {
+            sim.propose(leader);
+            sim.step();
+        }
+        for _ in 0..50 {
+            sim.step();
+        }
+        let raft = sim
+            .nodes
+            .get_mut(&leader)
+            .expect("node")
+            .raft
+            .as_mut()
+            .expect("runs");
+        raft.change_membership(MembershipChange::AddLearner(4))
+            .expect("leader adds a learner");
+        sim.process(leader);
+        for _ in 0..400 {
+            sim.step();
+        }
+        let Some(leader) = sim.leader() else { continue };
+        let raft = sim.nodes[&leader].raft.as_ref().expect("runs");
+        assert!(
+            raft.membership().voters.contains(&4),
+            "seed {seed}: {:?}",
+            raft.membership()
+        );
+    }
+}

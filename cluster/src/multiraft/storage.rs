@@ -86,8 +86,9 @@ pub struct Snapshot {
     pub meta: SnapshotMeta,
     /// The machine's state.
     pub data: Bytes,
-    /// Entries at or before `meta.index` the machine still needs.
-    pub live: BTreeSet<u64>,
+    /// Entries at or before `meta.index` the machine still needs, ascending (a sorted list
+    /// costs 8 bytes an entry; a queue's backlog may name millions).
+    pub live: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,13 +152,13 @@ impl Recovery {
                 live,
                 reset,
             } => {
-                let live: BTreeSet<u64> = live.into_iter().collect();
+                let live = sorted(live);
                 if reset {
                     replayed.entries.split_off(&(meta.index + 1));
                 }
                 replayed
                     .entries
-                    .retain(|index, _| *index > meta.index || live.contains(index));
+                    .retain(|index, _| *index > meta.index || live.binary_search(index).is_ok());
                 replayed.commit = replayed.commit.max(meta.index);
                 replayed.snapshot = Some((Snapshot { meta, data, live }, position));
             }
@@ -193,16 +194,25 @@ struct Slot {
     position: Option<Position>,
     /// The record's tag: a write reported for another tag than the slot's is a dead record.
     tag: u64,
-    cached: Option<Payload>,
 }
 
 #[derive(Debug, Default)]
 struct Group {
     hard: Option<Position>,
+    /// The snapshot the group stands on; once it is on disk (`on_disk`), only its meta stays
+    /// in memory (a backlog's snapshot names millions of live entries).
     snapshot: Snapshot,
     snapshot_at: Option<Position>,
+    /// The tag of the write of `snapshot`.
+    snapshot_tag: u64,
+    /// Whether `snapshot`'s data and live list were dropped from memory (they are at
+    /// `snapshot_at`).
+    on_disk: bool,
     /// Entries after the snapshot, and the live ones at or before it.
-    entries: BTreeMap<u64, Slot>,
+    entries: slots::Slots<Slot>,
+    /// The payloads of the entries kept in memory (not written yet, or recent): apart from
+    /// the slots, so that the many entries read back from disk cost only their slot.
+    cache: BTreeMap<u64, Payload>,
     /// Tags of durable writes not reported yet.
     outstanding: BTreeSet<u64>,
     /// Records to release once every write up to the tag is done.
@@ -219,6 +229,13 @@ struct Group {
 }
 
 impl Group {
+    /// `snapshot` is on disk at `snapshot_at`: its state and live list leave memory.
+    fn snapshot_written(&mut self) {
+        self.snapshot.data = Bytes::new();
+        self.snapshot.live = Vec::new();
+        self.on_disk = true;
+    }
+
     fn durable_through(&self, tag: u64) -> bool {
         self.outstanding.first().is_none_or(|first| *first > tag)
     }
@@ -230,30 +247,23 @@ impl Group {
     /// Keeps an entry just pushed under `tag` (in memory until it is written), in place of any
     /// entry at its index.
     fn insert_pending(&mut self, tag: u64, entry: &Entry) {
-        self.cached_bytes += u64::from(entry.payload.size());
-        self.cached_from = self.cached_from.min(entry.index);
         let slot = Slot {
             term: entry.term,
             position: None,
             tag,
-            cached: Some(entry.payload.clone()),
         };
         if let Some(old) = self.entries.insert(entry.index, slot) {
-            self.remove_slot(old);
+            self.remove_slot(entry.index, old);
         }
+        self.cached_bytes += u64::from(entry.payload.size());
+        self.cached_from = self.cached_from.min(entry.index);
+        self.cache.insert(entry.index, entry.payload.clone());
     }
 
     /// Drops the entries in `range` that `stale` picks.
     fn drop_entries(&mut self, range: impl RangeBounds<u64>, stale: impl Fn(u64) -> bool) {
-        let indexes: Vec<u64> = self
-            .entries
-            .range(range)
-            .map(|(index, _)| *index)
-            .filter(|index| stale(*index))
-            .collect();
-        for index in indexes {
-            let slot = self.entries.remove(&index).expect("listed above");
-            self.remove_slot(slot);
+        for (index, slot) in self.entries.remove_where(range, stale) {
+            self.remove_slot(index, slot);
         }
     }
 
@@ -265,25 +275,32 @@ impl Group {
             return;
         }
         let mut next_from = index.saturating_add(1);
-        for (at, slot) in self.entries.range_mut(self.cached_from..=index) {
-            let Some(payload) = &slot.cached else {
-                continue;
-            };
-            if self.cached_bytes > target && slot.position.is_some() {
-                self.cached_bytes -= u64::from(payload.size());
-                slot.cached = None;
+        let mut dropped = Vec::new();
+        let mut bytes = self.cached_bytes;
+        for (at, payload) in self.cache.range(self.cached_from..=index) {
+            let written = self
+                .entries
+                .get(*at)
+                .is_some_and(|slot| slot.position.is_some());
+            if bytes > target && written {
+                bytes -= u64::from(payload.size());
+                dropped.push(*at);
             } else {
                 next_from = next_from.min(*at);
-                if self.cached_bytes <= target {
+                if bytes <= target {
                     break;
                 }
             }
         }
+        for at in dropped {
+            self.cache.remove(&at);
+        }
+        self.cached_bytes = bytes;
         self.cached_from = self.cached_from.max(next_from);
     }
 
-    fn remove_slot(&mut self, slot: Slot) {
-        if let Some(cached) = &slot.cached {
+    fn remove_slot(&mut self, index: u64, slot: Slot) {
+        if let Some(cached) = self.cache.remove(&index) {
             self.cached_bytes -= u64::from(cached.size());
         }
         // An unwritten slot's record is released when its write is reported.
@@ -351,8 +368,13 @@ impl GroupStore {
                 continue;
             };
             let mut group = Group {
-                snapshot: snapshot.clone(),
+                snapshot: Snapshot {
+                    meta: snapshot.meta.clone(),
+                    data: Bytes::new(),
+                    live: Vec::new(),
+                },
                 snapshot_at: Some(snapshot_at),
+                on_disk: true,
                 ..Group::default()
             };
             wal.retain(Stream::Groups, snapshot_at, id);
@@ -385,7 +407,6 @@ impl GroupStore {
                         term: found.term,
                         position: Some(found.position),
                         tag: 0,
-                        cached: None,
                     },
                 );
             }
@@ -447,10 +468,10 @@ impl GroupStore {
                 membership,
             },
             data,
-            live: BTreeSet::new(),
+            live: Vec::new(),
         };
         self.groups.insert(id, Group::default());
-        self.push(
+        let tag = self.push(
             id,
             Kind::Snapshot { compaction: false },
             BodyRef::Snapshot {
@@ -461,7 +482,9 @@ impl GroupStore {
             },
             true,
         );
-        self.group(id).snapshot = snapshot;
+        let group = self.group(id);
+        group.snapshot = snapshot;
+        group.snapshot_tag = tag;
     }
 
     fn group(&mut self, id: GroupId) -> &mut Group {
@@ -515,24 +538,25 @@ impl GroupStore {
             );
             self.group(id).insert_pending(tag, entry);
         }
-        let live_list: Vec<u64> = snapshot.live.iter().copied().collect();
-        self.push(
+        let tag = self.push(
             id,
             Kind::Snapshot { compaction: false },
             BodyRef::Snapshot {
                 meta: &snapshot.meta,
                 data: &snapshot.data,
-                live: &live_list,
+                live: &snapshot.live,
                 reset: true,
             },
             true,
         );
         let group = self.group(id);
-        group.drop_entries(.., |index| !snapshot.live.contains(&index));
+        group.drop_entries(.., |index| snapshot.live.binary_search(&index).is_err());
         if let Some(position) = group.snapshot_at.take() {
             group.release_later(position);
         }
         group.snapshot = snapshot;
+        group.snapshot_tag = tag;
+        group.on_disk = false;
         group.compacting = None;
     }
 
@@ -544,14 +568,13 @@ impl GroupStore {
         if group.compacting.is_some() || snapshot.meta.index <= group.snapshot.meta.index {
             return false;
         }
-        let live_list: Vec<u64> = snapshot.live.iter().copied().collect();
         let tag = self.push(
             id,
             Kind::Snapshot { compaction: true },
             BodyRef::Snapshot {
                 meta: &snapshot.meta,
                 data: &snapshot.data,
-                live: &live_list,
+                live: &snapshot.live,
                 reset: false,
             },
             true,
@@ -578,9 +601,41 @@ impl GroupStore {
         group.compacting = None;
     }
 
-    /// The snapshot the group stands on.
-    pub fn snapshot(&self, id: GroupId) -> Option<&Snapshot> {
-        self.groups.get(&id).map(|group| &group.snapshot)
+    /// The snapshot the group stands on, read back from disk once it was written there.
+    pub fn snapshot(&self, id: GroupId) -> Result<Snapshot, String> {
+        let group = self
+            .groups
+            .get(&id)
+            .ok_or_else(|| format!("group {id} is not on this node"))?;
+        if !group.on_disk {
+            return Ok(group.snapshot.clone());
+        }
+        let position = group
+            .snapshot_at
+            .ok_or_else(|| format!("group {id}: its snapshot is not written"))?;
+        let bytes = self
+            .reader
+            .read(position)
+            .map_err(|error| format!("group {id}: its snapshot: {error}"))?;
+        match decode(&bytes) {
+            Ok((
+                group_id,
+                Body::Snapshot {
+                    meta, data, live, ..
+                },
+            )) if group_id == id && meta.index == group.snapshot.meta.index => Ok(Snapshot {
+                meta,
+                data,
+                live: sorted(live),
+            }),
+            Ok(_) => Err(format!("group {id}: another record where its snapshot was")),
+            Err(error) => Err(format!("group {id}: its snapshot: {error}")),
+        }
+    }
+
+    /// The meta of the snapshot the group stands on.
+    pub fn snapshot_meta(&self, id: GroupId) -> Option<&SnapshotMeta> {
+        self.groups.get(&id).map(|group| &group.snapshot.meta)
     }
 
     /// The entry at `index`, from memory or from disk.
@@ -591,9 +646,9 @@ impl GroupStore {
             .ok_or_else(|| format!("group {id} is not on this node"))?;
         let slot = group
             .entries
-            .get(&index)
+            .get(index)
             .ok_or_else(|| format!("group {id} has no entry {index}"))?;
-        if let Some(payload) = &slot.cached {
+        if let Some(payload) = group.cache.get(&index) {
             return Ok(Entry {
                 index,
                 term: slot.term,
@@ -640,7 +695,14 @@ impl GroupStore {
             .range(group.snapshot.meta.index + 1..)
             .rev()
             .find(|(_, slot)| slot.position.is_some() && slot.tag < first_outstanding)
-            .map(|(index, slot)| (*index, slot.term))
+            .map(|(index, slot)| (index, slot.term))
+    }
+
+    /// The index of the group's last entry (or of its snapshot, with no entry after it).
+    pub fn last_index(&self, id: GroupId) -> Option<u64> {
+        let group = self.groups.get(&id)?;
+        let last = group.entries.last_index().unwrap_or(0);
+        Some(last.max(group.snapshot.meta.index))
     }
 
     /// The last tag pushed for the group: a promise made now waits until it is done.
@@ -694,7 +756,7 @@ impl GroupStore {
             let owned = !matches!(kind, Kind::Other);
             let mut dead = false;
             match kind {
-                Kind::Entry { index } => match group.entries.get_mut(&index) {
+                Kind::Entry { index } => match group.entries.get_mut(index) {
                     Some(slot) if slot.tag == done.tag => slot.position = Some(position),
                     _ => dead = true,
                 },
@@ -711,8 +773,11 @@ impl GroupStore {
                     match (compaction, pending) {
                         (true, Some(snapshot)) => {
                             let index = snapshot.meta.index;
-                            group.drop_entries(..=index, |i| !snapshot.live.contains(&i));
+                            group.drop_entries(..=index, |i| {
+                                snapshot.live.binary_search(&i).is_err()
+                            });
                             group.snapshot = snapshot;
+                            group.snapshot_written();
                             if let Some(old) = group.snapshot_at.replace(position) {
                                 group.release_later(old);
                             }
@@ -723,8 +788,13 @@ impl GroupStore {
                         (false, _) => {
                             if group.deleted {
                                 dead = true;
-                            } else if let Some(old) = group.snapshot_at.replace(position) {
-                                group.release_later(old);
+                            } else {
+                                if let Some(old) = group.snapshot_at.replace(position) {
+                                    group.release_later(old);
+                                }
+                                if group.snapshot_tag == done.tag {
+                                    group.snapshot_written();
+                                }
                             }
                         }
                     }
@@ -773,5 +843,13 @@ impl GroupStore {
     }
 }
 
+/// `list` sorted and without repeats, as [`Snapshot::live`] is kept.
+pub fn sorted(mut list: Vec<u64>) -> Vec<u64> {
+    list.sort_unstable();
+    list.dedup();
+    list
+}
+
+mod slots;
 #[cfg(test)]
 mod tests;

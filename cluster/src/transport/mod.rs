@@ -82,6 +82,43 @@ pub enum TransportError {
     },
 }
 
+/// Registers a request on `link` and queues it for sending (by `deadline`, when given): its id
+/// and the wait for its response. Not sent, it is unregistered again.
+async fn put_request(
+    link: &Link,
+    to: &NodeName,
+    service: u16,
+    body: Bytes,
+    deadline: Option<Instant>,
+) -> Result<(u64, oneshot::Receiver<Result<Bytes, TransportError>>), TransportError> {
+    let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+    let (sender, receiver) = oneshot::channel();
+    link.pending.lock().insert(id, sender);
+    let sent = if link.closed.load(Ordering::Acquire) {
+        Err(TransportError::Lost(to.clone()))
+    } else {
+        let send = link.out.send(Frame::Request { id, service, body });
+        let queued = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, send)
+                .await
+                .map_err(|_| TransportError::Timeout(to.clone())),
+            None => Ok(send.await),
+        };
+        queued.and_then(|sent| sent.map_err(|_| TransportError::Lost(to.clone())))
+    };
+    match sent {
+        Ok(()) => Ok((id, receiver)),
+        Err(error) => {
+            link.pending.lock().remove(&id);
+            Err(error)
+        }
+    }
+}
+
+/// The response to a request sent with [`Transport::start_request`].
+pub type PendingResponse =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, TransportError>> + Send>>;
+
 /// A link came up or went down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -331,6 +368,25 @@ impl Transport {
             .await
     }
 
+    /// Puts a request on its way, in order with what this node sends `to` after it, and returns
+    /// the wait for its response (which ends when the link goes down, without a timeout of its
+    /// own). An error means the request was not sent.
+    pub async fn start_request(
+        &self,
+        to: &NodeName,
+        service: u16,
+        body: Bytes,
+    ) -> Result<PendingResponse, TransportError> {
+        let link = self.link(to).await?;
+        let (_, receiver) = put_request(&link, to, service, body, None).await?;
+        let peer = to.clone();
+        Ok(Box::pin(async move {
+            receiver
+                .await
+                .unwrap_or_else(|_| Err(TransportError::Lost(peer)))
+        }))
+    }
+
     /// Sends a request and waits at most `timeout` for its response.
     pub async fn request_within(
         &self,
@@ -343,29 +399,7 @@ impl Transport {
         let link = tokio::time::timeout_at(deadline, self.link(to))
             .await
             .map_err(|_| TransportError::Timeout(to.clone()))??;
-        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = oneshot::channel();
-        link.pending.lock().insert(id, sender);
-        if link.closed.load(Ordering::Acquire) {
-            link.pending.lock().remove(&id);
-            return Err(TransportError::Lost(to.clone()));
-        }
-        let sent = tokio::time::timeout_at(
-            deadline,
-            link.out.send(Frame::Request { id, service, body }),
-        )
-        .await;
-        match sent {
-            Err(_) => {
-                link.pending.lock().remove(&id);
-                return Err(TransportError::Timeout(to.clone()));
-            }
-            Ok(Err(_)) => {
-                link.pending.lock().remove(&id);
-                return Err(TransportError::Lost(to.clone()));
-            }
-            Ok(Ok(())) => {}
-        }
+        let (id, receiver) = put_request(&link, to, service, body, Some(deadline)).await?;
         match tokio::time::timeout_at(deadline, receiver).await {
             Err(_) => {
                 link.pending.lock().remove(&id);

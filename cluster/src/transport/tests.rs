@@ -250,3 +250,29 @@ async fn tools_dial_without_listening_and_are_not_peers() {
     assert_eq!(&reply[..], b"warrenctl-1@a:status");
     assert!(a.connected().is_empty(), "a tool is not a cluster peer");
 }
+
+/// A request started in order with messages gets its answer later; one to a service the peer
+/// does not run (yet) is refused, so that its sender knows it was not taken.
+#[tokio::test]
+async fn started_requests_are_answered_or_refused_by_the_peer() {
+    let directory = Directory::default();
+    let (a, _) = node("warren@a", "COOKIE", &directory).await;
+    let (_b, b_echo) = node("warren@b", "COOKIE", &directory).await;
+    a.send(&name("warren@b"), 1, Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    let answered = a
+        .start_request(&name("warren@b"), 1, Bytes::from_static(b"second"))
+        .await
+        .unwrap();
+    assert_eq!(&answered.await.unwrap()[..], b"warren@a:second");
+    assert_eq!(b_echo.messages.lock()[0].1, Bytes::from_static(b"first"));
+    let refused = a
+        .start_request(&name("warren@b"), 99, Bytes::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused.await, Err(TransportError::Failed { .. })),
+        "a service the peer does not run refuses"
+    );
+}

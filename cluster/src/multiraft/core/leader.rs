@@ -200,6 +200,9 @@ impl Raft {
         pr.active = true;
         if pr.matched >= last {
             pr.stalled = 0;
+            // Caught up while its addition was being committed, a learner's promotion was
+            // refused; in an idle group only heartbeats answer after that.
+            self.maybe_promote(from);
             return;
         }
         if pr.stalled_at == pr.matched {

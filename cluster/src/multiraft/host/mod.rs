@@ -30,7 +30,6 @@
 //! - A write that fails stops the member (it cannot promise what is not on disk): its
 //!   proposals fail and it stays stopped until the node restarts.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,9 +55,9 @@ pub trait Machine: Send + 'static {
     fn apply(&mut self, index: u64, command: &[u8], log: &Log<'_>) -> Bytes;
     /// The state as applied so far, and the entries at or before the last applied index that
     /// the state still needs (they stay in the log; the others go once the snapshot is on
-    /// disk). An entry the state stopped needing is not released before that: a replay from
-    /// an older snapshot reads it again.
-    fn snapshot(&self) -> (Bytes, BTreeSet<u64>);
+    /// disk), ascending. An entry the state stopped needing is not released before that: a
+    /// replay from an older snapshot reads it again.
+    fn snapshot(&self) -> (Bytes, Vec<u64>);
     /// Whether the state needs no entry of the log (an empty queue): a snapshot then frees the
     /// whole log, so the host takes one early.
     fn drained(&self) -> bool {
@@ -144,6 +143,14 @@ pub enum GroupError {
     Exists(GroupId),
     #[error("the host is shut down")]
     Shutdown,
+    /// A membership change that changes nothing (the member is in, or out, already).
+    #[error("group {0} already has the membership asked for")]
+    Unchanged(GroupId),
+    /// Another membership change is still being committed (one at a time).
+    #[error("group {0} is committing another membership change")]
+    ChangeInProgress(GroupId),
+    #[error("the last voter of group {0} cannot be removed")]
+    LastVoter(GroupId),
 }
 
 /// A member's view of its group.
@@ -248,6 +255,14 @@ enum Request {
         group: GroupId,
         change: MembershipChange,
     },
+    /// A batch with forwarded proposals or answers in it, sent as a request so that the sender
+    /// learns when this node could not take it (its groups not started yet, or shut down):
+    /// a proposal lost that way would otherwise wait out its whole deadline.
+    Batch(Batch),
+    /// Hand the group's leadership (this node's member leads it) to `to`.
+    Transfer { group: GroupId, to: MemberId },
+    /// Who this node's member takes for the group's leader.
+    Leader { group: GroupId },
 }
 
 type Reply<T> = oneshot::Sender<Result<T, GroupError>>;
@@ -266,6 +281,11 @@ enum Input {
     Delete {
         group: GroupId,
         reply: Reply<()>,
+    },
+    Retire {
+        group: GroupId,
+        removed_at: u64,
+        reply: Reply<bool>,
     },
     Route {
         group: GroupId,
@@ -455,6 +475,39 @@ impl Host {
         self.ask(|reply| Input::Delete { group, reply }).await
     }
 
+    /// [`Host::delete`], taken in at once: a group created after this call is a new one.
+    pub fn delete_now(&self, group: GroupId) -> oneshot::Receiver<Result<(), GroupError>> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Input::Delete { reply, .. })) =
+            self.input.send(Input::Delete { group, reply })
+        {
+            let _ = reply.send(Err(GroupError::Shutdown));
+        }
+        answer
+    }
+
+    /// Deletes this node's member of a group that a membership change at index `removed_at`
+    /// of its log removed, unless the member's log goes past that change (it was added again
+    /// since: what it holds is what it voted on, and stays). Taken in at once; answers whether
+    /// the member was deleted.
+    pub fn retire_now(
+        &self,
+        group: GroupId,
+        removed_at: u64,
+    ) -> oneshot::Receiver<Result<bool, GroupError>> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Input::Retire { reply, .. })) =
+            self.input.send(Input::Retire {
+                group,
+                removed_at,
+                reply,
+            })
+        {
+            let _ = reply.send(Err(GroupError::Shutdown));
+        }
+        answer
+    }
+
     /// Tells the host where a group it has no member of lives, so that proposals made here
     /// find its leader (`None`: forget it).
     pub fn route(&self, group: GroupId, members: Option<Vec<MemberId>>) {
@@ -494,57 +547,95 @@ impl Host {
     }
 
     /// Changes the group's membership by one member, on its leader; returns the index of the
-    /// change once it is applied.
+    /// change once it is applied. Asked on a node without a member of the group, it goes to
+    /// the members named in `members` (the group's, as its record has them) until one leads
+    /// or names the leader.
     pub async fn change_membership(
         &self,
         group: GroupId,
         change: MembershipChange,
+        members: &[MemberId],
     ) -> Result<u64, GroupError> {
         let deadline = Instant::now() + self.config.propose_timeout;
+        let me = self.config.member;
+        let others: Vec<MemberId> = members.iter().copied().filter(|m| *m != me).collect();
+        // Whom to ask next (`None`: this node's member), and how many others were tried.
+        let mut target: Option<MemberId> = None;
+        let mut tried = 0;
         loop {
-            let local = self.ask(|reply| Input::Change {
-                group,
-                change,
-                reply,
-            });
-            let leader = match tokio::time::timeout_at(deadline, local).await {
-                Err(_) => return Err(GroupError::Timeout(group)),
-                Ok(Err(GroupError::NotLeader { leader, .. })) => leader,
-                Ok(Err(GroupError::NoLeader(_))) => None,
-                Ok(result) => return result,
-            };
-            let node = leader
-                .filter(|leader| *leader != self.config.member)
-                .and_then(|leader| (self.directory)(leader));
-            if let Some(node) = node {
-                let request = Request::Change { group, change };
-                let body = Bytes::from(
-                    postcard::to_stdvec(&request).expect("invariant: requests serialize"),
-                );
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self
-                    .transport
-                    .request_within(&node, GROUP_SERVICE, body, left)
-                    .await
-                {
-                    Ok(answer) => match postcard::from_bytes::<Result<u64, GroupError>>(&answer) {
-                        Ok(Err(GroupError::NotLeader { .. } | GroupError::NoLeader(_))) => {}
-                        Ok(result) => return result,
-                        Err(error) => {
-                            return Err(GroupError::Indeterminate(group, error.to_string()));
-                        }
-                    },
-                    // Nothing was sent: asking again cannot change it twice.
-                    Err(TransportError::Unreachable { .. }) => {}
-                    Err(TransportError::Timeout(_)) => return Err(GroupError::Timeout(group)),
-                    Err(error) => return Err(GroupError::Indeterminate(group, error.to_string())),
+            let asked = target;
+            let answer = match target.filter(|member| *member != me) {
+                None => {
+                    let local = self.ask(|reply| Input::Change {
+                        group,
+                        change,
+                        reply,
+                    });
+                    match tokio::time::timeout_at(deadline, local).await {
+                        Err(_) => return Err(GroupError::Timeout(group)),
+                        Ok(answer) => answer,
+                    }
                 }
+                Some(member) => match (self.directory)(member) {
+                    Some(node) => self.change_on(&node, group, change, deadline).await?,
+                    None => Err(GroupError::NoLeader(group)),
+                },
+            };
+            target = match answer {
+                Ok(index) => return Ok(index),
+                Err(GroupError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) if Some(leader) != asked => {
+                    // Straight on to the leader it names.
+                    target = Some(leader);
+                    continue;
+                }
+                Err(GroupError::Unknown(_)) if others.is_empty() => {
+                    return Err(GroupError::Unknown(group));
+                }
+                Err(error @ GroupError::Stopped(..)) if others.is_empty() => return Err(error),
+                // Between leaders, or asked where nobody knows the leader (a member that is
+                // joining knows none), or of a member stopped by a failed write: the members
+                // are asked in turn.
+                Err(
+                    GroupError::NotLeader { .. }
+                    | GroupError::NoLeader(_)
+                    | GroupError::Unknown(_)
+                    | GroupError::Stopped(..),
+                ) => {
+                    if others.is_empty() {
+                        None
+                    } else {
+                        let next = others[tried % others.len()];
+                        tried += 1;
+                        Some(next)
+                    }
+                }
+                Err(error) => return Err(error),
+            };
+            // After each round of the members, a pause.
+            if others.is_empty() || tried % others.len() == 0 {
+                tokio::time::sleep_until((Instant::now() + LEADER_WAIT).min(deadline)).await;
             }
-            tokio::time::sleep_until((Instant::now() + LEADER_WAIT).min(deadline)).await;
             if Instant::now() >= deadline {
                 return Err(GroupError::Timeout(group));
             }
         }
+    }
+
+    /// Asks the host on `node` to change the group's membership; `Err` when the outcome is
+    /// unknown, `Ok(Err)` when it was refused or not made (`NoLeader`: nothing was sent).
+    async fn change_on(
+        &self,
+        node: &NodeName,
+        group: GroupId,
+        change: MembershipChange,
+        deadline: Instant,
+    ) -> Result<Result<u64, GroupError>, GroupError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.remote(node, group, &Request::Change { group, change }, left)
+            .await
     }
 
     /// Hands the group's leadership to `to`, on this node's member if it leads.
@@ -554,6 +645,72 @@ impl Host {
         to: MemberId,
     ) -> Result<(), GroupError> {
         self.ask(|reply| Input::Transfer { group, to, reply }).await
+    }
+
+    /// Hands the group's leadership from `leader` (on whichever node) to `to`; answers once
+    /// the leader has started the hand-over (see [`Host::leader`] for its end).
+    pub async fn transfer_leadership_from(
+        &self,
+        group: GroupId,
+        leader: MemberId,
+        to: MemberId,
+    ) -> Result<(), GroupError> {
+        if leader == self.config.member {
+            return self.transfer_leadership(group, to).await;
+        }
+        let node = (self.directory)(leader).ok_or(GroupError::NoLeader(group))?;
+        let request = Request::Transfer { group, to };
+        self.remote::<()>(&node, group, &request, self.config.propose_timeout)
+            .await?
+    }
+
+    /// The group's leader, as this node's member sees it, or else as the first of `members`
+    /// that answers and knows one does.
+    pub async fn leader(&self, group: GroupId, members: &[MemberId]) -> Option<MemberId> {
+        if let Some(status) = self.status(group).await {
+            return status.leader;
+        }
+        for member in members
+            .iter()
+            .filter(|member| **member != self.config.member)
+        {
+            let Some(node) = (self.directory)(*member) else {
+                continue;
+            };
+            let request = Request::Leader { group };
+            let wait = self.config.propose_timeout.min(Duration::from_secs(2));
+            if let Ok(Ok(Some(leader))) = self
+                .remote::<Option<MemberId>>(&node, group, &request, wait)
+                .await
+            {
+                return Some(leader);
+            }
+        }
+        None
+    }
+
+    /// Asks the host on `node`; `Err` when no answer came.
+    async fn remote<T: serde::de::DeserializeOwned>(
+        &self,
+        node: &NodeName,
+        group: GroupId,
+        request: &Request,
+        wait: Duration,
+    ) -> Result<Result<T, GroupError>, GroupError> {
+        let body =
+            Bytes::from(postcard::to_stdvec(request).expect("invariant: requests serialize"));
+        match self
+            .transport
+            .request_within(node, GROUP_SERVICE, body, wait)
+            .await
+        {
+            Ok(answer) => postcard::from_bytes::<Result<T, GroupError>>(&answer)
+                .map_err(|error| GroupError::Indeterminate(group, error.to_string())),
+            // Nothing was sent: asking again cannot change it twice.
+            Err(TransportError::Unreachable { .. }) => Ok(Err(GroupError::NoLeader(group))),
+            Err(TransportError::Timeout(_)) => Err(GroupError::Timeout(group)),
+            Err(error) => Err(GroupError::Indeterminate(group, error.to_string())),
+        }
     }
 
     /// This node's member's view of the group.
@@ -587,23 +744,43 @@ struct GroupService {
 }
 
 impl Service for GroupService {
-    fn request(&self, _from: NodeName, body: Bytes) -> BoxFuture<Result<Bytes, String>> {
+    fn request(&self, from: NodeName, body: Bytes) -> BoxFuture<Result<Bytes, String>> {
         let input = self.input.clone();
         Box::pin(async move {
-            let Request::Change { group, change } =
-                postcard::from_bytes(&body).map_err(|e| e.to_string())?;
-            let (reply, answer) = oneshot::channel();
-            input
-                .send(Input::Change {
-                    group,
-                    change,
-                    reply,
-                })
-                .map_err(|_| "the host is shut down".to_string())?;
-            let result = answer.await.unwrap_or(Err(GroupError::Shutdown));
-            Ok(Bytes::from(
-                postcard::to_stdvec(&result).expect("invariant: answers serialize"),
-            ))
+            let send = |message: Input| {
+                input
+                    .send(message)
+                    .map_err(|_| "the host is shut down".to_string())
+            };
+            let encoded = match postcard::from_bytes(&body).map_err(|e| e.to_string())? {
+                Request::Batch(batch) => {
+                    send(Input::Batch(from, batch))?;
+                    return Ok(Bytes::new());
+                }
+                Request::Change { group, change } => {
+                    let (reply, answer) = oneshot::channel();
+                    send(Input::Change {
+                        group,
+                        change,
+                        reply,
+                    })?;
+                    let result = answer.await.unwrap_or(Err(GroupError::Shutdown));
+                    postcard::to_stdvec(&result)
+                }
+                Request::Transfer { group, to } => {
+                    let (reply, answer) = oneshot::channel();
+                    send(Input::Transfer { group, to, reply })?;
+                    let result = answer.await.unwrap_or(Err(GroupError::Shutdown));
+                    postcard::to_stdvec(&result)
+                }
+                Request::Leader { group } => {
+                    let (reply, answer) = oneshot::channel();
+                    send(Input::Status { group, reply })?;
+                    let leader = answer.await.ok().flatten().and_then(|status| status.leader);
+                    postcard::to_stdvec(&Ok::<_, GroupError>(leader))
+                }
+            };
+            Ok(Bytes::from(encoded.expect("invariant: answers serialize")))
         })
     }
 

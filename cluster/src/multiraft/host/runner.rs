@@ -32,7 +32,7 @@ use crate::identity::NodeName;
 use crate::multiraft::core::{ProposeError, Raft};
 use crate::multiraft::message::{Action, Entry, MemberId, Membership, Message, Payload, Role};
 use crate::multiraft::storage::{GroupId, GroupStore, RecoveredGroup, Snapshot, Written};
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 
 /// Who waits for a proposal.
 enum Origin {
@@ -272,15 +272,35 @@ impl Runner {
                 let _ = reply.send(self.create(group, membership, machine, campaign, now));
             }
             Input::Delete { group, reply } => {
-                if let Some(member) = self.members.remove(&group) {
-                    for (_, appended) in member.pending {
-                        let error = Err(GroupError::Unknown(group));
-                        finish_waiter(&mut self.outbox, appended.waiter, error);
-                    }
-                }
-                self.stopped.remove(&group);
-                self.store.delete(group);
+                self.delete(group);
                 let _ = reply.send(Ok(()));
+            }
+            Input::Retire {
+                group,
+                removed_at,
+                reply,
+            } => {
+                // Removed by the change at `removed_at` unless its log goes past it (it was
+                // added again since, and holds what it has voted on); a leader that removed
+                // itself has the change, which leaves it out.
+                // A stopped member (a failed write) goes by what its log holds on disk.
+                let removed = match self.members.get(&group) {
+                    Some(member) => {
+                        member.raft.last_index() < removed_at
+                            || !member.raft.membership().contains(self.config.member)
+                    }
+                    None => {
+                        self.stopped.contains_key(&group)
+                            && self
+                                .store
+                                .last_index(group)
+                                .is_none_or(|last| last < removed_at)
+                    }
+                };
+                if removed {
+                    self.delete(group);
+                }
+                let _ = reply.send(Ok(removed));
             }
             Input::Route { group, members } => match members {
                 Some(members) => {
@@ -504,13 +524,27 @@ impl Runner {
             );
             return;
         }
-        if let Some(reason) = self.stopped.get(&group) {
-            let error = GroupError::Stopped(group, reason.clone());
+        let me = self.config.member;
+        let remote = matches!(proposal.origin, Origin::Remote { .. });
+        // Behind an earlier proposal of this node's that waits for a leader: it waits too, so
+        // that this node's proposals keep their order.
+        if !remote && self.parked.iter().any(|(parked, _, _)| *parked == group) {
+            self.park(group, proposal, now);
+            return;
+        }
+        // A stopped member's node routes its own proposals to the others (see `stop`).
+        if let Some(reason) = self.stopped.get(&group)
+            && (remote || !self.routes.contains_key(&group))
+        {
+            // Asked by another node: it routes on to another member.
+            let error = if remote {
+                GroupError::NoLeader(group)
+            } else {
+                GroupError::Stopped(group, reason.clone())
+            };
             finish(&mut self.outbox, proposal.origin, Err(error));
             return;
         }
-        let me = self.config.member;
-        let remote = matches!(proposal.origin, Origin::Remote { .. });
         let target = if let Some(member) = self.members.get_mut(&group) {
             if member.raft.role() == Role::Leader {
                 match append(member, &proposal.commands) {
@@ -637,6 +671,18 @@ impl Runner {
         Ok(())
     }
 
+    /// Deletes this node's member of a group and its log.
+    fn delete(&mut self, group: GroupId) {
+        if let Some(member) = self.members.remove(&group) {
+            for (_, appended) in member.pending {
+                let error = Err(GroupError::Unknown(group));
+                finish_waiter(&mut self.outbox, appended.waiter, error);
+            }
+        }
+        self.stopped.remove(&group);
+        self.store.delete(group);
+    }
+
     /// The member, if it leads its group now (or why not).
     fn leading(&mut self, group: GroupId) -> Result<&mut Member, GroupError> {
         if let Some(reason) = self.stopped.get(&group) {
@@ -723,6 +769,25 @@ impl Runner {
 
     fn stop(&mut self, group: GroupId, reason: String) {
         if let Some(member) = self.members.remove(&group) {
+            // This node's proposals go to the other members from now on, as a node without a
+            // member's do: the group serves it while its own member is stopped.
+            let me = self.config.member;
+            let others: Vec<MemberId> = member
+                .raft
+                .membership()
+                .members()
+                .filter(|other| *other != me)
+                .collect();
+            if !others.is_empty() {
+                self.routes.insert(
+                    group,
+                    Route {
+                        members: others,
+                        leader: member.raft.leader().filter(|leader| *leader != me),
+                        next: 0,
+                    },
+                );
+            }
             for (_, appended) in member.pending {
                 let error = Err(GroupError::Stopped(group, reason.clone()));
                 finish_waiter(&mut self.outbox, appended.waiter, error);
@@ -771,7 +836,9 @@ impl Runner {
                 let payload: SnapshotPayload = postcard::from_bytes(&data)
                     .map_err(|e| format!("a malformed snapshot: {e}"))?;
                 member.machine.restore(&payload.machine)?;
-                let live = payload.live.iter().map(|entry| entry.index).collect();
+                let live = super::super::storage::sorted(
+                    payload.live.iter().map(|entry| entry.index).collect(),
+                );
                 let index = meta.index;
                 let snapshot = Snapshot {
                     meta,
@@ -835,10 +902,7 @@ impl Runner {
                 post(outbox, directory, group, me, to, message);
             }
             Action::SendSnapshot { to, term, .. } => {
-                let snapshot = store
-                    .snapshot(group)
-                    .cloned()
-                    .ok_or_else(|| "no snapshot".to_string())?;
+                let snapshot = store.snapshot(group)?;
                 let live = snapshot
                     .live
                     .iter()
@@ -912,8 +976,13 @@ impl Runner {
             return;
         }
         let count = batch.raft.len() as u64;
-        let body = Bytes::from(postcard::to_stdvec(&batch).expect("invariant: batches serialize"));
         let forwards: Vec<u64> = batch.forwards.iter().map(|forward| forward.id).collect();
+        let body = if forwards.is_empty() {
+            postcard::to_stdvec(&batch)
+        } else {
+            postcard::to_stdvec(&super::Request::Batch(batch))
+        };
+        let body = Bytes::from(body.expect("invariant: batches serialize"));
         let transport = &self.transport;
         let input = &self.input;
         let peer = self.peers.entry(node.clone()).or_insert_with(|| {
@@ -925,11 +994,27 @@ impl Runner {
                 while let Some((body, forwards)) = receiver.recv().await {
                     // A link that cannot be made loses the batch: Raft sends again, and the
                     // runner routes the proposals in it again.
-                    if transport.send(&node, GROUP_SERVICE, body).await.is_err()
-                        && !forwards.is_empty()
-                    {
-                        let _ = input.send(Input::Unsent(forwards));
+                    if forwards.is_empty() {
+                        let _ = transport.send(&node, GROUP_SERVICE, body).await;
+                        continue;
                     }
+                    let response = match transport.start_request(&node, GROUP_SERVICE, body).await {
+                        Ok(response) => response,
+                        Err(_) => {
+                            let _ = input.send(Input::Unsent(forwards));
+                            continue;
+                        }
+                    };
+                    // Sent, in order; the peer's word on it comes later. Refused (its groups
+                    // not started yet, or shut down), the proposals were not taken and are
+                    // routed again. A link lost is the Down event's to settle, a peer that
+                    // never answers the proposals' deadline's.
+                    let input = input.clone();
+                    tokio::spawn(async move {
+                        if let Err(TransportError::Failed { .. }) = response.await {
+                            let _ = input.send(Input::Unsent(forwards));
+                        }
+                    });
                 }
             });
             sender
@@ -939,11 +1024,12 @@ impl Runner {
                 self.stats.batches += 1;
                 self.stats.messages += count;
             }
-            Err(_) => {
+            Err(error) => {
                 self.stats.dropped += 1;
                 let now = self.now();
-                for forward in batch.forwards {
-                    if let Some((_, group, mut proposal)) = self.forwarded.remove(&forward.id) {
+                let (_, forwards) = error.into_inner();
+                for id in forwards {
+                    if let Some((_, group, mut proposal)) = self.forwarded.remove(&id) {
                         proposal.hint = None;
                         self.park(group, proposal, now);
                     }
@@ -1091,6 +1177,9 @@ fn post(
 fn refusal(group: GroupId, error: ProposeError) -> GroupError {
     match error {
         ProposeError::NotLeader { leader } => GroupError::NotLeader { group, leader },
+        ProposeError::Unchanged => GroupError::Unchanged(group),
+        ProposeError::ChangeInProgress => GroupError::ChangeInProgress(group),
+        ProposeError::LastVoter => GroupError::LastVoter(group),
         other => GroupError::Refused(group, other.to_string()),
     }
 }

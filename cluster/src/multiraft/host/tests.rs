@@ -61,10 +61,11 @@ impl Machine for FifoMachine {
         }
     }
 
-    fn snapshot(&self) -> (Bytes, BTreeSet<u64>) {
+    fn snapshot(&self) -> (Bytes, Vec<u64>) {
         let fifo = self.0.lock();
         let data = postcard::to_stdvec(&*fifo).unwrap();
-        (Bytes::from(data), fifo.queued.iter().copied().collect())
+        let live = fifo.queued.iter().copied().collect();
+        (Bytes::from(data), crate::multiraft::storage::sorted(live))
     }
 
     fn drained(&self) -> bool {
@@ -602,6 +603,115 @@ async fn a_node_without_a_member_routes_batches_to_the_leader_across_a_failover(
         "no member on the router"
     );
     let mut dirs = vec![gone_dir, stop(router).await];
+    for node in nodes {
+        dirs.push(stop(node).await);
+    }
+    remove(dirs);
+}
+
+/// A node whose transport is up but whose host is not (it is starting, or stopping) refuses
+/// what is forwarded to it, and the proposal is routed on at once instead of waiting out its
+/// deadline (which here would fail it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_forwarded_to_a_node_without_its_host_is_routed_on() {
+    let addresses = Addresses::default();
+    let dir = crate::test_dir("host-refused-2");
+    let member = start(2, &dir, &addresses, 64 << 20).await;
+    member.create(13, &[2], true).await;
+    eventually("member 2 leads its group of one", || async {
+        member.status(13).await.role == Role::Leader
+    })
+    .await;
+    // Member 1's node: a transport without a host, as a node is while it starts.
+    let mut bare = TransportConfig::new(
+        name(1),
+        Secret::from_text("host-tests").unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
+        0,
+    );
+    let lookup = addresses.clone();
+    bare.resolver = Some(Arc::new(move |name: &NodeName| {
+        lookup.lock().get(name).copied()
+    }));
+    let bare = Transport::start(bare).await.unwrap();
+    addresses
+        .lock()
+        .insert(bare.node().clone(), bare.local_address().unwrap());
+    let router_dir = crate::test_dir("host-refused-3");
+    let router = start(3, &router_dir, &addresses, 64 << 20).await;
+    // The route tries member 1 first.
+    router.host.route(13, Some(vec![1, 2]));
+    let answer = router.host.propose(13, push("routed on")).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(drain(&router, 13).await, vec!["routed on".to_string()]);
+    bare.shutdown();
+    remove([stop(router).await, stop(member).await]);
+}
+
+/// A member joins a running group from a node that knew nothing of it (asked there, the change
+/// finds the leader through the members named), catches up, and votes once promoted; a member
+/// removed leaves the group to the others, the leader itself among the candidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_from_any_node_catches_up_and_votes_and_one_removed_leaves() {
+    let (_addresses, nodes) = cluster("membership", 64 << 20).await;
+    for node in &nodes[..2] {
+        node.create(12, &[1, 2], node.member == 1).await;
+    }
+    for i in 0..20 {
+        propose(&nodes[0], 12, push(&format!("a-{i}"))).await;
+    }
+    // Node 3's member starts empty: it learns the group from its leader.
+    let shared = Shared::default();
+    nodes[2].machines.lock().insert(12, shared.clone());
+    nodes[2]
+        .host
+        .create(
+            12,
+            Membership::default(),
+            Box::new(FifoMachine(shared)),
+            false,
+        )
+        .await
+        .unwrap();
+    nodes[2]
+        .host
+        .change_membership(12, MembershipChange::AddLearner(3), &[1, 2])
+        .await
+        .expect("the leader takes the new member");
+    eventually("member 3 is promoted to voter", || async {
+        nodes[0].status(12).await.membership.voters == BTreeSet::from([1, 2, 3])
+    })
+    .await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    converged(&all, 12).await;
+    assert_eq!(nodes[2].fifo(12), nodes[0].fifo(12), "it caught up");
+    // Added again: nothing changes, and the caller hears why.
+    let again = nodes[1]
+        .host
+        .change_membership(12, MembershipChange::AddLearner(3), &[1, 2, 3])
+        .await;
+    assert_eq!(again, Err(GroupError::Unchanged(12)));
+
+    // Member 1 (the first leader) goes, asked on node 3.
+    nodes[2]
+        .host
+        .change_membership(12, MembershipChange::Remove(1), &[1, 2, 3])
+        .await
+        .expect("member 1 is removed");
+    let rest: Vec<&Node> = nodes[1..].iter().collect();
+    let leader = leader_of(&rest, 12).await;
+    assert_ne!(leader, 1);
+    for i in 0..5 {
+        propose(&nodes[1], 12, push(&format!("b-{i}"))).await;
+    }
+    converged(&rest, 12).await;
+    assert_eq!(
+        nodes[1].status(12).await.membership.voters,
+        BTreeSet::from([2, 3])
+    );
+    let bodies = drain(&nodes[2], 12).await;
+    assert_eq!(bodies.len(), 25, "{bodies:?}");
+    let mut dirs = Vec::new();
     for node in nodes {
         dirs.push(stop(node).await);
     }

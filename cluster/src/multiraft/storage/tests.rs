@@ -189,6 +189,11 @@ fn a_compaction_keeps_only_the_live_entries_it_covers() {
     );
     let written = opened.settle(3);
     assert!(written.contains(&Written::Compacted(3, 8)), "{written:?}");
+    // Written, the snapshot's state and live list leave memory and are read back from disk.
+    let read = opened.store.snapshot(3).unwrap();
+    assert_eq!(read.data, Bytes::from_static(b"state at 8"));
+    assert_eq!(read.live, [2, 5]);
+    assert_eq!(read.meta.index, 8);
     assert_eq!(opened.store.persisted(3), Some((10, 1)));
     assert!(opened.store.entry(3, 4).is_err());
     assert_eq!(opened.store.entry(3, 5).unwrap(), command(5, 1, "m5"));
@@ -201,7 +206,7 @@ fn a_compaction_keeps_only_the_live_entries_it_covers() {
     assert_eq!(group.snapshot.meta.index, 8);
     assert_eq!(group.snapshot.data, Bytes::from_static(b"state at 8"));
     assert_eq!(indexes(group), vec![(9, 1), (10, 1)]);
-    assert_eq!(group.snapshot.live, [2, 5].into_iter().collect());
+    assert_eq!(group.snapshot.live, [2, 5]);
     assert_eq!(opened.store.entry(3, 5).unwrap(), command(5, 1, "m5"));
     // Live: the snapshot, entries 9 and 10, 5 and 2.
     assert_eq!(opened.store.live_records(), 5);
@@ -226,7 +231,7 @@ fn a_compaction_keeps_only_the_live_entries_it_covers() {
 
     let opened = open(&dir, 1 << 20);
     let group = &opened.recovered[&3];
-    assert_eq!(group.snapshot.live, [5].into_iter().collect());
+    assert_eq!(group.snapshot.live, [5]);
     assert_eq!(indexes(group), vec![]);
     // Live: the snapshot and entry 5.
     assert_eq!(opened.store.live_records(), 2);
