@@ -347,6 +347,7 @@ impl Broker {
             start_metadata_group(&config, transport, log, machine.clone(), formation).await?;
         let group_for_discovery = group.clone();
         let quorum = start_quorum_host(transport, &group, &store, groups);
+        quorum.set_consumer_timeout(config.consumer_timeout);
         let broker = Arc::new(Broker {
             users: Users::default(),
             vhosts: RwLock::new(HashMap::new()),
@@ -617,6 +618,7 @@ impl Broker {
             | MetadataCommand::DeleteExchange { vhost, .. }
             | MetadataCommand::DeclareQueue { vhost, .. }
             | MetadataCommand::DeclareQuorumQueue { vhost, .. }
+            | MetadataCommand::SetQuorumMembers { vhost, .. }
             | MetadataCommand::DeleteQueue { vhost, .. }
             | MetadataCommand::Bind { vhost, .. }
             | MetadataCommand::Unbind { vhost, .. } => {
@@ -655,6 +657,11 @@ impl Broker {
             ALARM_INTERVAL,
             stop.clone(),
         ));
+        self.queues.tracker.spawn(crate::alarms::share(
+            self.alarms.clone(),
+            self.remote.transport().clone(),
+            stop.clone(),
+        ));
         self.queues
             .tracker
             .spawn(maintain_storage(Arc::downgrade(self), stop));
@@ -677,6 +684,7 @@ impl Broker {
                     self.quorum.clone(),
                     self.store.clone(),
                     self.queues.clone(),
+                    self.config.queue_leader_locator,
                 )
             })
             .clone()

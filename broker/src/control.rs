@@ -7,6 +7,9 @@
 //!  ForgetNode   remove a stopped member from the metadata group
 //!  JoinCluster  leave the current cluster, drop this node's data, join the named node's cluster
 //!  Reset        leave the current cluster, drop this node's data, start again alone
+//!  QuorumCritical  what would lose its majority if this node stopped
+//!  AddMember, DeleteMember, Grow, Shrink   where quorum queues' members are (membership.rs)
+//!  ListQueues   the queues of a vhost, with their type, leader, members (membership.rs)
 //! ```
 
 use std::sync::Weak;
@@ -15,13 +18,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use warren_cluster::NodeName;
 use warren_cluster::control::{
-    self, ClusterStatus, ControlRequest, ControlResponse, HealthReport, MemberStatus, decode,
-    encode,
+    self, ClusterStatus, ControlRequest, ControlResponse, HealthReport, MemberStatus,
+    QuorumCritical, QuorumCriticalReport, decode, encode,
 };
 use warren_cluster::transport::{BoxFuture, Service};
 use warren_config::DiscoveryBackend;
 
 use crate::broker::{Broker, Formation};
+use crate::membership;
 use crate::server::NodeShared;
 
 /// How long a peer gets to say which nodes it sees, for a status.
@@ -60,6 +64,9 @@ pub(crate) async fn handle(
     match request {
         ControlRequest::Status => Ok(ControlResponse::Status(status(node).await?)),
         ControlRequest::HealthCheck => Ok(ControlResponse::Health(health(node).await)),
+        ControlRequest::QuorumCritical => Ok(ControlResponse::QuorumCritical(
+            quorum_critical(node).await?,
+        )),
         ControlRequest::Links => Ok(ControlResponse::Links(
             node.transport
                 .connected()
@@ -90,6 +97,55 @@ pub(crate) async fn handle(
         } => forget_offline(node, &target).await,
         ControlRequest::JoinCluster { node: target } => join_cluster(node, &target).await,
         ControlRequest::Reset => reset(node).await,
+        ControlRequest::AddMember {
+            vhost,
+            queue,
+            node: on,
+        } => {
+            let broker = running(node)?;
+            membership::add_member(node, &broker, &vhost, &queue, &on).await?;
+            Ok(ControlResponse::Done(String::new()))
+        }
+        ControlRequest::DeleteMember {
+            vhost,
+            queue,
+            node: on,
+        } => {
+            let broker = running(node)?;
+            membership::delete_member(&broker, &vhost, &queue, &on).await?;
+            Ok(ControlResponse::Done(String::new()))
+        }
+        ControlRequest::Grow {
+            node: on,
+            even,
+            vhost_pattern,
+            queue_pattern,
+        } => {
+            let broker = running(node)?;
+            let rows =
+                membership::grow(node, &broker, &on, even, &vhost_pattern, &queue_pattern).await?;
+            Ok(ControlResponse::MemberChanges(rows))
+        }
+        ControlRequest::ListQueues { vhost, columns } => {
+            let broker = running(node)?;
+            let (columns, rows) = membership::list_queues(node, &broker, &vhost, &columns).await?;
+            Ok(ControlResponse::Table { columns, rows })
+        }
+        ControlRequest::Rebalance {
+            vhost_pattern,
+            queue_pattern,
+        } => {
+            let broker = running(node)?;
+            let (columns, rows) =
+                membership::rebalance(node, &broker, &vhost_pattern, &queue_pattern).await?;
+            Ok(ControlResponse::Table { columns, rows })
+        }
+        ControlRequest::Shrink { node: on } => {
+            let broker = running(node)?;
+            Ok(ControlResponse::MemberChanges(
+                membership::shrink(&broker, &on).await,
+            ))
+        }
     }
 }
 
@@ -154,6 +210,73 @@ pub(crate) async fn health(node: &NodeShared) -> HealthReport {
     }
 }
 
+/// The metadata store, as `check_if_node_is_quorum_critical` names it (RabbitMQ 4's name for
+/// its own Raft metadata store).
+const METADATA_STORE: &str = "rabbitmq_metadata";
+
+/// `check_if_node_is_quorum_critical`: the quorum queues with a member on this node, and the
+/// metadata store, that have no more than a bare majority of their members on running nodes,
+/// so that stopping this node would leave them without one. RabbitMQ counts the same way
+/// (`online <= members / 2 + 1`): a queue of one member here is critical too.
+pub(crate) async fn quorum_critical(node: &NodeShared) -> Result<QuorumCriticalReport, String> {
+    let current = status(node).await?;
+    if current.members.len() <= 1 {
+        return Ok(QuorumCriticalReport {
+            node: current.node,
+            single_node: true,
+            critical: Vec::new(),
+        });
+    }
+    let bare = |members: usize, online: usize| members > 0 && online <= members / 2 + 1;
+    let online: std::collections::HashSet<&str> = current
+        .members
+        .iter()
+        .filter(|member| member.running)
+        .map(|member| member.name.as_str())
+        .collect();
+    let mut critical = Vec::new();
+    let voters = current.members.iter().filter(|member| member.voter);
+    let voters_online = voters.clone().filter(|member| member.running).count();
+    if bare(voters.count(), voters_online) {
+        critical.push(QuorumCritical {
+            readable_name: METADATA_STORE.into(),
+            name: METADATA_STORE.into(),
+            virtual_host: "-".into(),
+            kind: "process".into(),
+        });
+    }
+    let broker = running(node)?;
+    for vhost in broker.vhost_names() {
+        let Some(queues) = broker.vhost(&vhost).map(|vhost| vhost.queues()) else {
+            continue;
+        };
+        for queue in queues.iter().filter(|queue| queue.config.quorum) {
+            // None: this node holds no member of it.
+            let Some(group) = broker.quorum().group_status(queue.id()).await else {
+                continue;
+            };
+            let up = group
+                .members
+                .iter()
+                .filter(|member| online.contains(member.as_str()))
+                .count();
+            if bare(group.members.len(), up) {
+                critical.push(QuorumCritical {
+                    readable_name: format!("queue '{}' in vhost '{vhost}'", queue.name),
+                    name: queue.name.to_string(),
+                    virtual_host: vhost.clone(),
+                    kind: "quorum".into(),
+                });
+            }
+        }
+    }
+    Ok(QuorumCriticalReport {
+        node: current.node,
+        single_node: false,
+        critical,
+    })
+}
+
 /// The seed the `classic_config` or `k8s` settings name (the backends without a service).
 fn configured_seed(node: &NodeShared) -> Option<String> {
     let cluster = &node.config.cluster;
@@ -169,6 +292,20 @@ fn configured_seed(node: &NodeShared) -> Option<String> {
     Some(seed.to_string())
 }
 
+/// Whether node `name` runs: this node, or one that answers a control request in time.
+pub(crate) async fn is_running(node: &NodeShared, name: &str) -> bool {
+    let name = NodeName::new_unchecked(name.to_string());
+    name == *node.transport.node()
+        || control::call(
+            &node.transport,
+            &name,
+            &ControlRequest::Links,
+            LINKS_TIMEOUT,
+        )
+        .await
+        .is_ok()
+}
+
 /// The cluster as this node sees it.
 pub(crate) async fn status(node: &NodeShared) -> Result<ClusterStatus, String> {
     let broker = running(node)?;
@@ -182,16 +319,7 @@ pub(crate) async fn status(node: &NodeShared) -> Result<ClusterStatus, String> {
     // if it answers.
     let mut members = Vec::with_capacity(raft.members.len());
     for member in &raft.members {
-        let name = NodeName::new_unchecked(member.name.clone());
-        let running = name == me
-            || control::call(
-                &node.transport,
-                &name,
-                &ControlRequest::Links,
-                LINKS_TIMEOUT,
-            )
-            .await
-            .is_ok();
+        let running = is_running(node, &member.name).await;
         members.push(MemberStatus {
             name: member.name.clone(),
             id: member.id,
@@ -226,7 +354,7 @@ pub(crate) async fn status(node: &NodeShared) -> Result<ClusterStatus, String> {
             }
         }
     }
-    let alarms = broker.alarms.current();
+    let alarms = broker.alarms.local();
     let alarms = [("memory", alarms.memory), ("disk", alarms.disk)]
         .into_iter()
         .filter(|(_, raised)| *raised)
@@ -292,6 +420,19 @@ async fn forget(node: &NodeShared, target: &str) -> Result<ControlResponse, Stri
             "node {target} is running: stop it first, or run 'warrenctl reset' on it"
         ));
     }
+    // Its quorum queue members go first, while the directory still knows where they were
+    // (RabbitMQ's CLI shrinks them the same way).
+    let failed: Vec<String> = membership::shrink(&broker, target)
+        .await
+        .into_iter()
+        .filter(|row| row.result != "ok")
+        .map(|row| {
+            format!(
+                "queue '{}' in vhost '{}' ({})",
+                row.name, row.vhost, row.result
+            )
+        })
+        .collect();
     for id in targets {
         group
             .remove_member(id)
@@ -299,6 +440,13 @@ async fn forget(node: &NodeShared, target: &str) -> Result<ControlResponse, Stri
             .map_err(|error| format!("cannot remove {target}: {error}"))?;
     }
     tracing::info!("node {target} was removed from the cluster");
+    if !failed.is_empty() {
+        return Err(format!(
+            "node {target} was removed from the cluster, but its members of these quorum \
+             queues were not: {}",
+            failed.join(", ")
+        ));
+    }
     Ok(ControlResponse::Done(format!(
         "Removing node {target} from the cluster"
     )))

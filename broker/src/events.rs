@@ -56,6 +56,16 @@ pub enum ConnectionEvent {
         /// The consumer's tag.
         consumer_tag: ShortString,
     },
+    /// A consumer held a delivery unacknowledged past its timeout: it is cancelled (with
+    /// `basic.cancel` when the client takes it, else by closing its channel).
+    ConsumerTimedOut {
+        /// The consumer's channel.
+        channel: u16,
+        /// The consumer's tag.
+        consumer_tag: ShortString,
+        /// The timeout, in ms.
+        timeout: u64,
+    },
 }
 
 /// The outcome of one published message at one queue.

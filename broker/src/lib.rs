@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod exchange;
 mod management;
+mod membership;
 pub mod message;
 mod names;
 pub mod queue;

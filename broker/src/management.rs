@@ -7,6 +7,9 @@
 //!  GET /api/health/checks/cluster-formation  clustered with the seed the peer discovery
 //!                                            backend names, no partition (warrenctl
 //!                                            cluster_health_check over HTTP)
+//!  GET /api/health/checks/node-is-quorum-critical
+//!                                            no quorum queue (nor the metadata store) would
+//!                                            lose its majority if this node stopped
 //! ```
 //!
 //! As in RabbitMQ: HTTP basic authentication of a user with a management tag (`management`,
@@ -167,7 +170,7 @@ async fn respond(
     }
     match request.uri().path().trim_end_matches('/') {
         "/api/health/checks/local-alarms" => {
-            let alarms = broker.alarms.current();
+            let alarms = broker.alarms.local();
             let mut problems = Vec::new();
             if alarms.memory {
                 problems.push("resource alarm in effect on this node: memory".to_string());
@@ -193,6 +196,40 @@ async fn respond(
                 response = reply(StatusCode::OK, json!({"status": "ok", "seed": seed}));
             }
             response
+        }
+        "/api/health/checks/node-is-quorum-critical" => {
+            match crate::control::quorum_critical(&node).await {
+                Err(error) => health(&[error]),
+                Ok(report) if report.single_node => reply(
+                    StatusCode::OK,
+                    json!({"status": "ok", "reason": "single node cluster"}),
+                ),
+                Ok(report) if report.critical.is_empty() => {
+                    reply(StatusCode::OK, json!({"status": "ok"}))
+                }
+                Ok(report) => {
+                    let queues: Vec<Value> = report
+                        .critical
+                        .iter()
+                        .map(|critical| {
+                            json!({
+                                "readable_name": critical.readable_name,
+                                "name": critical.name,
+                                "virtual_host": critical.virtual_host,
+                                "type": critical.kind,
+                            })
+                        })
+                        .collect();
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({
+                            "status": "failed",
+                            "reason": warren_cluster::control::QUORUM_CRITICAL,
+                            "queues": queues,
+                        }),
+                    )
+                }
+            }
         }
         _ => reply(
             StatusCode::NOT_FOUND,

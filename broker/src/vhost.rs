@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
+use warren_config::LeaderLocator;
 use warren_wire::{FieldTable, FieldValue, ShortString};
 
 use crate::error::{AmqpError, AmqpResult};
@@ -75,6 +76,9 @@ pub struct VHost {
     queues: RwLock<HashMap<ShortString, QueueHandle>>,
     store: Arc<Store>,
     tasks: QueueTasks,
+    /// `queue_leader_locator`: where quorum queues declared without `x-queue-leader-locator`
+    /// get their leader.
+    leader_locator: LeaderLocator,
 }
 
 /// An AMQP field table as stored in metadata records.
@@ -102,6 +106,7 @@ impl VHost {
         quorum: Arc<QuorumHub>,
         store: Arc<Store>,
         tasks: QueueTasks,
+        leader_locator: LeaderLocator,
     ) -> Arc<VHost> {
         let vhost = VHost {
             name: name.into(),
@@ -113,6 +118,7 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             store,
             tasks,
+            leader_locator,
         };
         {
             let mut exchanges = vhost.exchanges.write();
@@ -411,15 +417,41 @@ impl VHost {
         let size = config.initial_group_size.unwrap_or(3).max(1) as usize;
         let mut members = vec![(me, self.node.to_string())];
         members.extend(others.into_iter().take(size - 1));
+        let locator = match spec.arguments.get("x-queue-leader-locator") {
+            Some(FieldValue::LongString(value)) if value.as_bytes() == b"balanced" => {
+                LeaderLocator::Balanced
+            }
+            Some(_) => LeaderLocator::ClientLocal,
+            None => self.leader_locator,
+        };
+        let leader = match locator {
+            LeaderLocator::ClientLocal => self.node.to_string(),
+            LeaderLocator::Balanced => self.balanced_leader(&members, id),
+        };
         self.propose(MetadataCommand::DeclareQuorumQueue {
             vhost: self.name.to_string(),
             name: spec.name.to_vec(),
             id,
             members,
-            leader: self.node.to_string(),
+            leader,
             arguments: encode_table(&spec.arguments),
         })
         .await
+    }
+
+    /// `balanced`, as RabbitMQ has it: below 1,000 quorum queues, the member whose node is the
+    /// first leader of the fewest (the first such in `members`, which starts with this node);
+    /// past that, one picked by the queue's (random) id.
+    fn balanced_leader(&self, members: &[(u64, String)], id: u64) -> String {
+        const CENSUS_LIMIT: usize = 1_000;
+        let (leading, queues) = self.quorum.first_leaders();
+        if queues >= CENSUS_LIMIT {
+            return members[(id % members.len() as u64) as usize].1.clone();
+        }
+        members
+            .iter()
+            .min_by_key(|(_, node)| leading.get(node).copied().unwrap_or(0))
+            .map_or_else(|| self.node.to_string(), |(_, node)| node.clone())
     }
 
     /// Makes this node's front of a quorum queue and, on a node of its group, starts its member.
@@ -435,20 +467,10 @@ impl VHost {
                 return;
             }
         };
-        let members: Vec<u64> = record.members.iter().map(|(id, _)| *id).collect();
-        for (id, node) in &record.members {
-            self.quorum
-                .members
-                .learn(*id, &NodeName::new_unchecked(node.clone()));
-        }
         self.quorum
             .set_limits(record.id, queue::quorum::front::limits(&config));
-        if members.contains(&self.quorum.member()) {
-            self.quorum
-                .start_member(record.id, &members, *record.home == *self.node);
-        } else {
-            self.quorum.host().route(record.id, Some(members));
-        }
+        self.quorum
+            .place(record.id, &record.members, &record.removed, &record.home);
         let handle = queue::quorum::front::spawn(&self.quorum, spec, config, self, record.id);
         self.queues.write().insert(name, handle);
     }
@@ -557,10 +579,36 @@ impl VHost {
                 let Some(record) = command.queue_record() else {
                     return;
                 };
-                if self.queues.read().contains_key(name.as_slice()) {
-                    return;
+                let existing = self
+                    .queues
+                    .read()
+                    .get(name.as_slice())
+                    .map(|queue| queue.id());
+                match existing {
+                    None => self.add_quorum_queue(name, &record),
+                    // From a snapshot installed while the node ran: its members may have
+                    // changed since.
+                    Some(id) if id == record.id => {
+                        self.quorum.replace_members(id, &record.members, 0);
+                    }
+                    Some(_) => {}
                 }
-                self.add_quorum_queue(name, &record);
+            }
+            MetadataCommand::SetQuorumMembers {
+                name,
+                id,
+                members,
+                removed_at,
+                ..
+            } => {
+                let current = self
+                    .queues
+                    .read()
+                    .get(name.as_slice())
+                    .map(|queue| queue.id());
+                if current == Some(*id) && !members.is_empty() {
+                    self.quorum.replace_members(*id, members, *removed_at);
+                }
             }
             MetadataCommand::DeleteQueue { name, id, .. } => {
                 let removed = {

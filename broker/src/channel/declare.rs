@@ -246,13 +246,28 @@ impl Channel {
             self.check(ctx, Access::Read, ResourceKind::Queue, &name)?;
             self.check(ctx, Access::Write, ResourceKind::Exchange, &dlx)?;
         }
+        let mut arguments = declare.arguments;
+        // `default_queue_type = quorum`: a queue declared without a type is a quorum queue
+        // when it can be one, else classic (as RabbitMQ 4 falls back); the type goes into its
+        // arguments, so that a redeclaration compares alike.
+        if ctx.broker.config.default_queue_type == warren_config::QueueType::Quorum
+            && arguments.get("x-queue-type").is_none()
+            && declare.durable
+            && !declare.exclusive
+            && !declare.auto_delete
+        {
+            arguments.insert(
+                ShortString::from_static("x-queue-type"),
+                FieldValue::LongString(b"quorum".to_vec().into()),
+            );
+        }
         let spec = QueueSpec {
             name: name.clone(),
             // Exclusive queues never survive their connection, so never a restart.
             durable: declare.durable && !declare.exclusive,
             exclusive_owner: declare.exclusive.then_some(ctx.id),
             auto_delete: declare.auto_delete,
-            arguments: declare.arguments,
+            arguments,
         };
         let (queue, created) = ctx.vhost.declare_queue(spec, ctx.id).await?;
         let stats = if created {

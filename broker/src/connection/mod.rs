@@ -705,6 +705,26 @@ impl Connection {
                     channel.consumer_cancelled(&mut self.ctx, &consumer_tag);
                 }
             }
+            // RabbitMQ 4.3: `basic.cancel` of that consumer alone for a client that takes it;
+            // the channel closed for one that does not.
+            ConnectionEvent::ConsumerTimedOut {
+                channel: number,
+                consumer_tag,
+                timeout,
+            } => {
+                if self.ctx.capabilities.consumer_cancel_notify {
+                    if let Some(channel) = self.channels.get_mut(&number) {
+                        channel.consumer_cancelled(&mut self.ctx, &consumer_tag);
+                    }
+                } else if self.channels.contains_key(&number) {
+                    let error = AmqpError::precondition_failed(format!(
+                        "delivery acknowledgement on channel {number} timed out. Timeout value \
+                         used: {timeout} ms. This timeout value can be configured, see \
+                         consumers doc guide to learn more"
+                    ));
+                    self.channel_failed(number, error);
+                }
+            }
         }
     }
 

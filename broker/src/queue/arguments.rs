@@ -42,16 +42,23 @@ pub struct QueueConfig {
     pub dead_letter_exchange: Option<ShortString>,
     /// `x-dead-letter-routing-key`.
     pub dead_letter_routing_key: Option<ShortString>,
+    /// `x-dead-letter-strategy=at-least-once` of a quorum queue (in effect with
+    /// `x-overflow=reject-publish` only).
+    pub dead_letter_at_least_once: bool,
     /// `x-max-priority`, clamped to 1..=255.
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
+    /// `x-consumer-timeout` of a quorum queue, in milliseconds.
+    pub consumer_timeout: Option<u64>,
     /// `x-queue-type=quorum`: replicated by a Raft group.
     pub quorum: bool,
     /// `x-quorum-initial-group-size`.
     pub initial_group_size: Option<u64>,
     /// `x-delivery-limit` of a quorum queue (20 unless set; `None` when set to -1: no limit).
     pub delivery_limit: Option<u64>,
+    /// `x-delayed-retry-type`, `-min` and `-max` of a quorum queue (RabbitMQ 4.3).
+    pub delayed_retry: Option<super::quorum::state::DelayedRetry>,
 }
 
 impl QueueConfig {
@@ -97,6 +104,33 @@ fn expiry(value: &FieldValue) -> Result<u64, Invalid> {
         return Err(Invalid::Term(format!("{{value_too_large,{number}}}")));
     }
     Ok(number)
+}
+
+/// A TTL that must not be 0 (`x-expires`).
+fn positive_expiry(value: &FieldValue) -> Result<u64, Invalid> {
+    nonzero(expiry(value)?)
+}
+
+/// A count or duration that must not be 0 (`x-consumer-timeout`).
+fn positive(value: &FieldValue) -> Result<u64, Invalid> {
+    nonzero(non_negative(value)?)
+}
+
+fn nonzero(number: u64) -> Result<u64, Invalid> {
+    match number {
+        0 => Err(Invalid::Term("{value_zero,0}".into())),
+        number => Ok(number),
+    }
+}
+
+fn boolean(value: &FieldValue) -> Result<bool, Invalid> {
+    match value {
+        FieldValue::Boolean(flag) => Ok(*flag),
+        other => Err(Invalid::Term(format!(
+            "{{unacceptable_type,{}}}",
+            type_name(other)
+        ))),
+    }
 }
 
 fn string(value: &FieldValue) -> Result<ShortString, Invalid> {
@@ -166,11 +200,7 @@ pub fn parse(
     let mut config = QueueConfig::default();
     let get = |key: &str| arguments.get(key);
     if let Some(value) = get("x-expires") {
-        let ms = expiry(value).map_err(|why| invalid("x-expires", why))?;
-        if ms == 0 {
-            return Err(invalid("x-expires", Invalid::Term("{value_zero,0}".into())));
-        }
-        config.expires = Some(ms);
+        config.expires = Some(positive_expiry(value).map_err(|why| invalid("x-expires", why))?);
     }
     if let Some(value) = get("x-message-ttl") {
         config.message_ttl = Some(expiry(value).map_err(|why| invalid("x-message-ttl", why))?);
@@ -237,15 +267,8 @@ pub fn parse(
         }
     }
     if let Some(value) = get("x-single-active-consumer") {
-        config.single_active_consumer = match value {
-            FieldValue::Boolean(flag) => *flag,
-            other => {
-                return Err(invalid(
-                    "x-single-active-consumer",
-                    Invalid::Term(format!("{{unacceptable_type,{}}}", type_name(other))),
-                ));
-            }
-        };
+        config.single_active_consumer =
+            boolean(value).map_err(|why| invalid("x-single-active-consumer", why))?;
     }
     if let Some(value) = get("x-queue-type") {
         match value {
@@ -334,20 +357,56 @@ fn parse_quorum(
         delivery_limit: Some(u64::from(super::quorum::DEFAULT_DELIVERY_LIMIT)),
         ..QueueConfig::default()
     };
+    let (mut retry_kind, mut retry_min, mut retry_max) = (None, None, None);
     for (key, value) in arguments.iter() {
         let key = String::from_utf8_lossy(key.as_bytes());
         match key.as_ref() {
             "x-queue-type" => {}
+            "x-delayed-retry-type" => {
+                use super::quorum::state::RetryKind;
+                retry_kind = match value {
+                    FieldValue::LongString(text) => match text.as_bytes() {
+                        b"all" => Some(RetryKind::All),
+                        b"failed" => Some(RetryKind::Failed),
+                        b"returned" => Some(RetryKind::Returned),
+                        b"disabled" => None,
+                        other => {
+                            return Err(invalid(
+                                "x-delayed-retry-type",
+                                Invalid::Term(format!(
+                                    "\"{}\" is not a valid delayed retry type. Must be one of: \
+                                     all, failed, returned, disabled",
+                                    String::from_utf8_lossy(other)
+                                )),
+                            ));
+                        }
+                    },
+                    other => {
+                        return Err(invalid(
+                            "x-delayed-retry-type",
+                            Invalid::Term(format!("{{unacceptable_type,{}}}", type_name(other))),
+                        ));
+                    }
+                };
+            }
+            "x-delayed-retry-min" => {
+                retry_min =
+                    Some(positive(value).map_err(|why| invalid("x-delayed-retry-min", why))?);
+            }
+            "x-delayed-retry-max" => {
+                retry_max =
+                    Some(positive(value).map_err(|why| invalid("x-delayed-retry-max", why))?);
+            }
+            // RabbitMQ 4.3: quorum queues always have priorities 0 to 31, and ignore it.
+            "x-max-priority" => {}
+            // Checked and ignored, as RabbitMQ's quorum queues do since bodies left memory.
+            "x-max-in-memory-length" | "x-max-in-memory-bytes" => {
+                non_negative(value).map_err(|why| invalid(&key, why))?;
+            }
             "x-quorum-initial-group-size" => {
-                let size = non_negative(value)
-                    .map_err(|why| invalid("x-quorum-initial-group-size", why))?;
-                if size == 0 {
-                    return Err(invalid(
-                        "x-quorum-initial-group-size",
-                        Invalid::Term("{value_zero,0}".into()),
-                    ));
-                }
-                config.initial_group_size = Some(size);
+                config.initial_group_size = Some(
+                    positive(value).map_err(|why| invalid("x-quorum-initial-group-size", why))?,
+                );
             }
             "x-queue-leader-locator" => {
                 leader_locator(value).map_err(|why| invalid("x-queue-leader-locator", why))?;
@@ -374,12 +433,11 @@ fn parse_quorum(
                     Some(string(value).map_err(|why| invalid("x-dead-letter-routing-key", why))?);
             }
             "x-dead-letter-strategy" => match value {
-                FieldValue::LongString(text) if text.as_bytes() == b"at-most-once" => {}
+                FieldValue::LongString(text) if text.as_bytes() == b"at-most-once" => {
+                    config.dead_letter_at_least_once = false;
+                }
                 FieldValue::LongString(text) if text.as_bytes() == b"at-least-once" => {
-                    return Err(AmqpError::precondition_failed(format!(
-                        "invalid arg 'x-dead-letter-strategy' for {resource}: at-least-once \
-                         is not supported by Warren's quorum queues yet"
-                    )));
+                    config.dead_letter_at_least_once = true;
                 }
                 FieldValue::LongString(_) => {
                     return Err(invalid(
@@ -397,6 +455,22 @@ fn parse_quorum(
             "x-max-length" => {
                 config.max_length =
                     Some(non_negative(value).map_err(|why| invalid("x-max-length", why))?);
+            }
+            "x-consumer-timeout" => {
+                config.consumer_timeout =
+                    Some(positive(value).map_err(|why| invalid("x-consumer-timeout", why))?);
+            }
+            "x-single-active-consumer" => {
+                config.single_active_consumer =
+                    boolean(value).map_err(|why| invalid("x-single-active-consumer", why))?;
+            }
+            "x-message-ttl" => {
+                config.message_ttl =
+                    Some(expiry(value).map_err(|why| invalid("x-message-ttl", why))?);
+            }
+            "x-expires" => {
+                config.expires =
+                    Some(positive_expiry(value).map_err(|why| invalid("x-expires", why))?);
             }
             "x-max-length-bytes" => {
                 config.max_length_bytes =
@@ -431,6 +505,32 @@ fn parse_quorum(
             Invalid::Term("routing_key_but_no_dlx_defined".into()),
         ));
     }
+    if let Some(kind) = retry_kind {
+        let Some(min) = retry_min else {
+            return Err(invalid(
+                "x-delayed-retry-min",
+                Invalid::Term(format!(
+                    "required when x-delayed-retry-type is {}",
+                    match kind {
+                        super::quorum::state::RetryKind::All => "all",
+                        super::quorum::state::RetryKind::Failed => "failed",
+                        super::quorum::state::RetryKind::Returned => "returned",
+                    }
+                )),
+            ));
+        };
+        let max = retry_max.unwrap_or(min);
+        if max < min {
+            return Err(invalid(
+                "x-delayed-retry-max",
+                Invalid::Term(format!(
+                    "x-delayed-retry-max ({max}) must not be smaller than x-delayed-retry-min \
+                     ({min})"
+                )),
+            ));
+        }
+        config.delayed_retry = Some(super::quorum::state::DelayedRetry { kind, min, max });
+    }
     Ok(config)
 }
 
@@ -458,6 +558,15 @@ pub fn consumer_priority(
             ))
         })?,
     };
+    if let Some(value) = arguments.get("x-consumer-timeout")
+        && value.as_integer().is_none_or(|ms| ms <= 0)
+    {
+        return Err(AmqpError::precondition_failed(format!(
+            "invalid arg 'x-consumer-timeout' for {resource}: \"expected a positive integer, \
+             got {}\"",
+            type_name(value)
+        )));
+    }
     for (key, _) in arguments.iter() {
         if let Some(other) = OTHER_TYPE_CONSUMER_ARGUMENTS
             .iter()
@@ -557,6 +666,73 @@ mod tests {
         assert_eq!(config.dead_letter_exchange, Some(ShortString::EMPTY));
         assert_eq!(config.max_priority, Some(1));
         assert!(config.single_active_consumer);
+    }
+
+    #[test]
+    fn delayed_retry_arguments_of_quorum_queues() {
+        use crate::queue::quorum::state::{DelayedRetry, RetryKind};
+        let queue = ShortString::from_static("q");
+        let quorum = |extra: &[(&str, FieldValue)]| {
+            let mut all = vec![("x-queue-type", FieldValue::from("quorum"))];
+            all.extend(extra.iter().cloned());
+            parse(&args(&all), &queue, "/")
+        };
+        let config = quorum(&[
+            ("x-delayed-retry-type", "failed".into()),
+            ("x-delayed-retry-min", FieldValue::LongInt(100)),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.delayed_retry,
+            Some(DelayedRetry {
+                kind: RetryKind::Failed,
+                min: 100,
+                max: 100
+            })
+        );
+        assert_eq!(
+            quorum(&[("x-delayed-retry-type", "disabled".into())])
+                .unwrap()
+                .delayed_retry,
+            None
+        );
+        let prefix = "PRECONDITION_FAILED - invalid arg";
+        for (extra, text) in [
+            (
+                vec![("x-delayed-retry-type", FieldValue::from("sometimes"))],
+                format!(
+                    "{prefix} 'x-delayed-retry-type' for queue 'q' in vhost '/': \"sometimes\" \
+                     is not a valid delayed retry type. Must be one of: all, failed, returned, \
+                     disabled"
+                ),
+            ),
+            (
+                vec![("x-delayed-retry-type", FieldValue::from("all"))],
+                format!(
+                    "{prefix} 'x-delayed-retry-min' for queue 'q' in vhost '/': required when \
+                     x-delayed-retry-type is all"
+                ),
+            ),
+            (
+                vec![
+                    ("x-delayed-retry-type", FieldValue::from("returned")),
+                    ("x-delayed-retry-min", FieldValue::LongInt(500)),
+                    ("x-delayed-retry-max", FieldValue::LongInt(100)),
+                ],
+                format!(
+                    "{prefix} 'x-delayed-retry-max' for queue 'q' in vhost '/': \
+                     x-delayed-retry-max (100) must not be smaller than x-delayed-retry-min (500)"
+                ),
+            ),
+            (
+                vec![("x-delayed-retry-min", FieldValue::LongInt(0))],
+                format!(
+                    "{prefix} 'x-delayed-retry-min' for queue 'q' in vhost '/': {{value_zero,0}}"
+                ),
+            ),
+        ] {
+            assert_eq!(quorum(&extra).unwrap_err().to_string(), text);
+        }
     }
 
     #[test]

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use warren_wire::{FieldTable, FieldValue, ShortString};
 
 use crate::message::{ExtraRoutingKeys, Message};
-use crate::queue::{Incoming, QueueCommand, QueueConfig};
+use crate::queue::{Incoming, QueueCommand, QueueConfig, QueueHandle};
 use crate::vhost::VHost;
 
 /// Why a message was dead-lettered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reason {
     /// `basic.reject` / `basic.nack` without requeue.
     Rejected,
@@ -100,34 +100,12 @@ pub(crate) fn republish(
     messages: impl Iterator<Item = (Arc<Message>, Reason)>,
     now_ms: u64,
 ) {
-    let Some(exchange_name) = config.dead_letter_exchange.as_ref() else {
-        return;
-    };
-    let exchange = if exchange_name.is_empty() {
-        None
-    } else {
-        match vhost.exchange(exchange_name) {
-            Some(exchange) => Some(exchange),
-            None => return,
-        }
-    };
-    let mut targets = Vec::new();
     for (message, reason) in messages {
-        let (copy, keys) = dead_letter(
-            &message,
-            reason,
-            queue,
-            exchange_name,
-            config.dead_letter_routing_key.as_ref(),
-            now_ms,
-        );
-        targets.clear();
-        vhost.route(exchange.as_deref(), &copy, &keys, &mut targets);
-        if reason != Reason::Rejected
-            && let Some(deaths) = copy.deaths.as_deref()
-        {
-            targets.retain(|target| !is_cycle(deaths, &target.name));
-        }
+        let (copy, targets) = match route(vhost, queue, config, &message, reason, now_ms) {
+            Ok(routed) => routed,
+            Err(Unroutable::Cycle) => continue,
+            Err(Unroutable::NoExchange) => return,
+        };
         for target in &targets {
             target.send(QueueCommand::Publish {
                 publisher: 0,
@@ -138,6 +116,61 @@ pub(crate) fn republish(
             });
         }
     }
+}
+
+/// Why a dead letter could not be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unroutable {
+    /// The queue has no dead-letter exchange, or it does not exist.
+    NoExchange,
+    /// Every queue it routes to is one the message died in before, without a rejection
+    /// since: it would go round forever, and is dropped.
+    Cycle,
+}
+
+/// The copy of `message` dead-lettered from `queue` for `reason`, and the queues its
+/// dead-letter exchange routes it to (those it would come back to in a cycle left out).
+pub(crate) fn route(
+    vhost: &VHost,
+    queue: &ShortString,
+    config: &QueueConfig,
+    message: &Message,
+    reason: Reason,
+    now_ms: u64,
+) -> Result<(Arc<Message>, Vec<QueueHandle>), Unroutable> {
+    let exchange_name = config
+        .dead_letter_exchange
+        .as_ref()
+        .ok_or(Unroutable::NoExchange)?;
+    let exchange = if exchange_name.is_empty() {
+        None
+    } else {
+        Some(
+            vhost
+                .exchange(exchange_name)
+                .ok_or(Unroutable::NoExchange)?,
+        )
+    };
+    let (copy, keys) = dead_letter(
+        message,
+        reason,
+        queue,
+        exchange_name,
+        config.dead_letter_routing_key.as_ref(),
+        now_ms,
+    );
+    let mut targets = Vec::new();
+    vhost.route(exchange.as_deref(), &copy, &keys, &mut targets);
+    if reason != Reason::Rejected
+        && let Some(deaths) = copy.deaths.as_deref()
+        && !targets.is_empty()
+    {
+        targets.retain(|target| !is_cycle(deaths, &target.name));
+        if targets.is_empty() {
+            return Err(Unroutable::Cycle);
+        }
+    }
+    Ok((copy, targets))
 }
 
 /// The copy of `message` to publish to `dead_letter_exchange`, with the routing keys to use.

@@ -594,9 +594,15 @@ async fn forward(
                     WireEvent::PublishCredit { queue, amount }
                 }
                 ConnectionEvent::QueueGone { queue } => WireEvent::QueueGone { queue },
+                // Classic queues time nobody out; were one to, the consumer would still go.
                 ConnectionEvent::ConsumerCancelled {
                     channel,
                     consumer_tag,
+                }
+                | ConnectionEvent::ConsumerTimedOut {
+                    channel,
+                    consumer_tag,
+                    ..
                 } => WireEvent::ConsumerCancelled {
                     channel,
                     tag: consumer_tag.as_bytes().to_vec(),

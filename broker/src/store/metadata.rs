@@ -162,6 +162,20 @@ pub enum MetadataCommand {
         /// Arguments, AMQP-encoded.
         arguments: Vec<u8>,
     },
+    /// A quorum queue's group now has members on these nodes (one was added or removed).
+    SetQuorumMembers {
+        /// Vhost.
+        vhost: String,
+        /// Name.
+        name: Vec<u8>,
+        /// Its persistent id: a queue of the same name declared since is not changed.
+        id: u64,
+        /// Member id and node name of each member.
+        members: Vec<(u64, String)>,
+        /// For a removal, the index of the membership change in the queue's log; 0 for an
+        /// addition.
+        removed_at: u64,
+    },
 }
 
 impl MetadataCommand {

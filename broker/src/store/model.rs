@@ -53,6 +53,10 @@ pub struct QueueRecord {
     pub arguments: Vec<u8>,
     /// A quorum queue's group: member ids and their nodes (empty for a classic queue).
     pub members: Vec<(u64, String)>,
+    /// Members removed from the group since: member id, node, and the index of the removal in
+    /// the queue's log. A node that was down meanwhile deletes its member's log when it starts,
+    /// unless that log goes past the removal (it was added again since).
+    pub removed: Vec<(u64, String, u64)>,
 }
 
 impl QueueRecord {
@@ -157,6 +161,7 @@ impl MetadataCommand {
                 auto_delete: *auto_delete,
                 arguments: arguments.clone(),
                 members: Vec::new(),
+                removed: Vec::new(),
             }),
             MetadataCommand::DeclareQuorumQueue {
                 id,
@@ -172,9 +177,18 @@ impl MetadataCommand {
                 auto_delete: false,
                 arguments: arguments.clone(),
                 members: members.clone(),
+                removed: Vec::new(),
             }),
             _ => None,
         }
+    }
+}
+
+/// The removal index a `SetQuorumMembers` carries (0 for others, and for additions).
+fn command_removed_at(command: &MetadataCommand) -> u64 {
+    match command {
+        MetadataCommand::SetQuorumMembers { removed_at, .. } => *removed_at,
+        _ => 0,
     }
 }
 
@@ -235,6 +249,36 @@ impl DurableState {
                     self.queues
                         .entry((vhost.clone(), name.clone()))
                         .or_insert(record);
+                }
+            }
+            MetadataCommand::SetQuorumMembers {
+                vhost,
+                name,
+                id,
+                members,
+                ..
+            } => {
+                let key = (vhost.clone(), name.clone());
+                if let Some(queue) = self.queues.get_mut(&key)
+                    && queue.id == *id
+                    && queue.is_quorum()
+                    && !members.is_empty()
+                {
+                    let removed_at = command_removed_at(command);
+                    for (member, node) in &queue.members {
+                        if !members.iter().any(|(id, _)| id == member) && removed_at != 0 {
+                            queue.removed.retain(|(id, ..)| id != member);
+                            queue.removed.push((*member, node.clone(), removed_at));
+                        }
+                    }
+                    queue
+                        .removed
+                        .retain(|(member, ..)| !members.iter().any(|(id, _)| id == member));
+                    queue.members = members.clone();
+                    // The node named to lead first is one of its members.
+                    if !members.iter().any(|(_, node)| *node == queue.home) {
+                        queue.home = members[0].1.clone();
+                    }
                 }
             }
             MetadataCommand::DeleteQueue { vhost, name, id } => {
@@ -393,14 +437,33 @@ impl DurableState {
         }
         for ((vhost, name), queue) in &self.queues {
             if queue.is_quorum() {
+                // The removed members first, then each removal again, so that the state
+                // rebuilt from these commands keeps them.
+                let mut members = queue.members.clone();
+                members.extend(
+                    queue
+                        .removed
+                        .iter()
+                        .map(|(id, node, _)| (*id, node.clone())),
+                );
                 commands.push(MetadataCommand::DeclareQuorumQueue {
                     vhost: vhost.clone(),
                     name: name.clone(),
                     id: queue.id,
-                    members: queue.members.clone(),
+                    members: members.clone(),
                     leader: queue.home.clone(),
                     arguments: queue.arguments.clone(),
                 });
+                for (id, _, removed_at) in &queue.removed {
+                    members.retain(|(member, _)| member != id);
+                    commands.push(MetadataCommand::SetQuorumMembers {
+                        vhost: vhost.clone(),
+                        name: name.clone(),
+                        id: queue.id,
+                        members: members.clone(),
+                        removed_at: *removed_at,
+                    });
+                }
                 continue;
             }
             commands.push(MetadataCommand::DeclareQueue {
@@ -482,5 +545,50 @@ mod tests {
         });
         assert!(state.bindings.is_empty(), "a queue's bindings go with it");
         assert_eq!(state.exchanges.len(), 1);
+    }
+
+    #[test]
+    fn a_quorum_queue_keeps_the_removals_of_its_members_through_snapshots() {
+        let mut state = DurableState::default();
+        let members = |names: &[(u64, &str)]| -> Vec<(u64, String)> {
+            names.iter().map(|(id, n)| (*id, n.to_string())).collect()
+        };
+        for command in [
+            MetadataCommand::PutVHost { name: "/".into() },
+            MetadataCommand::DeclareQuorumQueue {
+                vhost: "/".into(),
+                name: b"q".to_vec(),
+                id: 7,
+                members: members(&[(1, "a"), (2, "b"), (3, "c")]),
+                leader: "a".into(),
+                arguments: vec![],
+            },
+            MetadataCommand::SetQuorumMembers {
+                vhost: "/".into(),
+                name: b"q".to_vec(),
+                id: 7,
+                members: members(&[(2, "b"), (3, "c")]),
+                removed_at: 40,
+            },
+        ] {
+            state.apply(&command);
+        }
+        let queue = &state.queues[&("/".to_string(), b"q".to_vec())];
+        assert_eq!(queue.members, members(&[(2, "b"), (3, "c")]));
+        assert_eq!(queue.removed, vec![(1, "a".to_string(), 40)]);
+        assert_eq!(queue.home, "b", "the first leader's node left");
+        let mut rebuilt = DurableState::default();
+        rebuilt.apply(&MetadataCommand::Snapshot(state.to_commands()));
+        assert_eq!(rebuilt, state);
+        // Added again: no longer removed.
+        state.apply(&MetadataCommand::SetQuorumMembers {
+            vhost: "/".into(),
+            name: b"q".to_vec(),
+            id: 7,
+            members: members(&[(2, "b"), (3, "c"), (1, "a")]),
+            removed_at: 0,
+        });
+        let queue = &state.queues[&("/".to_string(), b"q".to_vec())];
+        assert!(queue.removed.is_empty());
     }
 }

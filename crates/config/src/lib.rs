@@ -342,10 +342,36 @@ pub struct Config {
     pub segment_size: u32,
     /// Clustering.
     pub cluster: ClusterConfig,
+    /// The type of queues declared without `x-queue-type` (`default_queue_type`): `classic`,
+    /// or `quorum` for those that can be (durable, not exclusive, not auto-delete).
+    pub default_queue_type: QueueType,
+    /// Where new quorum queues' leaders go when their declaration does not say
+    /// (`queue_leader_locator`).
+    pub queue_leader_locator: LeaderLocator,
+    /// How long a consumer may hold a delivery unacknowledged, in milliseconds
+    /// (`consumer_timeout`, 30 minutes by default); enforced by quorum queues, as in RabbitMQ
+    /// 4.3.
+    pub consumer_timeout: u64,
     /// Threads that run connections and queues (`WARREN_WORKER_THREADS`); one per CPU the
     /// process may use when unset. Read by the `warren` binary when it builds its runtime; a
     /// node embedded in a test suite runs on the runtime of its host.
     pub worker_threads: Option<usize>,
+}
+
+/// A queue type (`default_queue_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+/// `queue_leader_locator` (and `x-queue-leader-locator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderLocator {
+    /// The node the declaring client is connected to.
+    ClientLocal,
+    /// The member node leading the fewest quorum queues.
+    Balanced,
 }
 
 /// The most worker threads `WARREN_WORKER_THREADS` may ask for.
@@ -422,6 +448,9 @@ impl Default for Config {
             disk_free_limit_relative: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
             cluster: ClusterConfig::default(),
+            default_queue_type: QueueType::Classic,
+            consumer_timeout: 1_800_000,
+            queue_leader_locator: LeaderLocator::ClientLocal,
             worker_threads: None,
         }
         .with_default_data_dir()

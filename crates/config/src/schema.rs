@@ -9,8 +9,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::{
-    Config, ConfigError, DiscoveryBackend, ListenAddress, LogLevel, MAX_MESSAGE_SIZE_LIMIT,
-    PartitionHandling, Setting,
+    Config, ConfigError, DiscoveryBackend, LeaderLocator, ListenAddress, LogLevel,
+    MAX_MESSAGE_SIZE_LIMIT, PartitionHandling, QueueType, Setting,
 };
 
 pub(crate) type Apply = fn(&mut Config, &Setting, &[&str]) -> Result<(), String>;
@@ -189,6 +189,27 @@ const KEYS: &[(&str, Apply)] = &[
         config.cluster.interface = Some(ip);
         Ok(())
     }),
+    ("consumer_timeout", |config, setting, _| {
+        config.consumer_timeout = integer(&setting.value, 1, u64::MAX)?;
+        Ok(())
+    }),
+    ("default_queue_type", |config, setting, _| {
+        config.default_queue_type = match setting.value.as_str() {
+            "classic" => QueueType::Classic,
+            "quorum" => QueueType::Quorum,
+            "stream" => return Err("streams are not supported; use classic or quorum".into()),
+            _ => return Err("expected classic or quorum".into()),
+        };
+        Ok(())
+    }),
+    ("queue_leader_locator", |config, setting, _| {
+        config.queue_leader_locator = match setting.value.as_str() {
+            "client-local" => LeaderLocator::ClientLocal,
+            "balanced" => LeaderLocator::Balanced,
+            _ => return Err("expected client-local or balanced".into()),
+        };
+        Ok(())
+    }),
     ("cluster_name", |config, setting, _| {
         config.cluster.name = Some(setting.value.clone());
         Ok(())
@@ -326,8 +347,6 @@ const RABBITMQ_ONLY: &[&str] = &[
     "handshake_timeout",
     "reverse_dns_lookups",
     "queue_master_locator",
-    "queue_leader_locator",
-    "default_queue_type",
     "collect_statistics",
     "collect_statistics_interval",
     "mqtt",
@@ -346,7 +365,6 @@ const RABBITMQ_ONLY: &[&str] = &[
     "log.upgrade",
     "log.ra",
     "distribution",
-    "consumer_timeout",
     "credit_flow_default_credit",
     "mirroring_sync_batch_size",
     "cluster_keepalive_interval",
@@ -561,6 +579,46 @@ mod tests {
         );
         assert_eq!(config.max_message_size, 16 * 1024 * 1024);
         assert_eq!(config.loopback_users, vec!["guest".to_string()]);
+    }
+
+    #[test]
+    fn queue_type_and_leader_locator_defaults_are_read_and_checked() {
+        let config = Config::default();
+        assert_eq!(config.default_queue_type, QueueType::Classic);
+        assert_eq!(config.queue_leader_locator, LeaderLocator::ClientLocal);
+        let config =
+            load("default_queue_type = quorum\nqueue_leader_locator = balanced\n").unwrap();
+        assert_eq!(config.default_queue_type, QueueType::Quorum);
+        assert_eq!(config.queue_leader_locator, LeaderLocator::Balanced);
+        for (text, key, why) in [
+            (
+                "default_queue_type = stream\n",
+                "default_queue_type",
+                "streams",
+            ),
+            (
+                "default_queue_type = fast\n",
+                "default_queue_type",
+                "classic or quorum",
+            ),
+            (
+                "queue_leader_locator = random\n",
+                "queue_leader_locator",
+                "balanced",
+            ),
+        ] {
+            let error = load(text).unwrap_err().to_string();
+            assert!(error.contains(key) && error.contains(why), "{error}");
+        }
+    }
+
+    #[test]
+    fn consumer_timeout_is_thirty_minutes_unless_set() {
+        assert_eq!(Config::default().consumer_timeout, 1_800_000);
+        let config = load("consumer_timeout = 60000\n").unwrap();
+        assert_eq!(config.consumer_timeout, 60_000);
+        let error = load("consumer_timeout = 0\n").unwrap_err().to_string();
+        assert!(error.contains("consumer_timeout"), "{error}");
     }
 
     #[test]

@@ -35,6 +35,26 @@ Commands:
   cluster_health_check                NODE runs, is clustered with the node its peer discovery
                                       backend names as seed, and sees no partition; exits 69
                                       with the problems when not (a Kubernetes probe can run it)
+  check_if_node_is_quorum_critical    exits 69, naming them, when stopping NODE would leave a
+                                      quorum queue (or the metadata store) without a majority
+
+Quorum queue members (as rabbitmq-queues):
+  add_member [--vhost VHOST] QUEUE MEMBER_NODE
+                                      a member of QUEUE on MEMBER_NODE: it joins without a
+                                      vote and votes once it has caught up
+  delete_member [--vhost VHOST] QUEUE MEMBER_NODE
+                                      QUEUE's member on MEMBER_NODE goes, with its log
+  grow MEMBER_NODE all|even [--vhost-pattern RE] [--queue-pattern RE] [--errors-only]
+                                      a member on MEMBER_NODE for every matching quorum queue
+                                      without one there (even: those with an even number)
+  shrink MEMBER_NODE [--errors-only]  MEMBER_NODE's member goes from every quorum queue
+  rebalance all|quorum|stream [--vhost-pattern RE] [--queue-pattern RE]
+                                      spreads the matching quorum queues' leaders over the
+                                      running nodes (each queue moves at most once)
+  list_queues [-p VHOST] [--no-table-headers] [COLUMN...]
+                                      the vhost's queues (columns: name durable auto_delete
+                                      exclusive arguments messages consumers type leader
+                                      members online; default: name messages)
 
 NODE defaults to warren@<this host> (WARREN_NODENAME / RABBITMQ_NODENAME when set);
 the port is WARREN_DIST_PORT / RABBITMQ_DIST_PORT, or 25672. --nameserver resolves NODE
@@ -193,6 +213,7 @@ fn request(command: &[String]) -> Result<(ControlRequest, bool), String> {
         )),
         ["reset"] => Ok((ControlRequest::Reset, false)),
         ["cluster_health_check"] => Ok((ControlRequest::HealthCheck, false)),
+        ["check_if_node_is_quorum_critical"] => Ok((ControlRequest::QuorumCritical, false)),
         ["forget_cluster_node", "--offline", node] => Ok((
             ControlRequest::ForgetNode {
                 node: node.to_string(),
@@ -207,10 +228,179 @@ fn request(command: &[String]) -> Result<(ControlRequest, bool), String> {
             },
             false,
         )),
+        [
+            "add_member" | "delete_member" | "grow" | "shrink" | "rebalance",
+            ..,
+        ] => queues_request(&words),
+        ["list_queues", ..] => {
+            let parsed = self::words(&words)?;
+            parsed.only(&[
+                "--vhost",
+                "-p",
+                "--no-table-headers",
+                "--offline",
+                "--local",
+            ])?;
+            let vhost = parsed.value(&["--vhost", "-p"]).unwrap_or("/").to_string();
+            let headers = !parsed
+                .options
+                .iter()
+                .any(|(name, _)| *name == "--no-table-headers");
+            let columns = parsed.positional[1..]
+                .iter()
+                .map(|column| column.to_string())
+                .collect();
+            // `json` here means: print the headers.
+            Ok((ControlRequest::ListQueues { vhost, columns }, headers))
+        }
         _ => Err(format!(
             "unknown command or arguments: '{}'",
             command.join(" ")
         )),
+    }
+}
+
+/// A `rabbitmq-queues` command's positional words and options (`--name value`,
+/// `--name=value`, or a flag).
+struct Words<'a> {
+    positional: Vec<&'a str>,
+    options: Vec<(&'a str, Option<&'a str>)>,
+}
+
+const FLAGS: &[&str] = &[
+    "--errors-only",
+    "--no-table-headers",
+    "--offline",
+    "--local",
+];
+
+fn words<'a>(command: &[&'a str]) -> Result<Words<'a>, String> {
+    let mut parsed = Words {
+        positional: Vec::new(),
+        options: Vec::new(),
+    };
+    let mut rest = command.iter().copied();
+    while let Some(word) = rest.next() {
+        if !word.starts_with('-') {
+            parsed.positional.push(word);
+        } else if let Some((name, value)) = word.split_once('=') {
+            parsed.options.push((name, Some(value)));
+        } else if FLAGS.contains(&word) {
+            parsed.options.push((word, None));
+        } else {
+            let value = rest.next().ok_or(format!("{word} needs a value"))?;
+            parsed.options.push((word, Some(value)));
+        }
+    }
+    Ok(parsed)
+}
+
+impl<'a> Words<'a> {
+    fn value(&self, names: &[&str]) -> Option<&'a str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(name, _)| names.contains(name))
+            .and_then(|(_, value)| *value)
+    }
+
+    fn only(&self, allowed: &[&str]) -> Result<(), String> {
+        match self
+            .options
+            .iter()
+            .find(|(name, _)| !allowed.contains(name))
+        {
+            Some((name, _)) => Err(format!("unknown option {name}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The quorum queue membership commands (`rabbitmq-queues`'), and whether only errors are
+/// shown of their answer.
+fn queues_request(command: &[&str]) -> Result<(ControlRequest, bool), String> {
+    let words = words(command)?;
+    let vhost = words.value(&["--vhost", "-p"]).unwrap_or("/").to_string();
+    let errors_only = words
+        .options
+        .iter()
+        .any(|(name, _)| *name == "--errors-only");
+    match words.positional.as_slice() {
+        [verb @ ("add_member" | "delete_member"), queue, node] => {
+            let (queue, node) = (queue.to_string(), node.to_string());
+            if *verb == "add_member" {
+                words.only(&["--vhost", "-p", "--membership"])?;
+                // A member always joins as a non-voter and votes once it has caught up.
+                match words.value(&["--membership"]) {
+                    None | Some("promotable" | "voter") => {}
+                    Some("non_voter") => {
+                        return Err(
+                            "voter status 'non_voter' is not supported: members vote once they have \
+                             caught up"
+                                .into(),
+                        );
+                    }
+                    Some(other) => return Err(format!("voter status '{other}' is not recognised")),
+                }
+                Ok((ControlRequest::AddMember { vhost, queue, node }, false))
+            } else {
+                words.only(&["--vhost", "-p"])?;
+                Ok((ControlRequest::DeleteMember { vhost, queue, node }, false))
+            }
+        }
+        ["grow", node, strategy] => {
+            words.only(&[
+                "--vhost-pattern",
+                "--queue-pattern",
+                "--errors-only",
+                "--membership",
+            ])?;
+            let even = match *strategy {
+                "all" => false,
+                "even" => true,
+                other => return Err(format!("strategy '{other}' is not recognised")),
+            };
+            Ok((
+                ControlRequest::Grow {
+                    node: node.to_string(),
+                    even,
+                    vhost_pattern: words.value(&["--vhost-pattern"]).unwrap_or(".*").into(),
+                    queue_pattern: words.value(&["--queue-pattern"]).unwrap_or(".*").into(),
+                },
+                errors_only,
+            ))
+        }
+        ["rebalance", kind] => {
+            words.only(&["--vhost-pattern", "--queue-pattern"])?;
+            if !matches!(*kind, "all" | "quorum" | "stream") {
+                return Err(format!(
+                    "type {kind} is not supported. Try one of all, quorum, stream."
+                ));
+            }
+            Ok((
+                ControlRequest::Rebalance {
+                    vhost_pattern: words.value(&["--vhost-pattern"]).unwrap_or(".*").into(),
+                    // Warren has no streams: nothing of theirs to move.
+                    queue_pattern: if *kind == "stream" {
+                        "$.^".into()
+                    } else {
+                        words.value(&["--queue-pattern"]).unwrap_or(".*").into()
+                    },
+                },
+                // The table's headers.
+                true,
+            ))
+        }
+        ["shrink", node] => {
+            words.only(&["--errors-only"])?;
+            Ok((
+                ControlRequest::Shrink {
+                    node: node.to_string(),
+                },
+                errors_only,
+            ))
+        }
+        _ => Err(format!("wrong arguments: '{}'", command.join(" "))),
     }
 }
 
@@ -278,8 +468,36 @@ async fn run(arguments: Arguments) -> ExitCode {
             println!("Clustering node {node} with {other}");
         }
         ControlRequest::Reset => println!("Resetting node {node} ..."),
+        ControlRequest::QuorumCritical => {
+            println!("Checking if node {node} is critical for quorum of any quorum queues ...")
+        }
         ControlRequest::ForgetNode { node: other, .. } => {
             println!("Removing node {other} from the cluster");
+        }
+        ControlRequest::AddMember { queue, node, .. } => {
+            println!("Adding a replica for queue {queue} on node {node}...");
+        }
+        ControlRequest::DeleteMember { queue, node, .. } => {
+            println!("Removing a replica of queue {queue} on node {node}...");
+        }
+        ControlRequest::Grow { node, even, .. } => {
+            let strategy = if *even { "even" } else { "all" };
+            println!("Growing {strategy} quorum queues on {node}...");
+        }
+        ControlRequest::Shrink { node } => println!("Shrinking quorum queues on {node}..."),
+        ControlRequest::Rebalance { .. } => {
+            let kind = match arguments.command.get(1).map(String::as_str) {
+                Some("all") => "all replicated queues",
+                Some("stream") => "streams",
+                _ => "quorum queues",
+            };
+            println!("Re-balancing leaders of {kind}...");
+        }
+        ControlRequest::ListQueues { vhost, .. } => {
+            println!(
+                "Timeout: {:.1} seconds ...\nListing queues for vhost {vhost} ...",
+                arguments.timeout.as_secs_f64()
+            );
         }
         _ => {}
     }
@@ -318,6 +536,46 @@ async fn run(arguments: Arguments) -> ExitCode {
                 ExitCode::from(UNAVAILABLE)
             }
         }
+        Ok(ControlResponse::QuorumCritical(report)) => {
+            if report.critical.is_empty() {
+                if report.single_node {
+                    println!(
+                        "Node {} is alone in its cluster: nothing to lose",
+                        report.node
+                    );
+                } else {
+                    println!(
+                        "Node {} reported no quorum queues with minimum online quorum",
+                        report.node
+                    );
+                }
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("Error:\n{}", control::QUORUM_CRITICAL);
+                for critical in &report.critical {
+                    eprintln!("  - {}", critical.readable_name);
+                }
+                ExitCode::from(UNAVAILABLE)
+            }
+        }
+        Ok(ControlResponse::MemberChanges(rows)) => {
+            // `json` here means errors only (see `queues_request`).
+            println!("vhost\tname\tsize\tresult");
+            for row in rows.iter().filter(|row| !json || row.result != "ok") {
+                let size = row.size.map_or("?".to_string(), |size| size.to_string());
+                println!("{}\t{}\t{size}\t{}", row.vhost, row.name, row.result);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(ControlResponse::Table { columns, rows }) => {
+            if json {
+                println!("{}", columns.join("\t"));
+            }
+            for row in rows {
+                println!("{}", row.join("\t"));
+            }
+            ExitCode::SUCCESS
+        }
         Ok(ControlResponse::Done(_)) | Ok(ControlResponse::Links(_)) => ExitCode::SUCCESS,
         Err(TransportError::Failed { reason, .. }) => {
             eprintln!("Error: {reason}");
@@ -331,5 +589,112 @@ async fn run(arguments: Arguments) -> ExitCode {
             );
             ExitCode::from(UNAVAILABLE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(line: &str) -> Result<(ControlRequest, bool), String> {
+        let command: Vec<String> = line.split_whitespace().map(String::from).collect();
+        request(&command)
+    }
+
+    #[test]
+    fn membership_commands_take_rabbitmq_queues_arguments() {
+        assert_eq!(
+            parsed("add_member --vhost v1 orders rabbit@b"),
+            Ok((
+                ControlRequest::AddMember {
+                    vhost: "v1".into(),
+                    queue: "orders".into(),
+                    node: "rabbit@b".into(),
+                },
+                false
+            ))
+        );
+        assert_eq!(
+            parsed("delete_member orders rabbit@b -p v2"),
+            Ok((
+                ControlRequest::DeleteMember {
+                    vhost: "v2".into(),
+                    queue: "orders".into(),
+                    node: "rabbit@b".into(),
+                },
+                false
+            ))
+        );
+        assert_eq!(
+            parsed("add_member orders rabbit@b --membership voter").map(|(r, _)| r),
+            Ok(ControlRequest::AddMember {
+                vhost: "/".into(),
+                queue: "orders".into(),
+                node: "rabbit@b".into(),
+            })
+        );
+        assert_eq!(
+            parsed("grow rabbit@c even --queue-pattern=^o --errors-only"),
+            Ok((
+                ControlRequest::Grow {
+                    node: "rabbit@c".into(),
+                    even: true,
+                    vhost_pattern: ".*".into(),
+                    queue_pattern: "^o".into(),
+                },
+                true
+            ))
+        );
+        assert_eq!(
+            parsed("shrink rabbit@c"),
+            Ok((
+                ControlRequest::Shrink {
+                    node: "rabbit@c".into()
+                },
+                false
+            ))
+        );
+        assert_eq!(
+            parsed("rebalance quorum --queue-pattern ^o"),
+            Ok((
+                ControlRequest::Rebalance {
+                    vhost_pattern: ".*".into(),
+                    queue_pattern: "^o".into(),
+                },
+                true
+            ))
+        );
+        assert_eq!(
+            parsed("rebalance classic"),
+            Err("type classic is not supported. Try one of all, quorum, stream.".into())
+        );
+        assert_eq!(
+            parsed("grow rabbit@c some"),
+            Err("strategy 'some' is not recognised".into())
+        );
+        assert_eq!(
+            parsed("add_member q n --membership nobody"),
+            Err("voter status 'nobody' is not recognised".into())
+        );
+        assert!(parsed("add_member q n --membership non_voter").is_err());
+        assert_eq!(
+            parsed("delete_member q n --membership voter"),
+            Err("unknown option --membership".into())
+        );
+        assert!(parsed("add_member q").is_err());
+        assert_eq!(
+            parsed("list_queues -p v name type leader --no-table-headers"),
+            Ok((
+                ControlRequest::ListQueues {
+                    vhost: "v".into(),
+                    columns: vec!["name".into(), "type".into(), "leader".into()],
+                },
+                false
+            ))
+        );
+        assert_eq!(
+            parsed("grow rabbit@c all --vhost-pattern"),
+            Err("--vhost-pattern needs a value".into())
+        );
     }
 }

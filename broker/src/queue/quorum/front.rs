@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use warren_cluster::multiraft::host::GroupError;
 use warren_wire::ShortString;
 
+use super::dead_letters::DeadLetterWorker;
 use super::hub::{FrontEvent, QuorumHub, group_of};
 use super::state::{Command, ConsumerKey, Enqueued, Enqueuer, Limits, Outcome, Reply};
 use crate::error::AmqpError;
@@ -41,6 +42,12 @@ use crate::vhost::VHost;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(35);
 /// How long the front waits before sending its window again after a failure.
 const RETRY: Duration = Duration::from_millis(100);
+/// How many times a consumer's resumption is tried while the queue has no leader (a second
+/// apart) before the consumer is cancelled.
+const RESUME_ATTEMPTS: u32 = 30;
+/// How long after a tick it is made again if the log does not answer it with the next
+/// deadline.
+const TICK_AGAIN: Duration = Duration::from_secs(5);
 /// Commands per submission when the window is sent again.
 const RESEND_BATCH: usize = 256;
 
@@ -68,6 +75,7 @@ pub(crate) fn spawn(
     let (events, event_mailbox) = mpsc::unbounded_channel();
     hub.add_front(id, events);
     let (internal, internal_mailbox) = mpsc::unbounded_channel();
+    let (confirms, confirm_mailbox) = mpsc::unbounded_channel();
     let front = Front {
         queue: handle.clone(),
         group: group_of(id),
@@ -78,19 +86,27 @@ pub(crate) fn spawn(
         window: BTreeMap::new(),
         epoch: 0,
         retry_at: None,
+        tick_at: None,
         publishers: HashMap::new(),
         consumers: HashMap::new(),
         internal,
+        dead_letters: DeadLetterWorker::new(confirms),
     };
     // Consumers of this node's earlier runs are gone.
     front.submit_settling(Command::NodeDown {
         node: hub.node().to_string(),
         keep: Some(hub.incarnation()),
     });
-    vhost
-        .tasks()
-        .tracker
-        .spawn(front.run(mailbox, event_mailbox, internal_mailbox));
+    let tasks = vhost.tasks();
+    tasks.tracker.spawn(front.run(
+        Mailboxes {
+            commands: mailbox,
+            events: event_mailbox,
+            internal: internal_mailbox,
+            confirms: confirm_mailbox,
+        },
+        tasks.stop.clone(),
+    ));
     handle
 }
 
@@ -104,6 +120,11 @@ pub(crate) fn limits(config: &QueueConfig) -> Limits {
         max_length_bytes: config.max_length_bytes,
         reject_publish: config.overflow == crate::queue::arguments::Overflow::RejectPublish,
         dead_letter: config.dead_letter_exchange.is_some(),
+        at_least_once: config.dead_letter_at_least_once,
+        delayed_retry: config.delayed_retry,
+        message_ttl: config.message_ttl,
+        expires: config.expires,
+        single_active: config.single_active_consumer,
     }
 }
 
@@ -148,13 +169,95 @@ struct Publisher {
     processed: u32,
 }
 
+/// Which deliveries to a consumer are still good. They reach the front by more than one way
+/// (from each leader in turn; over a link, then over the one that replaced it), so a stale one
+/// can come after newer ones: made by a leader since replaced (the new leader's first entry
+/// gave back everything checked out), or to an earlier checkout of the consumer (the queue let
+/// it go meanwhile and gave back what it held). Passed on, it would reach the client after the
+/// message's redelivery: a repeat without `redelivered`. Current deliveries never go back in
+/// term or checkout, so the fence is the highest of each seen.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct DeliveryFence {
+    term: u64,
+    epoch: u64,
+}
+
+/// Why a delivery was stale. Its credit is not owed back: the new leader, or the new
+/// checkout, started the consumer's credit afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stale {
+    /// Made by an earlier leader.
+    Leader,
+    /// Made to an earlier checkout.
+    Checkout,
+}
+
+impl DeliveryFence {
+    /// Admits a delivery made by the leader of `term` to checkout `epoch`, or says why it is
+    /// stale.
+    fn admit(&mut self, term: u64, epoch: u64) -> Result<(), Stale> {
+        if epoch < self.epoch {
+            return Err(Stale::Checkout);
+        }
+        if term < self.term {
+            return Err(Stale::Leader);
+        }
+        *self = DeliveryFence { term, epoch };
+        Ok(())
+    }
+
+    /// The consumer's checkout is at `since` (the queue answered it): deliveries to earlier
+    /// checkouts of the same key (the same tag consumed again on the channel) are stale.
+    fn checked_out(&mut self, since: u64) {
+        self.epoch = self.epoch.max(since);
+    }
+}
+
 struct Local {
     spec: ConsumerSpec,
     /// Whether the queue has answered its checkout (deliveries wait until then).
     ready: bool,
-    held: Vec<Delivery>,
+    fence: DeliveryFence,
+    /// Deliveries before the checkout's answer, with the checkout each was made to.
+    held: Vec<(u64, Delivery)>,
     /// Credit its connection returned, not yet passed on.
     owed: u32,
+}
+
+impl Local {
+    /// Tells the consumer's client it is cancelled (`basic.cancel`).
+    fn tell_cancelled(&self) {
+        let _ = self.spec.events.send(ConnectionEvent::ConsumerCancelled {
+            channel: self.spec.channel.channel,
+            consumer_tag: self.spec.tag.clone(),
+        });
+    }
+}
+
+/// The command that checks out consumer `key` of `spec`, with a full delivery credit;
+/// `timeout` is its `consumer_timeout` unless its arguments set one.
+fn checkout(key: &ConsumerKey, spec: &ConsumerSpec, timeout: u64) -> Command {
+    Command::Checkout {
+        consumer: key.clone(),
+        prefetch: u32::from(spec.prefetch),
+        no_ack: spec.no_ack,
+        credit: DELIVERY_CREDIT,
+        exclusive: spec.exclusive,
+        // Checked at basic.consume.
+        priority: spec
+            .arguments
+            .get("x-priority")
+            .and_then(|value| value.as_integer())
+            .unwrap_or(0),
+        // RabbitMQ 4.3: the consumer's own, else the queue's, else the node's.
+        timeout: (!spec.no_ack).then(|| {
+            spec.arguments
+                .get("x-consumer-timeout")
+                .and_then(|value| value.as_integer())
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(timeout)
+        }),
+    }
 }
 
 enum Internal {
@@ -167,6 +270,15 @@ enum Internal {
         consumer: ConsumerKey,
         result: Result<Reply, GroupError>,
         reply: oneshot::Sender<crate::error::AmqpResult<()>>,
+    },
+    Resumed {
+        consumer: ConsumerKey,
+        attempt: u32,
+        result: Result<Reply, GroupError>,
+    },
+    Resume {
+        consumer: ConsumerKey,
+        attempt: u32,
     },
 }
 
@@ -182,9 +294,23 @@ struct Front {
     /// Bumped each time the window is sent again: answers of older sends only confirm.
     epoch: u64,
     retry_at: Option<Instant>,
+    /// When to tick the queue (this node's member leads it, and a message or the queue is to
+    /// expire then).
+    tick_at: Option<Instant>,
     publishers: HashMap<ConnectionId, Publisher>,
     consumers: HashMap<ConsumerKey, Local>,
     internal: mpsc::UnboundedSender<Internal>,
+    /// At-least-once dead-lettering, while this node's member leads.
+    dead_letters: DeadLetterWorker,
+}
+
+/// What a front reads.
+struct Mailboxes {
+    commands: mpsc::UnboundedReceiver<QueueCommand>,
+    events: mpsc::UnboundedReceiver<FrontEvent>,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    /// The confirms of the dead letters' target queues.
+    confirms: crate::events::EventReceiver,
 }
 
 /// Waits for the log's answer to one submission.
@@ -209,20 +335,20 @@ fn single(result: Result<Vec<Bytes>, GroupError>) -> Result<Reply, GroupError> {
 }
 
 impl Front {
-    async fn run(
-        mut self,
-        mut mailbox: mpsc::UnboundedReceiver<QueueCommand>,
-        mut events: mpsc::UnboundedReceiver<FrontEvent>,
-        mut internal: mpsc::UnboundedReceiver<Internal>,
-    ) {
+    async fn run(mut self, mut mailboxes: Mailboxes, stop: tokio_util::sync::CancellationToken) {
         loop {
             let retry = self.retry_at;
+            let tick = self.tick_at;
+            let dead_letters = self.dead_letters.next_check();
             tokio::select! {
-                command = mailbox.recv() => match command {
+                // The node is stopping and its clients are gone: nothing is left to answer (what
+                // the log took stays in it).
+                _ = stop.cancelled() => return,
+                command = mailboxes.commands.recv() => match command {
                     Some(command) => self.command(command),
                     None => return,
                 },
-                event = events.recv() => match event {
+                event = mailboxes.events.recv() => match event {
                     Some(event) => self.event(event),
                     // The queue was deleted.
                     None => {
@@ -230,10 +356,22 @@ impl Front {
                         return;
                     }
                 },
-                Some(message) = internal.recv() => self.internal(message),
+                Some(message) = mailboxes.internal.recv() => self.internal(message),
+                Some(event) = mailboxes.confirms.recv() => {
+                    let done = self.dead_letters.event(event, Instant::now());
+                    self.dead_lettered(done);
+                    self.pump_dead_letters();
+                }
+                _ = sleep_until_or_never(dead_letters) => self.pump_dead_letters(),
                 _ = sleep_until_or_never(retry) => {
                     self.retry_at = None;
                     self.resend();
+                }
+                _ = sleep_until_or_never(tick) => {
+                    // Ticked again unless the tick's application tells the next deadline (a
+                    // tick lost with a leader change would leave the queue waiting).
+                    self.tick_at = Some(Instant::now() + TICK_AGAIN);
+                    self.submit_settling(Command::Tick);
                 }
             }
         }
@@ -309,17 +447,7 @@ impl Front {
                 amount,
             } => {
                 let key = self.key(channel, &tag);
-                let Some(local) = self.consumers.get_mut(&key) else {
-                    return;
-                };
-                local.owed += amount;
-                if local.owed >= DELIVERY_CREDIT / 4 {
-                    let amount = std::mem::take(&mut local.owed);
-                    self.submit_settling(Command::Credit {
-                        consumer: key,
-                        amount,
-                    });
-                }
+                self.owe_credit(key, amount);
             }
             QueueCommand::Get {
                 channel,
@@ -365,7 +493,10 @@ impl Front {
                     let _ = reply.send(result);
                 });
             }
-            QueueCommand::Stats { reply, .. } => {
+            QueueCommand::Stats { reply, renew } => {
+                if renew && self.queue.config.expires.is_some() {
+                    self.submit_settling(Command::Touch);
+                }
                 let proposed = self
                     .hub
                     .host()
@@ -477,6 +608,29 @@ impl Front {
         }
     }
 
+    /// Credit for `amount` more deliveries to a consumer, passed on to the queue in lots.
+    fn owe_credit(&mut self, key: ConsumerKey, amount: u32) {
+        let Some(local) = self.consumers.get_mut(&key) else {
+            return;
+        };
+        local.owed += amount;
+        if local.owed >= DELIVERY_CREDIT / 4 {
+            let amount = std::mem::take(&mut local.owed);
+            self.submit_settling(Command::Credit {
+                consumer: key,
+                amount,
+            });
+        }
+    }
+
+    /// The queue's `x-consumer-timeout`, else the node's `consumer_timeout`.
+    fn consumer_timeout(&self) -> u64 {
+        self.queue
+            .config
+            .consumer_timeout
+            .unwrap_or_else(|| self.hub.consumer_timeout())
+    }
+
     fn key(&self, channel: ChannelKey, tag: &ShortString) -> ConsumerKey {
         ConsumerKey {
             node: self.hub.node().to_string(),
@@ -500,6 +654,11 @@ impl Front {
                 answered_below: self.window.keys().next().copied().unwrap_or(seq),
                 message: Bytes::from(crate::remote::encode_message(&incoming.message)),
                 size: incoming.message.body_size() as u32,
+                // Checked when it was published, so it parses.
+                ttl: incoming.message.summary.expiration.and_then(|range| {
+                    crate::message::parse_expiration(&incoming.message.properties.slice(range)).ok()
+                }),
+                priority: super::state::priority_of(incoming.message.summary.priority),
             }
             .encode();
             seqs.push(seq);
@@ -561,13 +720,23 @@ impl Front {
                 seqs,
                 result,
             } => self.published(epoch, seqs, result),
+            Internal::Resumed {
+                consumer,
+                attempt,
+                result,
+            } => self.resumed(consumer, attempt, result),
+            Internal::Resume { consumer, attempt } => self.resume(consumer, attempt),
             Internal::CheckedOut {
                 consumer,
                 result,
                 reply,
             } => {
+                let mut since = 0;
                 let outcome = match result {
-                    Ok(Reply::Done) => Ok(()),
+                    Ok(Reply::CheckedOut { since: at }) => {
+                        since = at;
+                        Ok(())
+                    }
                     Ok(Reply::Error(403, text)) => {
                         Err(AmqpError::access_refused(format!("{} {text}", self.name())))
                     }
@@ -592,12 +761,24 @@ impl Front {
                     self.consumers.remove(&consumer);
                     return;
                 }
-                if let Some(local) = self.consumers.get_mut(&consumer) {
-                    local.ready = true;
-                    let held = std::mem::take(&mut local.held);
-                    if !held.is_empty() {
-                        let _ = local.spec.events.send(ConnectionEvent::Deliveries(held));
+                match self.consumers.get_mut(&consumer) {
+                    Some(local) => {
+                        local.ready = true;
+                        local.fence.checked_out(since);
+                        // Those made to an earlier checkout under the same tag (it was
+                        // cancelled, what it held given back) go; at-most-once ones are the
+                        // client's whatever checkout they were made to.
+                        let held: Vec<Delivery> = std::mem::take(&mut local.held)
+                            .into_iter()
+                            .filter(|(epoch, delivery)| *epoch >= since || !delivery.needs_ack)
+                            .map(|(_, delivery)| delivery)
+                            .collect();
+                        if !held.is_empty() {
+                            let _ = local.spec.events.send(ConnectionEvent::Deliveries(held));
+                        }
                     }
+                    // Its channel closed meanwhile (see `resumed`).
+                    None => self.submit_settling(Command::Cancel { consumer }),
                 }
             }
         }
@@ -729,19 +910,22 @@ impl Front {
         spec: ConsumerSpec,
         reply: oneshot::Sender<crate::error::AmqpResult<()>>,
     ) {
+        // RabbitMQ 4's quorum queues refuse a channel-wide prefetch (`basic.qos` global).
+        if spec.gate.limit.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            let _ = reply.send(Err(AmqpError::not_implemented(format!(
+                "{} does not support global qos",
+                self.name()
+            ))));
+            return;
+        }
         let key = self.key(spec.channel, &spec.tag);
-        let command = Command::Checkout {
-            consumer: key.clone(),
-            prefetch: u32::from(spec.prefetch),
-            no_ack: spec.no_ack,
-            credit: DELIVERY_CREDIT,
-            exclusive: spec.exclusive,
-        };
+        let command = checkout(&key, &spec, self.consumer_timeout());
         self.consumers.insert(
             key.clone(),
             Local {
                 spec,
                 ready: false,
+                fence: DeliveryFence::default(),
                 held: Vec::new(),
                 owed: 0,
             },
@@ -759,6 +943,62 @@ impl Front {
         });
     }
 
+    /// Checks the consumer out again (the queue keeps it as it is when it still has it);
+    /// refused, the consumer is cancelled, and the client told.
+    fn resume(&mut self, consumer: ConsumerKey, attempt: u32) {
+        let Some(local) = self.consumers.get(&consumer) else {
+            return;
+        };
+        let command = checkout(&consumer, &local.spec, self.consumer_timeout());
+        let proposed = self.hub.host().submit(self.group, vec![command.encode()]);
+        let internal = self.internal.clone();
+        let group = self.group;
+        tokio::spawn(async move {
+            let result = single(answer(proposed, group).await);
+            let _ = internal.send(Internal::Resumed {
+                consumer,
+                attempt,
+                result,
+            });
+        });
+    }
+
+    fn resumed(&mut self, consumer: ConsumerKey, attempt: u32, result: Result<Reply, GroupError>) {
+        match result {
+            // The channel closed while the checkout was on its way, and the log may have
+            // taken the checkout after the channel's end: the consumer goes again, so that
+            // nothing is left checked out to a channel nobody reads.
+            Ok(Reply::CheckedOut { .. }) if !self.consumers.contains_key(&consumer) => {
+                self.submit_settling(Command::Cancel { consumer });
+            }
+            Ok(Reply::CheckedOut { since }) => {
+                if let Some(local) = self.consumers.get_mut(&consumer) {
+                    local.fence.checked_out(since);
+                }
+            }
+            Err(error) if attempt < RESUME_ATTEMPTS => {
+                tracing::debug!("{}: resuming a consumer: {error}", self.name());
+                let internal = self.internal.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETRY * 10).await;
+                    let _ = internal.send(Internal::Resume {
+                        consumer,
+                        attempt: attempt + 1,
+                    });
+                });
+            }
+            refused => {
+                tracing::warn!(
+                    "{}: a consumer could not resume and is cancelled: {refused:?}",
+                    self.name()
+                );
+                if let Some(local) = self.consumers.remove(&consumer) {
+                    local.tell_cancelled();
+                }
+            }
+        }
+    }
+
     fn event(&mut self, event: FrontEvent) {
         match event {
             FrontEvent::Deliver {
@@ -767,12 +1007,35 @@ impl Front {
                 delivery_count,
                 redelivered,
                 needs_ack,
+                term,
+                epoch,
                 message,
             } => {
                 let Some(local) = self.consumers.get_mut(&consumer) else {
-                    // Its channel is gone: the queue hears so and delivers it again.
+                    // Cancelled (or its channel is gone, and the queue hears so): given back
+                    // to be delivered to another.
+                    if needs_ack {
+                        self.submit_settling(Command::Settle {
+                            node: consumer.node,
+                            incarnation: consumer.incarnation,
+                            connection: consumer.connection,
+                            channel: consumer.channel,
+                            ids: vec![id],
+                            outcome: Outcome::Return,
+                        });
+                    }
                     return;
                 };
+                // A stale delivery that needs an ack was given back already, and is (or will
+                // be) delivered again, marked. One that needs none was settled as it was
+                // made: it is the client's, or lost.
+                if let Err(stale) = local.fence.admit(term, epoch)
+                    && needs_ack
+                {
+                    let queue = &self.queue.name;
+                    tracing::debug!("quorum queue '{queue}': stale delivery of {id}: {stale:?}");
+                    return;
+                }
                 let message = match crate::remote::decode_message(message.to_vec()) {
                     Ok(message) => message,
                     Err(error) => {
@@ -795,10 +1058,15 @@ impl Front {
                         .events
                         .send(ConnectionEvent::Deliveries(vec![delivery]));
                 } else {
-                    local.held.push(delivery);
+                    local.held.push((epoch, delivery));
                 }
             }
-            FrontEvent::DeadLetter { reason, message } => {
+            FrontEvent::DeadLetter {
+                id,
+                reason,
+                held,
+                message,
+            } => {
                 let (Some(vhost), Some(reason)) = (
                     self.vhost.upgrade(),
                     crate::queue::Reason::from_code(reason),
@@ -812,9 +1080,12 @@ impl Front {
                         return;
                     }
                 };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |since| since.as_millis() as u64);
+                if held {
+                    self.dead_letters.add(id, reason, message);
+                    self.pump_dead_letters();
+                    return;
+                }
+                let now = super::state::wall_clock();
                 crate::queue::dead_letter::republish(
                     &vhost,
                     &self.queue.name,
@@ -823,24 +1094,82 @@ impl Front {
                     now,
                 );
             }
-            FrontEvent::Cancelled { consumer } => {
+            FrontEvent::Follower => self.dead_letters.clear(),
+            FrontEvent::TickAt(at) => {
+                self.tick_at = at.map(|at| {
+                    let wait = at.saturating_sub(super::state::wall_clock());
+                    // Far deadlines (a day-long consumer timeout) are looked at again daily.
+                    Instant::now() + Duration::from_millis(wait.min(86_400_000))
+                });
+            }
+            FrontEvent::TimedOut { consumer, timeout } => {
                 if let Some(local) = self.consumers.remove(&consumer) {
-                    let _ = local.spec.events.send(ConnectionEvent::ConsumerCancelled {
+                    tracing::warn!(
+                        "{}: consumer '{}' held a delivery unacknowledged past {timeout} ms",
+                        self.name(),
+                        local.spec.tag
+                    );
+                    let _ = local.spec.events.send(ConnectionEvent::ConsumerTimedOut {
                         channel: local.spec.channel.channel,
                         consumer_tag: local.spec.tag.clone(),
+                        timeout,
                     });
+                }
+                self.submit_settling(Command::Cancel { consumer });
+            }
+            FrontEvent::Expired => {
+                let (queue, vhost) = (self.queue.clone(), self.vhost.clone());
+                tracing::debug!("{}: unused for its x-expires; deleted", self.name());
+                tokio::spawn(async move {
+                    if let Some(vhost) = vhost.upgrade() {
+                        vhost.delete_queue_durably(&queue).await;
+                    }
+                });
+            }
+            // The leader let the consumer go as its node seemed down; the node is up and
+            // the consumer's channel open, so it resumes, as RabbitMQ's consumers do once
+            // their node is back.
+            FrontEvent::Cancelled { consumer } => self.resume(consumer, 0),
+            FrontEvent::Resume => {
+                let ready: Vec<ConsumerKey> = self
+                    .consumers
+                    .iter()
+                    .filter(|(_, local)| local.ready)
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for consumer in ready {
+                    self.resume(consumer, 0);
                 }
             }
         }
     }
 
+    /// Sends the dead letters that are due to their targets.
+    fn pump_dead_letters(&mut self) {
+        if self.dead_letters.is_idle() {
+            return;
+        }
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
+        let done =
+            self.dead_letters
+                .pump(&vhost, &self.queue.name, &self.queue.config, Instant::now());
+        self.dead_lettered(done);
+    }
+
+    /// Dead letters every target confirmed: the queue forgets them.
+    fn dead_lettered(&mut self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            self.submit_settling(Command::DeadLettered { ids });
+        }
+    }
+
     /// The queue was deleted: its consumers are cancelled, its publishers told.
     fn shut_down(&mut self) {
+        self.dead_letters.clear();
         for (_, local) in self.consumers.drain() {
-            let _ = local.spec.events.send(ConnectionEvent::ConsumerCancelled {
-                channel: local.spec.channel.channel,
-                consumer_tag: local.spec.tag.clone(),
-            });
+            local.tell_cancelled();
         }
         let mut settled = HashMap::new();
         let seqs: Vec<u64> = self.window.keys().copied().collect();
@@ -865,5 +1194,32 @@ async fn sleep_until_or_never(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DeliveryFence, Stale};
+
+    #[test]
+    fn the_fence_drops_deliveries_of_replaced_leaders_and_earlier_checkouts() {
+        let mut fence = DeliveryFence::default();
+        assert_eq!(fence.admit(3, 10), Ok(()));
+        // The same leader and checkout, in order: all current.
+        assert_eq!(fence.admit(3, 10), Ok(()));
+        // A new leader delivers; the old one's late deliveries are stale.
+        assert_eq!(fence.admit(4, 10), Ok(()));
+        assert_eq!(fence.admit(3, 10), Err(Stale::Leader));
+        // The consumer was let go and checked out again at entry 50.
+        assert_eq!(fence.admit(4, 50), Ok(()));
+        assert_eq!(fence.admit(4, 10), Err(Stale::Checkout));
+        assert_eq!(fence.admit(3, 10), Err(Stale::Checkout));
+        assert_eq!(fence, DeliveryFence { term: 4, epoch: 50 });
+        // Cancelled and consumed again under the same tag: the new checkout's answer (entry
+        // 70) fences off the first one's deliveries before any of the new one's came.
+        let mut fence = DeliveryFence::default();
+        fence.checked_out(70);
+        assert_eq!(fence.admit(4, 50), Err(Stale::Checkout));
+        assert_eq!(fence.admit(4, 70), Ok(()));
     }
 }

@@ -41,17 +41,39 @@ pub(crate) enum FrontEvent {
         delivery_count: u32,
         redelivered: bool,
         needs_ack: bool,
+        /// The term of the leader that made it, and the consumer's checkout: the front
+        /// drops deliveries older than ones it has seen (they were given back meanwhile).
+        term: u64,
+        epoch: u64,
         /// The message in wire form.
         message: Bytes,
     },
     Cancelled {
         consumer: ConsumerKey,
     },
+    /// A link came back: the front makes sure the queue still has its consumers.
+    Resume,
     /// To the leader's own front: republish to the dead-letter exchange (`reason` is a
-    /// [`Reason`] code).
+    /// [`Reason`] code); `held`: the queue keeps message `id` until the front tells it every
+    /// target confirmed it (at-least-once).
     DeadLetter {
+        id: u64,
         reason: u8,
+        held: bool,
         message: Bytes,
+    },
+    /// To the node's own front: its member no longer leads (what it republishes at least
+    /// once is the next leader's to do).
+    Follower,
+    /// To the leader's own front: tick the queue at this time (ms since the epoch), when a
+    /// message at its head expires or the queue does (`None`: nothing is to expire).
+    TickAt(Option<u64>),
+    /// To the leader's own front: the queue went unused for its `x-expires`; delete it.
+    Expired,
+    /// The consumer held a delivery past its timeout (ms): its client is told, and it goes.
+    TimedOut {
+        consumer: ConsumerKey,
+        timeout: u64,
     },
 }
 
@@ -73,6 +95,19 @@ impl Members {
     }
 }
 
+/// A quorum queue's Raft group, as one of its members sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueGroupStatus {
+    /// The node of the member it takes for the leader, when it knows one.
+    pub leader: Option<NodeName>,
+    /// The nodes of its members, voters first.
+    pub members: Vec<NodeName>,
+    /// The nodes of the members that do not vote yet (catching up after `add_member`).
+    pub learners: Vec<NodeName>,
+    pub term: u64,
+    pub commit: u64,
+}
+
 /// The node's quorum queues.
 pub struct QuorumHub {
     node: NodeName,
@@ -88,6 +123,12 @@ pub struct QuorumHub {
     /// The settings of the queues, from their records.
     limits: Mutex<HashMap<u64, Limits>>,
     peers: Mutex<HashMap<NodeName, mpsc::UnboundedSender<(u64, FrontEvent)>>>,
+    /// Each queue's members (member id, node), as its record has them.
+    placements: Mutex<HashMap<u64, Vec<(MemberId, String)>>>,
+    /// Each queue's first leader's node, as its record has it: what `balanced` counts.
+    homes: Mutex<HashMap<u64, String>>,
+    /// `consumer_timeout` (ms), for consumers whose queue or arguments set none.
+    consumer_timeout: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for QuorumHub {
@@ -114,6 +155,9 @@ impl QuorumHub {
             local: Mutex::new(std::collections::HashSet::new()),
             limits: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            placements: Mutex::new(HashMap::new()),
+            homes: Mutex::new(HashMap::new()),
+            consumer_timeout: std::sync::atomic::AtomicU64::new(1_800_000),
         });
         hub.members.learn(member, transport.node());
         transport.register(
@@ -133,7 +177,12 @@ impl QuorumHub {
                         hub.peers.lock().remove(&node);
                         hub.node_lost(&node);
                     }
-                    Ok(LinkEvent::Up(_)) | Err(RecvError::Lagged(_)) => {}
+                    // A link back (or events missed): the leader may have let this node's
+                    // consumers go while it could not reach them; the fronts resume them.
+                    Ok(LinkEvent::Up(_)) | Err(RecvError::Lagged(_)) => {
+                        let Some(hub) = weak.upgrade() else { return };
+                        hub.to_every_front(|| FrontEvent::Resume);
+                    }
                     Err(RecvError::Closed) => return,
                 }
             }
@@ -161,12 +210,50 @@ impl QuorumHub {
         &self.node
     }
 
+    /// Sets the node's `consumer_timeout` (ms).
+    pub(crate) fn set_consumer_timeout(&self, timeout: u64) {
+        self.consumer_timeout
+            .store(timeout, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn consumer_timeout(&self) -> u64 {
+        self.consumer_timeout
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
 
     pub fn member(&self) -> MemberId {
         self.member
+    }
+
+    /// Quorum queue `queue` as this node's member of its group sees it: the leader's node and
+    /// the members' nodes (None when this node holds no member of it).
+    pub async fn group_status(&self, queue: u64) -> Option<QueueGroupStatus> {
+        let status = self.host.get()?.status(group_of(queue)).await?;
+        let leader = status.leader.and_then(|id| self.members.node(id));
+        let members = status
+            .membership
+            .voters
+            .iter()
+            .chain(status.membership.learners.iter())
+            .filter_map(|id| self.members.node(*id))
+            .collect();
+        let learners = status
+            .membership
+            .learners
+            .iter()
+            .filter_map(|id| self.members.node(*id))
+            .collect();
+        Some(QueueGroupStatus {
+            leader,
+            members,
+            learners,
+            term: status.term,
+            commit: status.commit,
+        })
     }
 
     /// A machine for the queue `queue`.
@@ -176,6 +263,8 @@ impl QuorumHub {
             state: QuorumState::default(),
             hub: Arc::downgrade(self),
             effects: Vec::new(),
+            acting: Acting::No,
+            deadline: None,
         })
     }
 
@@ -188,16 +277,104 @@ impl QuorumHub {
         self.limits.lock().get(&queue).cloned()
     }
 
-    /// Starts this node's member of a queue's group (a no-op when it exists).
-    pub(crate) fn start_member(self: &Arc<Self>, queue: u64, members: &[MemberId], campaign: bool) {
-        self.local.lock().insert(queue);
-        let membership = Membership::voters(members.iter().copied());
-        // Taken in at once, so that what the front submits next finds the group; a group
-        // that came back from the WAL exists already, which is fine.
-        drop(
-            self.host()
-                .create_now(queue, membership, self.machine(queue), campaign),
-        );
+    /// Places a queue's group as its record has it, when the queue is declared or the node
+    /// starts: this node's member is started if it has one (a no-op when it came back from
+    /// the WAL); on the node of `home` (a new queue's first leader) it stands for election at
+    /// once.
+    /// A member this node still holds of a group the record says removed it from (while it
+    /// was down) goes, unless its log goes past the removal (`removed`: member, node, index).
+    pub(crate) fn place(
+        self: &Arc<Self>,
+        queue: u64,
+        members: &[(MemberId, String)],
+        removed: &[(MemberId, String, u64)],
+        home: &str,
+    ) {
+        let campaign = home == self.transport.node().as_str();
+        self.homes.lock().insert(queue, home.to_string());
+        let ids = self.note_members(queue, members);
+        if let Some((_, _, removed_at)) = removed
+            .iter()
+            .find(|(member, ..)| *member == self.member && !ids.contains(member))
+        {
+            drop(self.host().retire_now(queue, *removed_at));
+        }
+        if ids.contains(&self.member) {
+            self.local.lock().insert(queue);
+            let membership = Membership::voters(ids.iter().copied());
+            // Taken in at once, so that what the front submits next finds the group.
+            drop(
+                self.host()
+                    .create_now(queue, membership, self.machine(queue), campaign),
+            );
+        } else {
+            self.host().route(queue, Some(ids));
+        }
+    }
+
+    /// A queue's members changed (`add_member`, `delete_member`; `removed_at`: the index of
+    /// the removal in the queue's log, 0 for an addition). A member added on this node starts
+    /// empty and learns the group from its leader; one removed from it goes, with its log,
+    /// unless its log shows it was added again since (a node catching up on the metadata
+    /// applies old changes again).
+    pub(crate) fn replace_members(
+        self: &Arc<Self>,
+        queue: u64,
+        members: &[(MemberId, String)],
+        removed_at: u64,
+    ) {
+        let ids = self.note_members(queue, members);
+        let host = self.host().clone();
+        if ids.contains(&self.member) {
+            self.local.lock().insert(queue);
+            // A no-op when the member exists.
+            drop(host.create_now(queue, Membership::default(), self.machine(queue), false));
+            return;
+        }
+        if self.local.lock().remove(&queue) {
+            let retired = host.retire_now(queue, removed_at);
+            tokio::spawn(async move {
+                match retired.await {
+                    Ok(Ok(true)) => {
+                        tracing::info!(
+                            "quorum queue group {queue}: this node's member was removed"
+                        );
+                    }
+                    Ok(Ok(false)) => tracing::warn!(
+                        "quorum queue group {queue}: this node's member is kept: its log goes \
+                         past its removal at {removed_at}"
+                    ),
+                    _ => {}
+                }
+            });
+        }
+        host.route(queue, Some(ids));
+    }
+
+    /// Learns where a queue's members are and records them; returns their ids.
+    fn note_members(&self, queue: u64, members: &[(MemberId, String)]) -> Vec<MemberId> {
+        for (id, node) in members {
+            self.members
+                .learn(*id, &NodeName::new_unchecked(node.clone()));
+        }
+        self.placements.lock().insert(queue, members.to_vec());
+        members.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// A queue's members (member id, node), as its record has them.
+    pub fn placement(&self, queue: u64) -> Option<Vec<(MemberId, String)>> {
+        self.placements.lock().get(&queue).cloned()
+    }
+
+    /// How many quorum queues each node was the first leader of (nodes leading none are not
+    /// listed), and how many quorum queues there are.
+    pub fn first_leaders(&self) -> (HashMap<String, usize>, usize) {
+        let homes = self.homes.lock();
+        let mut counts = HashMap::new();
+        for home in homes.values() {
+            *counts.entry(home.clone()).or_insert(0) += 1;
+        }
+        (counts, homes.len())
     }
 
     /// Registers the front of a queue: deliveries for its consumers go there.
@@ -209,6 +386,8 @@ impl QuorumHub {
     pub(crate) fn remove(&self, queue: u64) {
         self.fronts.lock().remove(&queue);
         self.limits.lock().remove(&queue);
+        self.placements.lock().remove(&queue);
+        self.homes.lock().remove(&queue);
         let member = self.local.lock().remove(&queue);
         let host = self.host().clone();
         host.route(queue, None);
@@ -245,6 +424,12 @@ impl QuorumHub {
         });
     }
 
+    fn to_every_front(&self, event: impl Fn() -> FrontEvent) {
+        for front in self.fronts.lock().values() {
+            let _ = front.send(event());
+        }
+    }
+
     fn to_front(&self, queue: u64, event: FrontEvent) {
         if let Some(front) = self.fronts.lock().get(&queue) {
             let _ = front.send(event);
@@ -259,7 +444,27 @@ impl QuorumHub {
         }
         let node = NodeName::new_unchecked(node.to_string());
         let mut peers = self.peers.lock();
-        let peer = peers.entry(node.clone()).or_insert_with(|| {
+        let mut event = (queue, event);
+        // A sender whose link failed has stopped: the event goes to a new one, not lost.
+        for _ in 0..2 {
+            let peer = self.peer(&mut peers, &node);
+            match peer.send(event) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    peers.remove(&node);
+                    event = back;
+                }
+            }
+        }
+    }
+
+    /// The sender of front events to `node`'s fronts, started when there is none.
+    fn peer<'a>(
+        &self,
+        peers: &'a mut HashMap<NodeName, mpsc::UnboundedSender<(u64, FrontEvent)>>,
+        node: &NodeName,
+    ) -> &'a mpsc::UnboundedSender<(u64, FrontEvent)> {
+        peers.entry(node.clone()).or_insert_with(|| {
             let (sender, mut receiver) = mpsc::unbounded_channel::<(u64, FrontEvent)>();
             let transport = self.transport.clone();
             let node = node.clone();
@@ -283,10 +488,7 @@ impl QuorumHub {
                 }
             });
             sender
-        });
-        if peer.send((queue, event)).is_err() {
-            peers.remove(&node);
-        }
+        })
     }
 }
 
@@ -321,11 +523,30 @@ struct QuorumMachine {
     state: QuorumState,
     hub: Weak<QuorumHub>,
     effects: Vec<Effect>,
+    /// Whether this member acts on what it applies (delivers, dead-letters).
+    acting: Acting,
+    /// The state's next deadline, as last told to the front.
+    deadline: Option<u64>,
+}
+
+/// A member acts only from its own `Lead` entry on. The entries before it are the earlier
+/// leader's, whose deliveries that leader may have made already (made again here, they would
+/// come twice, unmarked); the `Lead` entry gives back every message checked out, to be
+/// delivered again marked `redelivered`. A member can also apply entries as leader before it
+/// is told it leads (a follower behind in applying is elected, and applies the rest as
+/// leader): those are not its to act on either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acting {
+    No,
+    /// Leading in this term, once its `Lead` entry is applied.
+    FromLead(u64),
+    /// Leading in this term.
+    Yes(u64),
 }
 
 /// The message an entry enqueued, in wire form.
 fn enqueued_message(log: &Log<'_>, id: u64) -> Result<Bytes, String> {
-    match Command::decode(&log.read(id)?)? {
+    match Command::decode(&log.read(id)?)?.1 {
         Command::Enqueue { message, .. } => Ok(message),
         _ => Err(format!("entry {id} enqueued nothing")),
     }
@@ -333,18 +554,33 @@ fn enqueued_message(log: &Log<'_>, id: u64) -> Result<Bytes, String> {
 
 impl Machine for QuorumMachine {
     fn apply(&mut self, index: u64, command: &[u8], log: &Log<'_>) -> Bytes {
-        let command = match Command::decode(command) {
-            Ok(command) => command,
+        let (now, command) = match Command::decode(command) {
+            Ok(stamped) => stamped,
             Err(error) => {
                 tracing::error!("quorum queue {}: entry {index}: {error}", self.queue);
                 return Reply::Error(541, error).encode();
             }
         };
-        let mut reply = self.state.apply(index, command, &mut self.effects);
+        let lead = match command {
+            Command::Lead { term } => Some(term),
+            _ => None,
+        };
+        // After a tick the deadline is told again, even if unchanged (the tick came early,
+        // or its front waits to tick again); so is it to a new leader's front.
+        let tell_deadline = matches!(command, Command::Tick | Command::Lead { .. });
+        let mut reply = self.state.apply(index, now, command, &mut self.effects);
         let effects = std::mem::take(&mut self.effects);
         if !log.leading() {
             return reply.encode();
         }
+        if let (Acting::FromLead(term), Some(applied)) = (self.acting, lead)
+            && term == applied
+        {
+            self.acting = Acting::Yes(term);
+        }
+        let Acting::Yes(term) = self.acting else {
+            return reply.encode();
+        };
         if let Reply::Got(Some(got)) = &mut reply {
             match enqueued_message(log, got.id) {
                 Ok(message) => got.message = message,
@@ -357,6 +593,11 @@ impl Machine for QuorumMachine {
         let Some(hub) = self.hub.upgrade() else {
             return reply.encode();
         };
+        let deadline = self.state.next_deadline();
+        if deadline != self.deadline || tell_deadline {
+            self.deadline = deadline;
+            hub.to_front(self.queue, FrontEvent::TickAt(deadline));
+        }
         for effect in effects {
             match effect {
                 Effect::Deliver {
@@ -365,6 +606,7 @@ impl Machine for QuorumMachine {
                     delivery_count,
                     redelivered,
                     needs_ack,
+                    epoch,
                 } => match enqueued_message(log, id) {
                     Ok(message) => {
                         let node = consumer.node.clone();
@@ -374,6 +616,8 @@ impl Machine for QuorumMachine {
                             delivery_count,
                             redelivered,
                             needs_ack,
+                            term,
+                            epoch,
                             message,
                         };
                         hub.send(self.queue, &node, event);
@@ -386,12 +630,23 @@ impl Machine for QuorumMachine {
                     let node = consumer.node.clone();
                     hub.send(self.queue, &node, FrontEvent::Cancelled { consumer });
                 }
-                // The leader's node republishes (at most once: nothing waits for it).
-                Effect::DeadLetter { id, reason } => match enqueued_message(log, id) {
+                Effect::Expired => hub.to_front(self.queue, FrontEvent::Expired),
+                Effect::TimedOut { consumer, timeout } => {
+                    let node = consumer.node.clone();
+                    hub.send(
+                        self.queue,
+                        &node,
+                        FrontEvent::TimedOut { consumer, timeout },
+                    );
+                }
+                // The leader's node republishes.
+                Effect::DeadLetter { id, reason, held } => match enqueued_message(log, id) {
                     Ok(message) => hub.to_front(
                         self.queue,
                         FrontEvent::DeadLetter {
+                            id,
                             reason: reason.code(),
+                            held,
                             message,
                         },
                     ),
@@ -402,7 +657,7 @@ impl Machine for QuorumMachine {
         reply.encode()
     }
 
-    fn snapshot(&self) -> (Bytes, std::collections::BTreeSet<u64>) {
+    fn snapshot(&self) -> (Bytes, Vec<u64>) {
         let data = postcard::to_stdvec(&self.state).expect("invariant: the state serializes");
         (Bytes::from(data), self.state.live())
     }
@@ -418,13 +673,22 @@ impl Machine for QuorumMachine {
 
     fn leader_changed(
         &mut self,
-        _term: u64,
+        term: u64,
         _leader: Option<MemberId>,
         leading: bool,
     ) -> Vec<Bytes> {
+        // A new leader tells its front the deadline again.
+        self.deadline = None;
         if !leading {
+            if self.acting != Acting::No
+                && let Some(hub) = self.hub.upgrade()
+            {
+                hub.to_front(self.queue, FrontEvent::Follower);
+            }
+            self.acting = Acting::No;
             return Vec::new();
         }
+        self.acting = Acting::FromLead(term);
         let mut commands = Vec::new();
         // A new group's settings come before anything else in its log (a group recovered
         // before its queue's record was read keeps the settings it applied already).
@@ -432,7 +696,7 @@ impl Machine for QuorumMachine {
             commands.push(Command::Configure(limits).encode());
         }
         // Deliveries in flight from the old leader may be lost: they are made again.
-        commands.push(Command::Leader.encode());
+        commands.push(Command::Lead { term }.encode());
         commands
     }
 }

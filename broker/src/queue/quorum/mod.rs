@@ -6,9 +6,10 @@
 //!  front   a queue's handle on one node: channels' commands into the log, its answers out
 //! ```
 
+mod dead_letters;
 pub(crate) mod front;
 pub mod hub;
 pub mod state;
 
-pub use hub::QuorumHub;
+pub use hub::{QueueGroupStatus, QuorumHub};
 pub use state::DEFAULT_DELIVERY_LIMIT;
