@@ -174,6 +174,9 @@ pub struct RawClient {
     buffer: BytesMut,
     /// Frame size limit used when decoding what the server sends.
     pub frame_max: u32,
+    /// Whether `connection.start-ok` claims the capabilities client libraries claim
+    /// (`consumer_cancel_notify` and the like); an old client claims none.
+    pub capabilities: bool,
 }
 
 /// What the raw client reads back.
@@ -196,7 +199,21 @@ impl RawClient {
             stream,
             buffer: BytesMut::with_capacity(64 * 1024),
             frame_max: 1 << 20,
+            capabilities: true,
         }
+    }
+
+    /// [`RawClient::open`] as a client that claims no capabilities.
+    pub async fn open_without_capabilities(address: SocketAddr) -> RawClient {
+        let mut client = RawClient::connect(address).await;
+        client.capabilities = false;
+        client.handshake("guest", "guest", "/", 0).await;
+        client.send_method(1, ChannelOpen::default()).await;
+        match client.expect_method().await {
+            Method::ChannelOpenOk(_) => {}
+            other => panic!("expected channel.open_ok, got {other:?}"),
+        }
+        client
     }
 
     /// Connects and completes the handshake as `guest` on vhost `/`, with these tune values,
@@ -262,10 +279,12 @@ impl RawClient {
             FieldValue::Boolean(true),
         );
         let mut properties = FieldTable::new();
-        properties.insert(
-            ShortString::from_static("capabilities"),
-            FieldValue::Table(capabilities),
-        );
+        if self.capabilities {
+            properties.insert(
+                ShortString::from_static("capabilities"),
+                FieldValue::Table(capabilities),
+            );
+        }
         self.send_method(
             0,
             ConnectionStartOk {

@@ -55,7 +55,10 @@ impl ChannelCallback for Recorder {
 }
 
 async fn open(broker: &TestBroker) -> (Connection, Channel, Recorder) {
-    let address = broker.address();
+    open_at(broker.address()).await
+}
+
+async fn open_at(address: std::net::SocketAddr) -> (Connection, Channel, Recorder) {
     let arguments =
         OpenConnectionArguments::new(&address.ip().to_string(), address.port(), "guest", "guest");
     let connection = promptly("amqprs to connect", Connection::open(&arguments))
@@ -257,4 +260,107 @@ async fn queue_deletion_notifies_consumers() {
             .contains(&"watch".to_string())
     })
     .await;
+}
+
+/// Whether every publish numbered 1 to `count` is acked (singly or by a `multiple` ack).
+fn all_acked(recorder: &Recorder, count: u64) -> bool {
+    let acks = recorder.acks.lock().expect("lock");
+    let up_to = acks
+        .iter()
+        .filter(|(_, multiple)| *multiple)
+        .map(|(tag, _)| *tag)
+        .max()
+        .unwrap_or(0);
+    let singles: std::collections::HashSet<u64> = acks.iter().map(|(tag, _)| *tag).collect();
+    (1..=count).all(|tag| tag <= up_to || singles.contains(&tag))
+}
+
+/// A quorum queue through amqprs on three in-process nodes: declared on one, published to
+/// with confirms through a second, consumed through a third; the leader's node stops mid-way
+/// and the publisher's confirms and the consumer's deliveries go on, on the same channels,
+/// with every confirmed message delivered (again ones marked redelivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_fails_over_under_amqprs() {
+    let mut cluster = warren_testkit::TestCluster::builder()
+        .nodes(3)
+        .build()
+        .await;
+    cluster.wait_for_members(3, Duration::from_secs(20)).await;
+    let (_a, on_leader, _) = open_at(cluster.node(0).address()).await;
+    let mut arguments = amqprs::FieldTable::new();
+    arguments.insert(
+        "x-queue-type".try_into().expect("a name"),
+        amqprs::FieldValue::S("quorum".try_into().expect("a string")),
+    );
+    on_leader
+        .queue_declare(
+            QueueDeclareArguments::durable_client_named("amqprs-qq")
+                .arguments(arguments)
+                .finish(),
+        )
+        .await
+        .expect("declared");
+    cluster
+        .wait_for_queue("/", "amqprs-qq", warren_tests::PROMPTLY)
+        .await;
+    let (_b, publisher, confirms) = open_at(cluster.node(1).address()).await;
+    publisher
+        .confirm_select(ConfirmSelectArguments::default())
+        .await
+        .expect("confirms");
+    let publish = async |range: std::ops::Range<u32>| {
+        for index in range {
+            publisher
+                .basic_publish(
+                    BasicProperties::default().with_persistence(true).finish(),
+                    index.to_be_bytes().to_vec(),
+                    BasicPublishArguments::new("", "amqprs-qq"),
+                )
+                .await
+                .expect("published");
+        }
+    };
+    publish(0..100).await;
+    wait_until("100 confirms", || all_acked(&confirms, 100)).await;
+
+    let (_c, consuming, _) = open_at(cluster.node(2).address()).await;
+    consuming
+        .basic_qos(BasicQosArguments::new(0, 10, false))
+        .await
+        .expect("qos");
+    let (_tag, mut deliveries) = consuming
+        .basic_consume_rx(BasicConsumeArguments::new("amqprs-qq", "amqprs-reader"))
+        .await
+        .expect("consume");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = async |seen: &mut std::collections::BTreeSet<u32>| {
+        let message = promptly("a delivery", deliveries.recv())
+            .await
+            .expect("the consumer goes on");
+        let deliver = message.deliver.expect("deliver");
+        let body = message.content.expect("a body");
+        let index = u32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
+        if !seen.insert(index) {
+            assert!(deliver.redelivered(), "{index} came again unmarked");
+        }
+        consuming
+            .basic_ack(BasicAckArguments::new(deliver.delivery_tag(), false))
+            .await
+            .expect("ack");
+    };
+    while seen.len() < 50 {
+        next(&mut seen).await;
+    }
+
+    cluster.stop_node(0).await;
+    publish(100..200).await;
+    wait_until("200 confirms after the failover", || {
+        all_acked(&confirms, 200)
+    })
+    .await;
+    while seen.len() < 200 {
+        next(&mut seen).await;
+    }
+    assert_eq!(seen, (0..200).collect(), "every confirmed message");
+    cluster.stop().await;
 }

@@ -1,6 +1,7 @@
 //! Clusters of `warren` processes driven with `warrenctl`: formation at once, kill -9 of the
 //! leader with confirmed messages on board, restarts in every order, forgetting a dead node,
-//! and a node that lost its data refused until it is forgotten.
+//! a node that lost its data refused until it is forgotten, and kill -9 of a quorum queue's
+//! leader mid-publish.
 
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use warren_tests::cluster::ClusterProcesses;
 use warren_tests::promptly;
+
+use crate::quorum::{durable, quorum};
 
 async fn channel(url: &str) -> (Connection, lapin::Channel) {
     let connection = promptly(
@@ -283,32 +286,42 @@ async fn three_nodes_started_together_always_form_one_cluster() {
     }
 }
 
-/// `pause_minority` across a real network partition: three processes, each in a network
-/// namespace of its own; the node cut off from the other two closes its AMQP listener while the
-/// majority keeps serving, and serves again once the partition heals.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_minority_across_network_namespaces() {
+/// Three `warren` processes, each in a network namespace of its own, formed into one cluster
+/// with `config` added; `None` (with the reason printed) where namespaces cannot be made.
+async fn cluster_in_namespaces(
+    config: &str,
+) -> Option<(warren_tests::netns::Network, ClusterProcesses)> {
     use warren_tests::netns::Network;
     if !warren_tests::require(
         "network namespaces",
         Network::available(),
         "run as root with iproute2 (apt-get install iproute2)",
     ) {
-        return;
+        return None;
     }
-    let mut network = Network::create(3).expect("namespaces");
+    let network = Network::create(3).expect("namespaces");
     let ips: Vec<std::net::IpAddr> = (0..3).map(|index| network.address(index)).collect();
-    let mut cluster = ClusterProcesses::on(
-        &ips,
-        25672,
-        // The test reaches the nodes over the bridge, not loopback.
-        "cluster_partition_handling = pause_minority\nloopback_users = none\n",
-    );
+    // The test reaches the nodes over the bridge, not loopback.
+    let config = format!("{config}loopback_users = none\n");
+    let mut cluster = ClusterProcesses::on(&ips, 25672, &config);
     for (index, member) in cluster.members.iter_mut().enumerate() {
         member.options.prefix = network.exec_prefix(index);
     }
     cluster.start(&[0, 1, 2]).await;
     cluster.wait_for_members(3).await;
+    Some((network, cluster))
+}
+
+/// `pause_minority` across a real network partition: three processes, each in a network
+/// namespace of its own; the node cut off from the other two closes its AMQP listener while the
+/// majority keeps serving, and serves again once the partition heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_minority_across_network_namespaces() {
+    let Some((mut network, mut cluster)) =
+        cluster_in_namespaces("cluster_partition_handling = pause_minority\n").await
+    else {
+        return;
+    };
     let minority_url = cluster.url(2);
 
     let (connected, _) = channel(&minority_url).await;
@@ -372,6 +385,303 @@ async fn pause_minority_across_network_namespaces() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     cluster.wait_for_members(3).await;
+    for index in 0..3 {
+        cluster.stop(index).await;
+    }
+}
+
+/// A quorum queue's leader cut off into a minority by a real network partition (three
+/// processes in network namespaces of their own, default partition handling): the old leader
+/// confirms nothing published to it meanwhile, the majority elects a new leader and confirms
+/// what it is sent, and after the partition heals every confirmed message is consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_leader_partitioned_into_a_minority_confirms_nothing_and_loses_nothing() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    let Some((mut network, mut cluster)) = cluster_in_namespaces("").await else {
+        return;
+    };
+    // Declared through node 2, which leads it (client-local).
+    let (_m, on_minority) = channel(&cluster.url(2)).await;
+    on_minority
+        .queue_declare("split".into(), durable(), quorum())
+        .await
+        .expect("quorum queue");
+    on_minority
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    wait_for_queue(&cluster.url(0), "split").await;
+    // Returns the confirm, to await apart.
+    #[allow(clippy::async_yields_async)]
+    let publish = async |channel: &lapin::Channel, body: String| {
+        channel
+            .basic_publish(
+                "".into(),
+                "split".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("published")
+    };
+    let mut confirmed = BTreeSet::new();
+    for i in 0..20 {
+        let body = format!("before-{i}");
+        let confirm = publish(&on_minority, body.clone()).await;
+        assert!(
+            promptly("a confirm", confirm)
+                .await
+                .expect("confirmed")
+                .is_ack()
+        );
+        confirmed.insert(body);
+    }
+
+    network.partition(&[2], &[0, 1]).expect("partition");
+    // Published to the old leader, cut off: answered only once it has a majority again.
+    let acked_during: Arc<Mutex<Vec<String>>> = Arc::default();
+    let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut waiting = Vec::new();
+    for i in 0..10 {
+        let body = format!("cut-off-{i}");
+        let confirm = publish(&on_minority, body.clone()).await;
+        let (acked_during, healed) = (acked_during.clone(), healed.clone());
+        waiting.push(tokio::spawn(async move {
+            let acked = matches!(confirm.await, Ok(confirmation) if confirmation.is_ack());
+            if acked && !healed.load(std::sync::atomic::Ordering::Acquire) {
+                acked_during.lock().push(body.clone());
+            }
+            (body, acked)
+        }));
+    }
+    // The majority side elects a leader and confirms.
+    let (_a, on_majority) = channel(&cluster.url(0)).await;
+    on_majority
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for i in 0..20 {
+        let body = format!("majority-{i}");
+        let confirm = publish(&on_majority, body.clone()).await;
+        let confirmation = tokio::time::timeout(Duration::from_secs(30), confirm)
+            .await
+            .expect("the majority confirms within seconds")
+            .expect("a confirmation");
+        assert!(confirmation.is_ack(), "{body}: {confirmation:?}");
+        confirmed.insert(body);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    healed.store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(
+        *acked_during.lock(),
+        Vec::<String>::new(),
+        "the old leader confirmed without a majority"
+    );
+    network.heal().expect("heal");
+    for task in waiting {
+        let (body, acked) = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("every cut-off publish is answered once healed")
+            .expect("no panic");
+        if acked {
+            confirmed.insert(body);
+        }
+    }
+    cluster.wait_for_members(3).await;
+
+    let (_c, reader) = channel(&cluster.url(1)).await;
+    let mut consumer = reader
+        .basic_consume(
+            "split".into(),
+            "audit".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut consumed = BTreeSet::new();
+    while !confirmed.is_subset(&consumed) {
+        let delivery = promptly("a confirmed message", consumer.next())
+            .await
+            .expect("stream open")
+            .expect("delivery");
+        consumed.insert(String::from_utf8_lossy(&delivery.data).into_owned());
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    for index in 0..3 {
+        cluster.stop(index).await;
+    }
+}
+
+/// kill -9 of a quorum queue's leader while a publisher on another node has publishes in
+/// flight: the survivors elect a new leader, the publisher's confirms resume on the same
+/// channel (none is nacked), and every confirmed message is consumed afterwards, through the
+/// killed node once it is back and has caught up. Meanwhile `warrenctl
+/// check_if_node_is_quorum_critical` on a survivor fails, naming the queue. Then `shrink`
+/// and `grow` move a member away and back through warrenctl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_quorum_queues_leader_mid_publish_loses_nothing_confirmed() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut cluster = ClusterProcesses::new(3, "");
+    cluster.start(&[0, 1, 2]).await;
+    cluster.wait_for_members(3).await;
+    // Declared through node 0, which leads it (client-local).
+    let (_d, on_leader) = channel(&cluster.url(0)).await;
+    on_leader
+        .queue_declare("replicated".into(), durable(), quorum())
+        .await
+        .expect("quorum queue");
+    wait_for_queue(&cluster.url(1), "replicated").await;
+    wait_for_queue(&cluster.url(2), "replicated").await;
+
+    let (_p, on_publisher) = channel(&cluster.url(1)).await;
+    on_publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut confirmed, mut nacked) = (BTreeSet::new(), 0);
+            let mut next = 0u32;
+            while !stop.load(Ordering::Acquire) {
+                let mut confirms = Vec::new();
+                for _ in 0..50 {
+                    let confirm = on_publisher
+                        .basic_publish(
+                            "".into(),
+                            "replicated".into(),
+                            BasicPublishOptions::default(),
+                            &next.to_be_bytes(),
+                            BasicProperties::default().with_delivery_mode(2),
+                        )
+                        .await
+                        .expect("the publisher's channel stays open");
+                    confirms.push((next, confirm));
+                    next += 1;
+                }
+                for (index, confirm) in confirms {
+                    let confirmation = confirm.await.expect("a confirmation");
+                    if confirmation.is_ack() {
+                        confirmed.insert(index);
+                    } else {
+                        nacked += 1;
+                    }
+                }
+            }
+            (confirmed, nacked, next)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.kill(0).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Release);
+    let (confirmed, nacked, sent) = tokio::time::timeout(Duration::from_secs(60), publishing)
+        .await
+        .expect("the publisher's confirms resume after the failover")
+        .expect("the publisher does not panic");
+    assert_eq!(nacked, 0, "a majority was up throughout: nothing is nacked");
+    assert!(
+        confirmed.iter().any(|&index| index > sent / 2),
+        "confirms went on after the kill: {} of {sent}",
+        confirmed.len()
+    );
+
+    // Two of three members left: stopping either survivor would cost the queue its majority.
+    let critical = cluster.ctl(1, &["check_if_node_is_quorum_critical"]).await;
+    assert_eq!(critical.code, Some(69), "{critical:?}");
+    assert!(
+        critical.stderr.contains(
+            "There are quorum queues that would lose their quorum if the target node is shut down"
+        ) && critical.stderr.contains("queue 'replicated' in vhost '/'"),
+        "{critical:?}"
+    );
+
+    cluster.start(&[0]).await;
+    cluster.wait_for_members(3).await;
+    wait_for_queue(&cluster.url(0), "replicated").await;
+    let safe = cluster.ctl(1, &["check_if_node_is_quorum_critical"]).await;
+    assert_eq!(safe.code, Some(0), "{safe:?}");
+    let (_r, on_restarted) = channel(&cluster.url(0)).await;
+    let mut consumer = on_restarted
+        .basic_consume(
+            "replicated".into(),
+            "audit".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume through the restarted node");
+    let mut consumed = BTreeSet::new();
+    while !confirmed.is_subset(&consumed) {
+        let delivery = promptly("a confirmed message", consumer.next())
+            .await
+            .expect("stream open")
+            .expect("delivery");
+        let index = u32::from_be_bytes(delivery.data[..4].try_into().expect("4 bytes"));
+        consumed.insert(index);
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+
+    // Its members through warrenctl, as rabbitmq-queues prints them.
+    let third = cluster.members[2].name.clone();
+    let shrunk = cluster.ctl(0, &["shrink", &third]).await;
+    assert_eq!(shrunk.code, Some(0), "{shrunk:?}");
+    assert_eq!(
+        shrunk.stdout,
+        format!(
+            "Shrinking quorum queues on {third}...\nvhost\tname\tsize\tresult\n/\treplicated\t2\tok\n"
+        )
+    );
+    let grown = cluster
+        .ctl(1, &["grow", &third, "all", "--errors-only"])
+        .await;
+    assert_eq!(grown.code, Some(0), "{grown:?}");
+    assert_eq!(
+        grown.stdout,
+        format!("Growing all quorum queues on {third}...\nvhost\tname\tsize\tresult\n")
+    );
+    // Three members again: no single stop costs the queue its majority.
+    let whole = cluster.ctl(1, &["check_if_node_is_quorum_critical"]).await;
+    assert_eq!(whole.code, Some(0), "{whole:?}");
+    let listed = cluster
+        .ctl(
+            2,
+            &[
+                "list_queues",
+                "name",
+                "type",
+                "members",
+                "--no-table-headers",
+            ],
+        )
+        .await;
+    assert_eq!(listed.code, Some(0), "{listed:?}");
+    let row = listed.stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        row.starts_with("replicated\tquorum\t[") && row.contains(&third),
+        "{listed:?}"
+    );
+    let again = cluster.ctl(2, &["add_member", "replicated", &third]).await;
+    assert_eq!(again.code, Some(0), "added already: {again:?}");
+    let missing = cluster
+        .ctl(2, &["delete_member", "-p", "/", "nowhere", &third])
+        .await;
+    assert_eq!(missing.code, Some(70), "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("queue 'nowhere' was not found in virtual host '/'"),
+        "{missing:?}"
+    );
     for index in 0..3 {
         cluster.stop(index).await;
     }

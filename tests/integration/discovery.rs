@@ -23,11 +23,9 @@ fn installed(program: &str) -> bool {
         || std::path::Path::new(&format!("/usr/sbin/{program}")).exists()
 }
 
+/// A port for a server started later (below the ephemeral range, see `reserved_port`).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    warren_testkit::reserved_port(&[IpAddr::from([127, 0, 0, 1])])
 }
 
 /// A real etcd on loopback, stopped (by its pid) and wiped when dropped.

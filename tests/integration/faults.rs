@@ -379,16 +379,23 @@ async fn a_torn_metadata_tail_loses_only_the_last_change() {
 struct SmallFilesystem(PathBuf);
 
 impl SmallFilesystem {
+    /// A tmpfs of `size`; `None` (reported as a skip, a failure in CI) where none can be
+    /// mounted.
     fn mount(size: &str) -> Option<SmallFilesystem> {
         let dir = temporary_dir("tmpfs");
-        std::fs::create_dir_all(&dir).ok()?;
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .output()
-            .is_ok_and(|output| output.status.success());
+        let mounted = std::fs::create_dir_all(&dir).is_ok()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir)
+                .output()
+                .is_ok_and(|output| output.status.success());
         if !mounted {
             let _ = std::fs::remove_dir(&dir);
+            require(
+                "a mountable tmpfs (root)",
+                false,
+                "run as root, or in CI, to test a full disk",
+            );
             return None;
         }
         Some(SmallFilesystem(dir))
@@ -408,11 +415,6 @@ impl Drop for SmallFilesystem {
 #[tokio::test]
 async fn a_full_disk_nacks_and_blocks_publishes_and_recovers_when_space_returns() {
     let Some(filesystem) = SmallFilesystem::mount("3m") else {
-        require(
-            "a mountable tmpfs (root)",
-            false,
-            "run as root, or in CI, to test a full disk",
-        );
         return;
     };
     let data = filesystem.0.join("data");
@@ -590,4 +592,202 @@ async fn alarms_block_publishers_and_let_consumers_drain() {
         assert_eq!(delivery.data, b"held back");
         broker.stop().await;
     }
+}
+
+/// A full disk on one member of a quorum queue: that member's writes fail and it stops, the
+/// two others go on confirming (a majority), and the full node's own clients keep consuming
+/// (its proposals go to the other members). Once space is back and the node restarted, its
+/// member catches up, and every confirmed message not consumed is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_one_quorum_queue_member_costs_the_queue_nothing() {
+    use lapin::options::{BasicAckOptions, ConfirmSelectOptions};
+    use warren_testkit::TestCluster;
+
+    // 12 MiB, 9 of them ballast: the queue's 6 MiB do not fit until the ballast goes.
+    let Some(filesystem) = SmallFilesystem::mount("12m") else {
+        return;
+    };
+    let data = filesystem.0.join("data");
+    std::fs::create_dir_all(&data).expect("data directory");
+    let ballast = filesystem.0.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 9 * 1024 * 1024]).expect("ballast");
+    let mut cluster = TestCluster::builder()
+        .nodes(3)
+        .data_dir(2, &data)
+        .config(|config| config.disk_free_limit_absolute = Some(1))
+        .build()
+        .await;
+    cluster.wait_for_members(3, Duration::from_secs(20)).await;
+    let (_a, on_first) = open_url(&cluster.node(0).url()).await;
+    on_first
+        .queue_declare(
+            short("filled"),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            crate::quorum::quorum(),
+        )
+        .await
+        .expect("a quorum queue on the three nodes");
+    cluster
+        .wait_for_queue("/", "filled", Duration::from_secs(20))
+        .await;
+    on_first
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    // 6 MiB through the queue: more than node 2's disk holds. (Its disk alarm, raised by the
+    // failed write, blocks publishers across the cluster until a probe write succeeds again.)
+    let body = vec![7u8; 16 * 1024];
+    let confirmed = 384;
+    for _ in 0..confirmed {
+        let confirm = on_first
+            .basic_publish(
+                short(""),
+                short("filled"),
+                BasicPublishOptions::default(),
+                &body,
+                persistent(),
+            )
+            .await
+            .expect("published");
+        let confirmation = tokio::time::timeout(Duration::from_secs(20), confirm)
+            .await
+            .expect("the majority confirms while node 2's disk is full")
+            .expect("a confirmation");
+        assert!(confirmation.is_ack(), "{confirmation:?}");
+    }
+    let id = cluster
+        .node(2)
+        .broker()
+        .vhost("/")
+        .and_then(|vhost| vhost.queue(b"filled"))
+        .expect("the queue on node 2")
+        .id();
+    assert!(
+        cluster
+            .node(2)
+            .broker()
+            .quorum()
+            .group_status(id)
+            .await
+            .is_none(),
+        "node 2's member stopped when its writes failed"
+    );
+    // Node 2's clients still consume, through the other members.
+    let (full_connection, on_full) = open_url(&cluster.node(2).url()).await;
+    on_full
+        .basic_qos(1, lapin::options::BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = on_full
+        .basic_consume(
+            short("filled"),
+            short("reader"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consuming on the full node");
+    for _ in 0..50 {
+        let delivery = promptly("a delivery on the full node", consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("not an error");
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("acked");
+    }
+    // Closed cleanly, so that every ack is in before the node restarts.
+    full_connection
+        .close(200, "done".into())
+        .await
+        .expect("closed");
+    drop(consumer);
+    // Space comes back; restarted, the member reopens its log and catches up.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    cluster.restart_node(2).await;
+    cluster.wait_for_members(3, Duration::from_secs(20)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up = match (
+            cluster.node(2).broker().quorum().group_status(id).await,
+            cluster.node(0).broker().quorum().group_status(id).await,
+        ) {
+            (Some(mine), Some(leader)) => mine.commit >= leader.commit && mine.leader.is_some(),
+            _ => false,
+        };
+        if caught_up {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2's member does not catch up: {:?} against the leader's {:?}",
+            cluster.node(2).broker().quorum().group_status(id).await,
+            cluster.node(0).broker().quorum().group_status(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_c, after) = open_url(&cluster.node(2).url()).await;
+    let rest = drain(&after, "filled").await;
+    assert_eq!(
+        rest.len(),
+        confirmed - 50,
+        "every confirmed message not acked is still there"
+    );
+    cluster.stop().await;
+    drop(filesystem);
+}
+
+/// An alarm on one node blocks publishers on every node of the cluster, as RabbitMQ's do;
+/// once it clears (or its node goes), they are unblocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_on_one_node_blocks_publishers_across_the_cluster() {
+    let mut cluster = warren_testkit::TestCluster::builder()
+        .nodes(2)
+        .build()
+        .await;
+    cluster.wait_for_members(2, Duration::from_secs(20)).await;
+    let (_c, setup) = open_url(&cluster.node(0).url()).await;
+    declare_durable(&setup, "alarmed", FieldTable::default()).await;
+    let mut publisher = RawClient::open(cluster.node(0).address(), 0).await;
+    cluster.node(1).broker().alarms.set_memory_limit(1);
+    wait_until("node 0 to hear of node 1's alarm", || {
+        cluster.node(0).broker().alarms.current().memory
+    })
+    .await;
+    assert!(!cluster.node(0).broker().alarms.local().any());
+    publisher.publish(1, "", "alarmed", b"during").await;
+    let blocked = expect_method_matching(&mut publisher, "connection.blocked", |method| {
+        matches!(method, Method::ConnectionBlocked(_))
+    })
+    .await;
+    let Method::ConnectionBlocked(blocked) = blocked else {
+        unreachable!()
+    };
+    assert_eq!(blocked.reason.to_string(), "low on memory");
+    cluster.node(1).broker().alarms.set_memory_limit(u64::MAX);
+    expect_method_matching(&mut publisher, "connection.unblocked", |method| {
+        matches!(method, Method::ConnectionUnblocked(_))
+    })
+    .await;
+    // Raised again, then its node stops: a node that is gone no longer counts.
+    cluster.node(1).broker().alarms.set_memory_limit(1);
+    wait_until("node 0 to hear of node 1's alarm again", || {
+        cluster.node(0).broker().alarms.current().memory
+    })
+    .await;
+    publisher.publish(1, "", "alarmed", b"again").await;
+    expect_method_matching(&mut publisher, "connection.blocked", |method| {
+        matches!(method, Method::ConnectionBlocked(_))
+    })
+    .await;
+    cluster.stop_node(1).await;
+    expect_method_matching(&mut publisher, "connection.unblocked", |method| {
+        matches!(method, Method::ConnectionUnblocked(_))
+    })
+    .await;
+    cluster.stop().await;
 }

@@ -7,9 +7,11 @@
 //! - `process`: the `warren` binary as a child process: configuration errors, SIGTERM, the data
 //!   directory lock;
 //! - `durability`: what survives a restart; paging; segment deletion and compaction;
-//! - `faults`: kill -9 under load, damaged log tails, a full disk, memory and disk alarms.
+//! - `faults`: kill -9 under load, damaged log tails, a full disk, memory and disk alarms;
+//! - `quorum`: quorum queues on in-process clusters; `chaos`: one under seeded random faults.
 
 mod amqprs_client;
+mod chaos;
 mod cluster;
 mod cluster_process;
 mod discovery;
@@ -23,3 +25,7 @@ mod pika;
 mod process;
 mod protocol;
 mod quorum;
+mod quorum_consumers;
+mod quorum_dead_letters;
+mod quorum_members;
+mod quorum_ttl;

@@ -13,11 +13,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use warren_testkit::TestCluster;
-use warren_tests::{promptly, wait_until};
+use warren_tests::{PROMPTLY, promptly};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
-async fn channel(url: &str) -> (Connection, lapin::Channel) {
+pub(crate) async fn channel(url: &str) -> (Connection, lapin::Channel) {
     let connection = promptly(
         "lapin to connect",
         Connection::connect(url, ConnectionProperties::default()),
@@ -28,7 +28,17 @@ async fn channel(url: &str) -> (Connection, lapin::Channel) {
     (connection, channel)
 }
 
-fn quorum() -> FieldTable {
+/// A channel to `node` with publisher confirms on.
+pub(crate) async fn confirming(node: &warren_testkit::TestNode) -> (Connection, lapin::Channel) {
+    let (connection, channel) = channel(&node.url()).await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms on");
+    (connection, channel)
+}
+
+pub(crate) fn quorum() -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
@@ -37,7 +47,7 @@ fn quorum() -> FieldTable {
     arguments
 }
 
-fn durable() -> QueueDeclareOptions {
+pub(crate) fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -45,7 +55,7 @@ fn durable() -> QueueDeclareOptions {
 }
 
 /// Publishes `bodies` with confirms and waits until every one is acked.
-async fn publish_confirmed(channel: &lapin::Channel, queue: &str, bodies: &[String]) {
+pub(crate) async fn publish_confirmed(channel: &lapin::Channel, queue: &str, bodies: &[String]) {
     let mut confirms = Vec::new();
     for body in bodies {
         let confirm = channel
@@ -79,15 +89,7 @@ async fn a_quorum_queue_keeps_every_confirmed_message_when_its_leader_dies() {
         .queue_declare("orders".into(), durable(), quorum())
         .await
         .expect("declared");
-    for index in 1..3 {
-        let node = cluster.node(index);
-        wait_until("the queue reaches every node", || {
-            node.broker()
-                .vhost("/")
-                .is_some_and(|vhost| vhost.queue(b"orders").is_some())
-        })
-        .await;
-    }
+    cluster.wait_for_queue("/", "orders", PROMPTLY).await;
     let (_b, publisher) = channel(&cluster.node(1).url()).await;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
@@ -145,6 +147,103 @@ async fn a_quorum_queue_keeps_every_confirmed_message_when_its_leader_dies() {
     let expected: BTreeSet<String> = first.into_iter().chain(second).collect();
     assert_eq!(seen, expected, "every confirmed message, once at least");
     eprintln!("{redelivered} deliveries came again after the failover");
+    cluster.stop().await;
+}
+
+/// A consumer on a node cut off from the queue's leader loses its place while the partition
+/// lasts (what it held goes to others) and, once the partition heals, gets deliveries again on
+/// the same channel, unasked, as RabbitMQ's consumers do when their node comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_cut_off_by_a_partition_resumes_when_it_heals() {
+    let cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (_a, on_leader) = channel(&cluster.node(0).url()).await;
+    on_leader
+        .queue_declare("resumed".into(), durable(), quorum())
+        .await
+        .expect("declared");
+    on_leader
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    cluster.wait_for_queue("/", "resumed", PROMPTLY).await;
+    let (_c, cut_off) = channel(&cluster.node(2).url()).await;
+    let mut consumer = cut_off
+        .basic_consume(
+            "resumed".into(),
+            "cut-off".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consuming through node 2");
+    publish_confirmed(&on_leader, "resumed", &["before".into()]).await;
+    let before = promptly("a delivery before the partition", consumer.next())
+        .await
+        .expect("a delivery")
+        .expect("no error");
+    assert_eq!(before.data, b"before");
+
+    // Cut off, the consumer is let go: what it held and what comes meanwhile wait.
+    cluster.partition(&[2], &[0, 1]);
+    let node = cluster.node(0);
+    let id = node
+        .broker()
+        .vhost("/")
+        .unwrap()
+        .queue(b"resumed")
+        .unwrap()
+        .id();
+    let mut consumers = u32::MAX;
+    for _ in 0..100 {
+        let (_x, probe) = channel(&node.url()).await;
+        consumers = probe
+            .queue_declare(
+                "resumed".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the queue is there")
+            .consumer_count();
+        if consumers == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(consumers, 0, "the leader let the cut-off consumer go");
+    assert!(
+        node.broker().quorum().group_status(id).await.is_some(),
+        "node 0 holds a member"
+    );
+    publish_confirmed(&on_leader, "resumed", &["during".into()]).await;
+
+    cluster.heal();
+    // Without anything asked of node 2's link, it comes back when a node next talks to it.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let delivery = promptly("a delivery after the partition healed", consumer.next())
+            .await
+            .expect("the consumer was not cancelled")
+            .expect("no error");
+        seen.push(String::from_utf8(delivery.data.clone()).unwrap());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["before", "during"],
+        "what it held comes again, and the rest"
+    );
+    publish_confirmed(&on_leader, "resumed", &["after".into()]).await;
+    let after = promptly("a delivery on the same channel", consumer.next())
+        .await
+        .expect("a delivery")
+        .expect("no error");
+    assert_eq!(after.data, b"after");
     cluster.stop().await;
 }
 
@@ -221,13 +320,7 @@ async fn a_whole_cluster_restart_keeps_what_was_not_acknowledged() {
     on_a.queue_declare("kept".into(), durable(), quorum())
         .await
         .expect("declared");
-    let node = cluster.node(1);
-    wait_until("the queue reaches node 1", || {
-        node.broker()
-            .vhost("/")
-            .is_some_and(|vhost| vhost.queue(b"kept").is_some())
-    })
-    .await;
+    cluster.wait_for_queue("/", "kept", PROMPTLY).await;
     let (b, on_b) = channel(&cluster.node(1).url()).await;
     on_b.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -290,12 +383,12 @@ async fn a_whole_cluster_restart_keeps_what_was_not_acknowledged() {
     cluster.stop().await;
 }
 
-fn text(value: &str) -> AMQPValue {
+pub(crate) fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
 }
 
 /// A header of a delivery, if it has it.
-fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<AMQPValue> {
+pub(crate) fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<AMQPValue> {
     delivery
         .properties
         .headers()
@@ -303,7 +396,7 @@ fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<AMQPValue> 
         .and_then(|headers| headers.inner().get(name).cloned())
 }
 
-fn body(delivery: &lapin::message::Delivery) -> String {
+pub(crate) fn body(delivery: &lapin::message::Delivery) -> String {
     String::from_utf8(delivery.data.clone()).expect("a text body")
 }
 
@@ -470,6 +563,195 @@ async fn quorum_queues_dead_letter_what_goes_over_their_limits() {
             .await
             .expect_err("refused");
         assert!(error.to_string().contains(expected), "{error}");
+    }
+    cluster.stop().await;
+}
+
+/// `check_if_node_is_quorum_critical` and `GET /api/health/checks/node-is-quorum-critical`:
+/// with every node up nothing is critical; with one of three stopped, stopping another would
+/// cost the quorum queue (and the metadata store) their majority, and both checks say so in
+/// RabbitMQ's words. A single node has nothing to lose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_stop_would_cost_a_quorum_queue_its_majority_is_reported_critical() {
+    use warren_cluster::control::{ControlRequest, ControlResponse, QuorumCriticalReport};
+    async fn report(node: &warren_testkit::TestNode) -> QuorumCriticalReport {
+        match node.control(ControlRequest::QuorumCritical).await {
+            Ok(ControlResponse::QuorumCritical(report)) => report,
+            other => panic!("a quorum-critical report: {other:?}"),
+        }
+    }
+    const PATH: &str = "/api/health/checks/node-is-quorum-critical";
+    let guest = Some("guest:guest");
+
+    let mut cluster = TestCluster::builder().nodes(3).build().await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let (_a, on_first) = channel(&cluster.node(0).url()).await;
+    on_first
+        .queue_declare("critical".into(), durable(), quorum())
+        .await
+        .expect("declared");
+    cluster.wait_for_queue("/", "critical", PROMPTLY).await;
+    let first = cluster.node(0);
+    let http = first.node().management_address().expect("management");
+    let healthy = report(first).await;
+    assert!(
+        !healthy.single_node && healthy.critical.is_empty(),
+        "{healthy:?}"
+    );
+    let (status, _, body) = warren_tests::http_get(http, PATH, guest).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+
+    cluster.stop_node(2).await;
+    let first = cluster.node(0);
+    let critical = report(first).await;
+    let names: Vec<(&str, &str, &str)> = critical
+        .critical
+        .iter()
+        .map(|c| {
+            (
+                c.readable_name.as_str(),
+                c.virtual_host.as_str(),
+                c.kind.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("rabbitmq_metadata", "-", "process"),
+            ("queue 'critical' in vhost '/'", "/", "quorum")
+        ]
+    );
+    let (status, _, body) = warren_tests::http_get(http, PATH, guest).await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["status"], "failed");
+    assert_eq!(
+        body["reason"],
+        "There are quorum queues that would lose their quorum if the target node is shut down"
+    );
+    assert_eq!(body["queues"][1]["name"], "critical");
+    assert_eq!(body["queues"][1]["virtual_host"], "/");
+    assert_eq!(body["queues"][1]["type"], "quorum");
+    cluster.stop().await;
+
+    let alone = TestCluster::builder().nodes(1).build().await;
+    let lone = report(alone.node(0)).await;
+    assert!(lone.single_node && lone.critical.is_empty(), "{lone:?}");
+    let http = alone
+        .node(0)
+        .node()
+        .management_address()
+        .expect("management");
+    let (status, _, body) = warren_tests::http_get(http, PATH, guest).await;
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            serde_json::json!({"status": "ok", "reason": "single node cluster"})
+        )
+    );
+    alone.stop().await;
+}
+
+/// `default_queue_type = quorum`: a durable queue declared without a type is a quorum queue
+/// (and is redeclared alike); exclusive, auto-delete and non-durable ones stay classic, as
+/// RabbitMQ 4 falls back. `queue_leader_locator = balanced`: the queues declared through one
+/// node get their first leaders on the node leading the fewest, so evenly over the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_queue_type_and_balanced_leaders_come_from_the_configuration() {
+    let cluster = TestCluster::builder()
+        .nodes(3)
+        .config(|config| {
+            config.default_queue_type = warren_config::QueueType::Quorum;
+            config.queue_leader_locator = warren_config::LeaderLocator::Balanced;
+        })
+        .build()
+        .await;
+    cluster.wait_for_members(3, SETTLE).await;
+    let node = cluster.node(0);
+    let (_a, declaring) = channel(&node.url()).await;
+    let is_quorum = |name: &str| {
+        node.broker()
+            .vhost("/")
+            .unwrap()
+            .queue(name.as_bytes())
+            .unwrap()
+            .config
+            .quorum
+    };
+    let names: Vec<String> = (0..6).map(|i| format!("typed-by-default-{i}")).collect();
+    for name in &names {
+        declaring
+            .queue_declare(name.as_str().into(), durable(), FieldTable::default())
+            .await
+            .expect("declared");
+        assert!(is_quorum(name), "{name} is a quorum queue");
+    }
+    declaring
+        .queue_declare(names[0].as_str().into(), durable(), FieldTable::default())
+        .await
+        .expect("redeclared alike");
+    for (name, options) in [
+        (
+            "fallback-exclusive",
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "fallback-auto-delete",
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+        ),
+        ("fallback-transient", QueueDeclareOptions::default()),
+    ] {
+        declaring
+            .queue_declare(name.into(), options, FieldTable::default())
+            .await
+            .expect("declared");
+        assert!(!is_quorum(name), "{name} falls back to classic");
+    }
+
+    // Each node is the first leader of two of the six (the fewest, in turn); every one of them
+    // elects a leader (its first one, unless an election went the other way).
+    let (first_leaders, queues) = node.broker().quorum().first_leaders();
+    assert_eq!(queues, names.len());
+    let mut counts: Vec<usize> = first_leaders.values().copied().collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![2, 2, 2],
+        "balanced first leaders: {first_leaders:?}"
+    );
+    for name in &names {
+        let id = node
+            .broker()
+            .vhost("/")
+            .unwrap()
+            .queue(name.as_bytes())
+            .unwrap()
+            .id();
+        let mut leader = None;
+        for _ in 0..400 {
+            leader = node
+                .broker()
+                .quorum()
+                .group_status(id)
+                .await
+                .and_then(|status| status.leader);
+            if leader.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(leader.is_some(), "{name} elects a leader");
     }
     cluster.stop().await;
 }

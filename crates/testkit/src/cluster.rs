@@ -49,6 +49,11 @@ impl TestNode {
         )
     }
 
+    /// The AMQP listener's address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
     /// The node's name.
     pub fn name(&self) -> NodeName {
         NodeName::new_unchecked(self.config.node_name.clone())
@@ -87,6 +92,7 @@ pub struct TestClusterBuilder {
     config: Config,
     names: Option<Vec<String>>,
     started: Option<Vec<usize>>,
+    data_dirs: Vec<(usize, std::path::PathBuf)>,
 }
 
 impl TestClusterBuilder {
@@ -117,6 +123,13 @@ impl TestClusterBuilder {
         self
     }
 
+    /// Node `index` keeps its data in `dir` (a small filesystem, say) instead of a fresh
+    /// temporary directory.
+    pub fn data_dir(mut self, index: usize, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dirs.push((index, dir.into()));
+        self
+    }
+
     /// Starts every node at once and waits until they form one cluster.
     pub async fn build(self) -> TestCluster {
         crate::init_logging();
@@ -133,19 +146,18 @@ impl TestClusterBuilder {
             config.cluster.use_longname = true;
             config.cluster.interface = Some(ip);
             config.cluster.port = free_port(ip);
-            // A node started now binds any free AMQP port and keeps it for its restarts (see
-            // `start`): a port found free here could be taken by another test before the node
-            // binds it. A node started later needs its address known now.
-            let started_now = self
-                .started
-                .as_ref()
-                .is_none_or(|list| list.contains(&index));
-            let amqp_port = if started_now { 0 } else { free_port(ip) };
+            // Below the ephemeral range (see `reserved_port`): a port the kernel picked for the
+            // first start could be handed to an outgoing connection while the node restarts.
+            let amqp_port = free_port(ip);
             config.listeners = vec![warren_config::ListenAddress::Socket(SocketAddr::new(
                 ip, amqp_port,
             ))];
             config.management = Some(warren_config::ListenAddress::Socket(SocketAddr::new(ip, 0)));
-            config.data_dir = temporary_dir("cluster");
+            config.data_dir = self
+                .data_dirs
+                .iter()
+                .find(|(at, _)| *at == index)
+                .map_or_else(|| temporary_dir("cluster"), |(_, dir)| dir.clone());
             std::fs::create_dir_all(&config.data_dir).expect("data directory");
             write_cookie(&config.data_dir, &secret);
             table.write().expect("table").insert(
@@ -211,6 +223,7 @@ impl TestCluster {
             config: TestBroker::default_config(),
             names: None,
             started: None,
+            data_dirs: Vec::new(),
         }
     }
 
@@ -344,6 +357,29 @@ impl TestCluster {
                 panic!("the cluster did not settle on {members} members: {statuses:#?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (at most `timeout`) until every running node knows queue `name` of `vhost`
+    /// (metadata reaches the others as they apply it); panics otherwise.
+    pub async fn wait_for_queue(&self, vhost: &str, name: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let known = |node: &TestNode| {
+            node.broker()
+                .vhost(vhost)
+                .is_some_and(|found| found.queue(name.as_bytes()).is_some())
+        };
+        while !self
+            .nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .all(known)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue '{name}' in vhost '{vhost}' did not reach every node within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
