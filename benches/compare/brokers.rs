@@ -195,6 +195,11 @@ impl Broker {
     }
 
     /// Resident memory of the broker's processes (the Erlang VM and its helpers for RabbitMQ).
+    /// The CPU time the broker's processes have used so far.
+    pub(crate) fn cpu(&self) -> Duration {
+        tree_cpu(self.child.id())
+    }
+
     pub(crate) fn rss(&self) -> u64 {
         tree_rss(self.child.id())
     }
@@ -303,10 +308,35 @@ pub(crate) fn rabbitmq_command(
     command
 }
 
-/// Sum of VmRSS over `root` and its descendants.
-fn tree_rss(root: u32) -> u64 {
-    let mut total = 0;
-    let mut pending = vec![root];
+/// CPU time (user and system, all threads) of `root` and its descendants, from
+/// `/proc/<pid>/stat`.
+pub(crate) fn tree_cpu(root: u32) -> Duration {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let total: u64 = descendants(root)
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, after) = stat.rsplit_once(')')?;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            // utime and stime: fields 14 and 15 of stat(5), 12 and 13 after the name.
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some(user + system)
+        })
+        .sum();
+    Duration::from_secs_f64(total as f64 / ticks)
+}
+
+/// `root` and every process under it.
+fn descendants(root: u32) -> Vec<u32> {
     let processes: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .map(|entries| {
             entries
@@ -320,8 +350,10 @@ fn tree_rss(root: u32) -> u64 {
                 .collect()
         })
         .unwrap_or_default();
+    let mut found = Vec::new();
+    let mut pending = vec![root];
     while let Some(pid) = pending.pop() {
-        total += process_rss(pid);
+        found.push(pid);
         pending.extend(
             processes
                 .iter()
@@ -329,7 +361,12 @@ fn tree_rss(root: u32) -> u64 {
                 .map(|(child, _)| *child),
         );
     }
-    total
+    found
+}
+
+/// Sum of VmRSS over `root` and its descendants.
+pub(crate) fn tree_rss(root: u32) -> u64 {
+    descendants(root).into_iter().map(process_rss).sum()
 }
 
 fn process_rss(pid: u32) -> u64 {

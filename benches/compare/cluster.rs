@@ -1,12 +1,15 @@
-//! Scenario 10: a two-node cluster of each broker on loopback. The queue lives on node A, the
-//! producer publishes to A and the consumer reads from B, so every delivery and every ack
-//! crosses the link between the nodes (Warren's inter-node transport, Erlang distribution for
-//! RabbitMQ).
+//! Scenarios 10 and 11: clusters of each broker on loopback. In scenario 10 (two nodes) the
+//! queue lives on node A, the producer publishes to A and the consumer reads from B, so every
+//! delivery and every ack crosses the link between the nodes (Warren's inter-node transport,
+//! Erlang distribution for RabbitMQ). Scenario 11 (three nodes) does the same with a quorum
+//! queue whose leader is on A, replicated to all three; scenarios 13 and 14 measure three-node
+//! clusters holding a quorum queue backlog, and a thousand idle quorum queues.
 //!
 //! ```text
-//!  Warren:   warren@127.0.9.1 (:5674) ── transport ── warren@127.0.9.2 (:5674)
+//!  Warren:   warren@127.0.9.1 (:5674) ── transport ── warren@127.0.9.2 (:5674) ── 127.0.9.3
 //!  RabbitMQ: warren-compare-a@localhost (:5675) ── dist ── warren-compare-b@localhost (:5676)
-//!            both with classic_config peer discovery; A starts first, B joins it
+//!            ── warren-compare-c@localhost (:5677)
+//!            all with classic_config peer discovery; A starts first, the others join it
 //! ```
 
 use std::net::SocketAddr;
@@ -20,24 +23,24 @@ use crate::brokers::{Kind, rabbitmq_command, terminate, wait_for_address, warren
 const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 const COOKIE: &str = "warren-compare-cookie";
 
-/// Two running nodes of one kind, joined into one cluster.
+/// Running nodes of one kind, joined into one cluster.
 pub(crate) struct Cluster {
     nodes: Vec<Child>,
-    /// AMQP URIs of node A and node B.
-    pub(crate) uris: [String; 2],
+    /// AMQP URIs of node A, B (and C).
+    pub(crate) uris: Vec<String>,
 }
 
 impl Cluster {
-    /// Starts both nodes and waits until each sees the other running; `None` (with the reason
-    /// printed) when they do not form one cluster within a minute.
-    pub(crate) fn start(kind: Kind, tools: &Tools) -> Option<Cluster> {
+    /// Starts `count` nodes (2 or 3) and waits until one sees them all running; `None` (with
+    /// the reason printed) when they do not form one cluster within a minute.
+    pub(crate) fn start(kind: Kind, tools: &Tools, count: usize) -> Option<Cluster> {
         let mut cluster = Cluster {
             nodes: Vec::new(),
-            uris: [String::new(), String::new()],
+            uris: vec![String::new(); count],
         };
         let formed = match kind {
-            Kind::Warren => cluster.start_warren(tools),
-            Kind::RabbitMq => cluster.start_rabbitmq(tools),
+            Kind::Warren => cluster.start_warren(tools, count),
+            Kind::RabbitMq => cluster.start_rabbitmq(tools, count),
         };
         if formed {
             Some(cluster)
@@ -47,17 +50,26 @@ impl Cluster {
         }
     }
 
-    fn start_warren(&mut self, tools: &Tools) -> bool {
+    fn start_warren(&mut self, tools: &Tools, count: usize) -> bool {
         let ctl = tools.warren.with_file_name("warrenctl");
-        for (index, ip) in ["127.0.9.1", "127.0.9.2"].into_iter().enumerate() {
+        let ips: Vec<String> = (1..=count).map(|n| format!("127.0.9.{n}")).collect();
+        let mut peers = String::new();
+        for (index, ip) in ips.iter().enumerate() {
+            peers.push_str(&format!(
+                "cluster_formation.classic_config.nodes.{} = warren@{ip}\n",
+                index + 1
+            ));
+        }
+        for (index, ip) in ips.iter().enumerate() {
             let dir = tools.work.join(format!("warren-cluster-{index}"));
+            let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("node directory");
-            // The inter-node port is the default (AMQP + 20000), where the other node dials.
-            let extra = "loopback_users = none\n\
-                         cluster_formation.peer_discovery_backend = classic_config\n\
-                         cluster_formation.classic_config.nodes.1 = warren@127.0.9.1\n\
-                         cluster_formation.classic_config.nodes.2 = warren@127.0.9.2\n";
-            let child = warren_command(tools, &dir, "", ip, extra)
+            // The inter-node port is the default (AMQP + 20000), where the other nodes dial.
+            let extra = format!(
+                "loopback_users = none\n\
+                 cluster_formation.peer_discovery_backend = classic_config\n{peers}"
+            );
+            let child = warren_command(tools, &dir, "", ip, &extra)
                 .env("WARREN_NODENAME", format!("warren@{ip}"))
                 .env("WARREN_USE_LONGNAME", "true")
                 .env("WARREN_ERLANG_COOKIE", COOKIE)
@@ -68,45 +80,53 @@ impl Cluster {
             self.nodes.push(child);
             let port = Kind::Warren.port();
             self.uris[index] = format!("amqp://guest:guest@{ip}:{port}/%2F");
-            let address: SocketAddr = format!("{ip}:{port}").parse().expect("address");
+        }
+        for ip in &ips {
+            let address: SocketAddr = format!("{ip}:{}", Kind::Warren.port())
+                .parse()
+                .expect("address");
             if !wait_for_address(address, Duration::from_secs(60)) {
-                eprintln!("  10. warren@{ip} did not start listening");
+                eprintln!("  warren@{ip} did not start listening");
                 return false;
             }
         }
-        wait_until("both Warren nodes running", || {
+        let last = format!("warren@{}", ips[count - 1]);
+        wait_until("every Warren node running", || {
             Command::new(&ctl)
-                .args([
-                    "-n",
-                    "warren@127.0.9.2",
-                    "--longnames",
-                    "--erlang-cookie",
-                    COOKIE,
-                ])
+                .args(["-n", &last, "--longnames", "--erlang-cookie", COOKIE])
                 .args(["cluster_status", "--formatter", "json"])
                 .output()
                 .is_ok_and(|output| {
                     String::from_utf8_lossy(&output.stdout)
                         .matches("\"running\": true")
                         .count()
-                        == 2
+                        == count
                 })
         })
     }
 
-    fn start_rabbitmq(&mut self, tools: &Tools) -> bool {
-        let names = ["warren-compare-a@localhost", "warren-compare-b@localhost"];
+    fn start_rabbitmq(&mut self, tools: &Tools, count: usize) -> bool {
+        let names = &[
+            "warren-compare-a@localhost",
+            "warren-compare-b@localhost",
+            "warren-compare-c@localhost",
+        ][..count];
+        let mut peers = String::new();
+        for (index, name) in names.iter().enumerate() {
+            peers.push_str(&format!(
+                "cluster_formation.classic_config.nodes.{} = {name}\n",
+                index + 1
+            ));
+        }
         let mut homes = Vec::new();
-        for (index, port) in [5675u16, 5676].into_iter().enumerate() {
+        for (index, port) in (5675u16..).take(count).enumerate() {
             let dir = tools.work.join(format!("rabbitmq-cluster-{index}"));
+            let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("node directory");
             write_cookie(&dir);
             let extra = format!(
                 "loopback_users = none\n\
-                 cluster_formation.peer_discovery_backend = classic_config\n\
-                 cluster_formation.classic_config.nodes.1 = {}\n\
-                 cluster_formation.classic_config.nodes.2 = {}\n",
-                names[0], names[1]
+                 cluster_formation.peer_discovery_backend = classic_config\n{peers}"
             );
             let child = rabbitmq_command(&dir, "", names[index], port, &extra)
                 .stdout(Stdio::null())
@@ -115,18 +135,24 @@ impl Cluster {
                 .expect("rabbitmq-server starts");
             self.nodes.push(child);
             self.uris[index] = format!("amqp://guest:guest@127.0.0.1:{port}/%2F");
-            // B starts once A serves, so that B finds A's cluster and joins it.
+            // Each starts once the one before serves, so that it finds A's cluster and joins.
             let address = SocketAddr::from(([127, 0, 0, 1], port));
             if !wait_for_address(address, Duration::from_secs(120)) {
-                eprintln!("  10. {} did not start listening", names[index]);
+                eprintln!("  {} did not start listening", names[index]);
                 return false;
             }
             homes.push(dir);
         }
-        wait_until("both RabbitMQ nodes running", || {
+        wait_until("every RabbitMQ node running", || {
             Command::new(RABBITMQCTL)
-                .env("HOME", &homes[1])
-                .args(["-n", names[1], "cluster_status", "--formatter", "json"])
+                .env("HOME", &homes[count - 1])
+                .args([
+                    "-n",
+                    names[count - 1],
+                    "cluster_status",
+                    "--formatter",
+                    "json",
+                ])
                 .output()
                 .is_ok_and(|output| {
                     let json = String::from_utf8_lossy(&output.stdout);
@@ -135,13 +161,29 @@ impl Cluster {
                         rest[..rest.find(']').unwrap_or(rest.len())]
                             .matches('@')
                             .count()
-                            == 2
+                            == count
                     })
                 })
         })
     }
 
-    /// Stops both nodes by pid, B first.
+    /// The CPU time every node's processes have used so far.
+    pub(crate) fn cpu(&self) -> Duration {
+        self.nodes
+            .iter()
+            .map(|node| crate::brokers::tree_cpu(node.id()))
+            .sum()
+    }
+
+    /// The resident memory of every node's processes.
+    pub(crate) fn rss(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|node| crate::brokers::tree_rss(node.id()))
+            .sum()
+    }
+
+    /// Stops every node by pid, the last started first.
     pub(crate) fn stop(mut self) {
         for child in self.nodes.iter_mut().rev() {
             terminate(child);
@@ -164,6 +206,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    eprintln!("  10. gave up waiting for {what}");
+    eprintln!("  gave up waiting for {what}");
     false
 }

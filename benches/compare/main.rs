@@ -4,7 +4,9 @@
 //!  compare ──starts──> warren (127.0.0.1:5674)        ──┐
 //!          ──starts──> epmd, rabbitmq-server (:5673)  ──┼── warren-perf --json, per scenario
 //!          ──reads───> /proc/<pid>/status (RSS)       ──┘
-//!          ──starts──> two-node clusters of each (scenario 10, see `cluster`)
+//!          ──starts──> two-node clusters of each (scenario 10, see `cluster`), three-node
+//!                      ones for quorum queues (scenarios 11, 13, 14, 15)
+//!          ──reads───> /proc/<pid>/stat (CPU time of every broker process, per message)
 //!          ──writes──> docs/benchmarks.md (between the compare markers)
 //! ```
 //!
@@ -19,6 +21,7 @@
 mod brokers;
 mod cluster;
 mod report;
+mod second_client;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +40,12 @@ pub(crate) struct PerfResult {
     pub(crate) p99_us: f64,
     pub(crate) p999_us: f64,
     pub(crate) perf_cpu_percent: f64,
+    pub(crate) published: f64,
+    pub(crate) confirmed: f64,
+    pub(crate) consumed: f64,
+    /// The broker's CPU time (user + system, every node and thread, from /proc) per message
+    /// of the scenario's figure, in microseconds; 0 when not measured.
+    pub(crate) broker_cpu_us_per_message: f64,
 }
 
 fn number(json: &str, key: &str) -> f64 {
@@ -50,7 +59,29 @@ fn number(json: &str, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Runs `run` and records the broker's CPU time per message over it, as `cpu` (the CPU time
+/// used so far by every process of the broker) tells it.
+fn with_broker_cpu(cpu: impl Fn() -> Duration, run: impl FnOnce() -> PerfResult) -> PerfResult {
+    let before = cpu();
+    let mut result = run();
+    result.set_broker_cpu(cpu().saturating_sub(before));
+    result
+}
+
 impl PerfResult {
+    /// Records `cpu`, the broker's CPU time over the run, per message: per message consumed,
+    /// or per message confirmed when nothing was consumed.
+    pub(crate) fn set_broker_cpu(&mut self, cpu: Duration) {
+        let messages = if self.consumed > 0.0 {
+            self.consumed
+        } else {
+            self.confirmed.max(self.published)
+        };
+        if messages > 0.0 {
+            self.broker_cpu_us_per_message = cpu.as_secs_f64() * 1e6 / messages;
+        }
+    }
+
     fn parse(json: &str) -> PerfResult {
         PerfResult {
             publish_rate: number(json, "publish_rate"),
@@ -60,6 +91,10 @@ impl PerfResult {
             p99_us: number(json, "p99"),
             p999_us: number(json, "p999"),
             perf_cpu_percent: number(json, "perf_cpu_percent"),
+            published: number(json, "published"),
+            confirmed: number(json, "confirmed"),
+            consumed: number(json, "consumed"),
+            broker_cpu_us_per_message: 0.0,
         }
     }
 }
@@ -71,9 +106,13 @@ pub(crate) struct Tools {
 }
 
 impl Tools {
-    /// Runs warren-perf against `broker` with `arguments` and parses its JSON.
+    /// Runs warren-perf against `broker` with `arguments` and parses its JSON, with the
+    /// broker's CPU time per message.
     fn perf(&self, broker: &Broker, arguments: &[&str]) -> PerfResult {
-        self.perf_at(&[&broker.uri()], arguments, None)
+        with_broker_cpu(
+            || broker.cpu(),
+            || self.perf_at(&[&broker.uri()], arguments, None),
+        )
     }
 
     /// Runs warren-perf against the broker URIs `uris` (producers use them from the first,
@@ -393,32 +432,15 @@ fn main() {
         }
         if wanted(9) {
             eprintln!("  9. restart with 1M persistent messages");
-            let broker = Broker::start(kind, &tools, "restart");
-            let empty_boot = broker.boot_time;
-            tools.perf(
-                &broker,
-                &[
-                    "-x",
-                    "1",
-                    "-y",
-                    "0",
-                    "-s",
-                    "16",
-                    "-f",
-                    "--durable",
-                    "-C",
-                    "1000000",
-                    "-c",
-                    "1000",
-                    "-u",
-                    "s9-%d",
-                ],
+            let (empty_boot, served) = restart_with_backlog(kind, &tools, "restart", "s9", &[]);
+            report.add(
+                kind,
+                Figure::Restart {
+                    scenario: 9,
+                    empty_boot,
+                    served,
+                },
             );
-            broker.stop();
-            let restart = Broker::start(kind, &tools, "restart");
-            let served = restart.time_to_first_message(&tools, "s9-0");
-            restart.stop();
-            report.add(kind, Figure::Restart { empty_boot, served });
         }
     }
     if wanted(8) && peaks[1] > 0.0 {
@@ -441,36 +463,201 @@ fn main() {
                 "== {}\n  10. two-node cluster: queue and producer on node A, consumer on node B",
                 kind.name()
             );
-            let Some(cluster) = cluster::Cluster::start(kind, &tools) else {
+            let Some(cluster) = cluster::Cluster::start(kind, &tools, 2) else {
                 continue;
             };
-            let [a, b] = &cluster.uris;
+            let (a, b) = (&cluster.uris[0], &cluster.uris[1]);
             // Declared on A first, empty, so that the queue lives on A.
             tools.perf_at(
                 &[a],
                 &["-x", "1", "-y", "0", "-C", "0", "-u", "s10-%d"],
                 None,
             );
-            let result = tools.perf_at(
-                &[a, b],
+            let result = with_broker_cpu(
+                || cluster.cpu(),
+                || {
+                    tools.perf_at(
+                        &[a, b],
+                        &[
+                            "-x",
+                            "1",
+                            "-y",
+                            "1",
+                            "-s",
+                            "1024",
+                            "-q",
+                            "200",
+                            "-z",
+                            secs,
+                            "--predeclared",
+                            "-u",
+                            "s10-%d",
+                        ],
+                        None,
+                    )
+                },
+            );
+            report.add(kind, Figure::Rate(10, result));
+            cluster.stop();
+        }
+    }
+    if wanted(11) {
+        for kind in [Kind::Warren, Kind::RabbitMq] {
+            eprintln!(
+                "== {}\n  11. three-node cluster, quorum queue: producer on node A (confirms), consumer on node B",
+                kind.name()
+            );
+            let Some(cluster) = cluster::Cluster::start(kind, &tools, 3) else {
+                continue;
+            };
+            let (a, b) = (&cluster.uris[0], &cluster.uris[1]);
+            let quorum = ["--durable", "--queue-arg", "x-queue-type=quorum"];
+            // Declared through A, empty, so that its leader is on A.
+            let mut declare = vec!["-x", "1", "-y", "0", "-C", "0", "-u", "s11-%d"];
+            declare.extend(quorum);
+            tools.perf_at(&[a], &declare, None);
+            let mut run = vec![
+                "-x",
+                "1",
+                "-y",
+                "1",
+                "-s",
+                "1024",
+                "-f",
+                "-c",
+                "100",
+                "-q",
+                "200",
+                "-z",
+                secs,
+                "--predeclared",
+                "-u",
+                "s11-%d",
+            ];
+            run.extend(quorum);
+            let result = with_broker_cpu(|| cluster.cpu(), || tools.perf_at(&[a, b], &run, None));
+            report.add(kind, Figure::Rate(11, result));
+            eprintln!("  11. again through lapin, a second client library");
+            let result = with_broker_cpu(
+                || cluster.cpu(),
+                || second_client::quorum_queue(a, b, "s11-lapin", settings.seconds),
+            );
+            report.add(kind, Figure::Rate(12, result));
+            cluster.stop();
+        }
+    }
+    if wanted(13) {
+        for kind in [Kind::Warren, Kind::RabbitMq] {
+            eprintln!(
+                "== {}\n  13. three-node cluster, quorum queue backlog of 1M x 16 B",
+                kind.name()
+            );
+            let Some(cluster) = cluster::Cluster::start(kind, &tools, 3) else {
+                continue;
+            };
+            let a = &cluster.uris[0];
+            let quorum = ["--durable", "--queue-arg", "x-queue-type=quorum"];
+            let mut declare = vec!["-x", "1", "-y", "0", "-C", "0", "-u", "s13-%d"];
+            declare.extend(quorum);
+            tools.perf_at(&[a], &declare, None);
+            std::thread::sleep(Duration::from_secs(2));
+            let before = cluster.rss();
+            let mut publish = vec![
+                "-x",
+                "1",
+                "-y",
+                "0",
+                "-s",
+                "16",
+                "-f",
+                "-c",
+                "1000",
+                "-C",
+                "1000000",
+                "--predeclared",
+                "-u",
+                "s13-%d",
+            ];
+            publish.extend(quorum);
+            let result = tools.perf_at(&[a], &publish, None);
+            // Followers apply what the leader confirmed: let every node settle.
+            std::thread::sleep(Duration::from_secs(5));
+            let loaded = cluster.rss();
+            report.add(
+                kind,
+                Figure::QuorumBacklog {
+                    before,
+                    loaded,
+                    publish_rate: result.confirm_rate,
+                },
+            );
+            cluster.stop();
+        }
+    }
+    if wanted(15) {
+        for kind in [Kind::Warren, Kind::RabbitMq] {
+            eprintln!(
+                "== {}\n  15. restart with 1M x 16 B in a quorum queue",
+                kind.name()
+            );
+            let quorum = ["--queue-arg", "x-queue-type=quorum"];
+            let (empty_boot, served) = restart_with_backlog(kind, &tools, "s15", "s15", &quorum);
+            report.add(
+                kind,
+                Figure::Restart {
+                    scenario: 15,
+                    empty_boot,
+                    served,
+                },
+            );
+        }
+    }
+    if wanted(14) {
+        for kind in [Kind::Warren, Kind::RabbitMq] {
+            eprintln!(
+                "== {}\n  14. three-node cluster, 1,000 idle quorum queues",
+                kind.name()
+            );
+            let Some(cluster) = cluster::Cluster::start(kind, &tools, 3) else {
+                continue;
+            };
+            std::thread::sleep(Duration::from_secs(2));
+            let before = cluster.rss();
+            let declare_started = Instant::now();
+            tools.perf_at(
+                &[&cluster.uris[0]],
                 &[
                     "-x",
                     "1",
                     "-y",
-                    "1",
-                    "-s",
-                    "1024",
-                    "-q",
-                    "200",
-                    "-z",
-                    secs,
-                    "--predeclared",
+                    "0",
+                    "-C",
+                    "0",
+                    "--queues",
+                    "1000",
+                    "--durable",
+                    "--queue-arg",
+                    "x-queue-type=quorum",
                     "-u",
-                    "s10-%d",
+                    "s14-%d",
                 ],
                 None,
             );
-            report.add(kind, Figure::Rate(10, result));
+            let declared = declare_started.elapsed();
+            // Past the declarations' own work (elections, first snapshots).
+            std::thread::sleep(Duration::from_secs(10));
+            let idle = Duration::from_secs(30);
+            let cpu_before = cluster.cpu();
+            std::thread::sleep(idle);
+            let cpu = cluster.cpu().saturating_sub(cpu_before);
+            report.add(
+                kind,
+                Figure::QuorumIdle {
+                    declared,
+                    added: cluster.rss().saturating_sub(before),
+                    cpu_percent: cpu.as_secs_f64() / idle.as_secs_f64() * 100.0,
+                },
+            );
             cluster.stop();
         }
     }
@@ -485,6 +672,44 @@ fn main() {
 }
 
 /// Whether the broker and the load generator can each have a CPU of their own.
+/// Scenarios 9 and 15: a broker fills queue `{prefix}-0` (declared durable with
+/// `queue_args`) with 1M persistent 16-byte messages, stops, and starts again on its data.
+/// Answers its boot time when empty, and the time from the restart to the first delivery.
+fn restart_with_backlog(
+    kind: Kind,
+    tools: &Tools,
+    label: &str,
+    prefix: &str,
+    queue_args: &[&str],
+) -> (Duration, Duration) {
+    let broker = Broker::start(kind, tools, label);
+    let empty_boot = broker.boot_time;
+    let pattern = format!("{prefix}-%d");
+    let mut publish = vec![
+        "-x",
+        "1",
+        "-y",
+        "0",
+        "-s",
+        "16",
+        "-f",
+        "--durable",
+        "-C",
+        "1000000",
+        "-c",
+        "1000",
+        "-u",
+        &pattern,
+    ];
+    publish.extend(queue_args);
+    tools.perf(&broker, &publish);
+    broker.stop();
+    let restart = Broker::start(kind, tools, label);
+    let served = restart.time_to_first_message(tools, &format!("{prefix}-0"));
+    restart.stop();
+    (empty_boot, served)
+}
+
 fn can_pin() -> bool {
     std::thread::available_parallelism().is_ok_and(|cpus| cpus.get() >= 2)
         && Command::new("taskset")

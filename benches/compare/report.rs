@@ -28,10 +28,25 @@ pub(crate) enum Figure {
     },
     /// Scenario 7.
     Idle { before: u64, held: u64 },
-    /// Scenario 9.
+    /// Scenario 9 (a classic queue) or 15 (a quorum queue).
     Restart {
+        scenario: u32,
         empty_boot: Duration,
         served: Duration,
+    },
+    /// Scenario 13: a three-node cluster's RSS (all nodes) before and with 1M x 16 B in one
+    /// quorum queue.
+    QuorumBacklog {
+        before: u64,
+        loaded: u64,
+        publish_rate: f64,
+    },
+    /// Scenario 14: a three-node cluster with 1,000 idle quorum queues: how long declaring
+    /// them took, the RSS added, and the CPU the idle cluster used (percent of one core).
+    QuorumIdle {
+        declared: Duration,
+        added: u64,
+        cpu_percent: f64,
     },
 }
 
@@ -103,6 +118,16 @@ impl Report {
                 "10. two-node cluster: queue and producer on node A, consumer on node B, 1 KiB, acks, prefetch 200 (received)",
                 "",
             ),
+            (
+                11,
+                "11. three-node cluster, quorum queue led on A: persistent 1 KiB, confirms window 100 on A, acks on B (confirmed)",
+                ">= 3x",
+            ),
+            (
+                12,
+                "11 again through lapin (a second, independent client library): same load (confirmed)",
+                "",
+            ),
         ];
         for (scenario, name, target) in names {
             let find = |figures: &[Figure]| {
@@ -113,17 +138,39 @@ impl Report {
             };
             if let (Some(w), Some(r)) = (find(&self.warren), find(&self.rabbitmq)) {
                 let pick = |result: &PerfResult| {
-                    if scenario == 3 {
+                    if matches!(scenario, 3 | 11 | 12) {
                         result.confirm_rate
                     } else {
                         result.consume_rate
                     }
                 };
+                // The broker's CPU per message beside its throughput: where the client library
+                // is the ceiling, this ratio still holds.
+                let with_cpu = |result: &PerfResult| {
+                    let figure = rate(pick(result));
+                    if result.broker_cpu_us_per_message > 0.0 {
+                        format!(
+                            "{figure} ({:.1} µs CPU/msg)",
+                            result.broker_cpu_us_per_message
+                        )
+                    } else {
+                        figure
+                    }
+                };
+                let cpu_ratio =
+                    if w.broker_cpu_us_per_message > 0.0 && r.broker_cpu_us_per_message > 0.0 {
+                        format!(
+                            " ({:.2}x less CPU/msg)",
+                            r.broker_cpu_us_per_message / w.broker_cpu_us_per_message
+                        )
+                    } else {
+                        String::new()
+                    };
                 row(
                     name,
-                    rate(pick(&w)),
-                    rate(pick(&r)),
-                    ratio(pick(&w), pick(&r)),
+                    with_cpu(&w),
+                    with_cpu(&r),
+                    format!("{}{cpu_ratio}", ratio(pick(&w), pick(&r))),
                     target,
                 );
             }
@@ -248,27 +295,95 @@ impl Report {
                 );
             }
         }
-        let restart = |figures: &[Figure]| {
+        for (scenario, name) in [
+            (
+                9,
+                "9. restart with 1M persistent messages: start to first delivery",
+            ),
+            (
+                15,
+                "15. restart with 1M x 16 B in a quorum queue: start to first delivery",
+            ),
+        ] {
+            let restart = |figures: &[Figure]| {
+                figures.iter().find_map(|figure| match figure {
+                    Figure::Restart {
+                        scenario: of,
+                        empty_boot,
+                        served,
+                    } if *of == scenario => Some((*empty_boot, *served)),
+                    _ => None,
+                })
+            };
+            if let (Some(w), Some(r)) = (restart(&self.warren), restart(&self.rabbitmq)) {
+                let shown = |(empty, served): (Duration, Duration)| {
+                    format!(
+                        "{:.2} s (empty: {:.2} s)",
+                        served.as_secs_f64(),
+                        empty.as_secs_f64()
+                    )
+                };
+                row(
+                    name,
+                    shown(w),
+                    shown(r),
+                    ratio(w.1.as_secs_f64(), r.1.as_secs_f64()),
+                    "<= 0.20x",
+                );
+            }
+        }
+        let quorum_backlog = |figures: &[Figure]| {
             figures.iter().find_map(|figure| match figure {
-                Figure::Restart { empty_boot, served } => Some((*empty_boot, *served)),
+                Figure::QuorumBacklog {
+                    before,
+                    loaded,
+                    publish_rate,
+                } => Some((*before, *loaded, *publish_rate)),
                 _ => None,
             })
         };
-        if let (Some(w), Some(r)) = (restart(&self.warren), restart(&self.rabbitmq)) {
+        if let (Some(w), Some(r)) = (quorum_backlog(&self.warren), quorum_backlog(&self.rabbitmq)) {
+            let per_message =
+                |(before, loaded, _): (u64, u64, f64)| loaded.saturating_sub(before) as f64 / 1e6;
             row(
-                "9. restart with 1M persistent messages: start to first delivery",
-                format!(
-                    "{:.2} s (empty: {:.2} s)",
-                    w.1.as_secs_f64(),
-                    w.0.as_secs_f64()
-                ),
-                format!(
-                    "{:.2} s (empty: {:.2} s)",
-                    r.1.as_secs_f64(),
-                    r.0.as_secs_f64()
-                ),
-                ratio(w.1.as_secs_f64(), r.1.as_secs_f64()),
-                "<= 0.20x",
+                "13. quorum queue, 3 nodes, 1M x 16 B: RSS per queued message (all nodes)",
+                format!("{:.0} B", per_message(w)),
+                format!("{:.0} B", per_message(r)),
+                ratio(per_message(w), per_message(r)),
+                "<= 0.10x",
+            );
+            row(
+                "13. RSS before / loaded (all nodes); publish rate with confirms",
+                format!("{} / {}; {}", mib(w.0), mib(w.1), rate(w.2)),
+                format!("{} / {}; {}", mib(r.0), mib(r.1), rate(r.2)),
+                String::new(),
+                "",
+            );
+        }
+        let quorum_idle = |figures: &[Figure]| {
+            figures.iter().find_map(|figure| match figure {
+                Figure::QuorumIdle {
+                    declared,
+                    added,
+                    cpu_percent,
+                } => Some((*declared, *added, *cpu_percent)),
+                _ => None,
+            })
+        };
+        if let (Some(w), Some(r)) = (quorum_idle(&self.warren), quorum_idle(&self.rabbitmq)) {
+            row(
+                "14. 1,000 idle quorum queues, 3 nodes: CPU of the idle cluster",
+                format!("{:.1}% of a core", w.2),
+                format!("{:.1}% of a core", r.2),
+                ratio(w.2, r.2),
+                "",
+            );
+            row(
+                "14. RSS added (all nodes); time to declare them",
+                format!("{}; {:.1} s", mib(w.1), w.0.as_secs_f64()),
+                format!("{}; {:.1} s", mib(r.1), r.0.as_secs_f64()),
+                ratio(w.1 as f64, r.1 as f64),
+                "",
             );
         }
         let base = |figures: &[Figure]| {
