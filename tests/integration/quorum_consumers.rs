@@ -319,6 +319,71 @@ async fn a_channel_wide_prefetch_is_refused_by_quorum_queues() {
     cluster.stop().await;
 }
 
+/// `basic.consume` arguments are checked as RabbitMQ's quorum queue type checks them: a
+/// non-integer `x-priority` or a negative `x-consumer-timeout` is refused with 406, and so is a
+/// stream's `x-stream-offset`, naming the queue type. Each refusal closes only its channel; a
+/// valid consumer then consumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queue_consumer_arguments_are_checked() {
+    let cluster = TestCluster::builder().nodes(1).build().await;
+    let (connection, setup) = channel(&cluster.node(0).url()).await;
+    setup
+        .queue_declare("q".into(), durable(), quorum())
+        .await
+        .expect("declared");
+    let cases = [
+        (
+            "x-priority",
+            AMQPValue::LongString("high".into()),
+            "PRECONDITION_FAILED - invalid arg 'x-priority' for queue 'q' in vhost '/': \
+             \"expected integer, got longstr\"",
+        ),
+        (
+            "x-consumer-timeout",
+            AMQPValue::LongLongInt(-5),
+            "PRECONDITION_FAILED - invalid arg 'x-consumer-timeout' for queue 'q' in vhost '/': \
+             {value_negative,-5}",
+        ),
+        (
+            "x-stream-offset",
+            AMQPValue::LongString("first".into()),
+            "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue 'q' in vhost '/' of \
+             queue type rabbit_quorum_queue",
+        ),
+    ];
+    for (name, value, text) in cases {
+        let consuming = connection.create_channel().await.expect("channel");
+        let mut arguments = FieldTable::default();
+        arguments.insert(name.into(), value);
+        let error = consuming
+            .basic_consume(
+                "q".into(),
+                "c".into(),
+                BasicConsumeOptions::default(),
+                arguments,
+            )
+            .await
+            .expect_err("refused");
+        let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+            panic!("an AMQP error: {error}");
+        };
+        assert_eq!((amqp.get_id(), amqp.get_message().as_str()), (406, text));
+    }
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-priority".into(), AMQPValue::LongInt(3));
+    let consuming = connection.create_channel().await.expect("channel");
+    consuming
+        .basic_consume(
+            "q".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .expect("a valid consumer consumes");
+    cluster.stop().await;
+}
+
 /// RabbitMQ 4.3's strict message priorities on quorum queues: 32 levels (a `priority` above
 /// 31 counts as 31, none as 4), the highest first and in publish order within a level, on a
 /// queue declared without `x-max-priority` or with it (ignored). A message returned with

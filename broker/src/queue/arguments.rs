@@ -534,19 +534,31 @@ fn parse_quorum(
     Ok(config)
 }
 
-/// Consumer arguments a classic queue refuses (they belong to streams).
+/// Consumer arguments classic and quorum queues refuse (they belong to streams).
 const OTHER_TYPE_CONSUMER_ARGUMENTS: &[&str] = &[
     "x-stream-offset",
     "x-stream-filter",
     "x-stream-match-unfiltered",
 ];
 
-/// Validates `basic.consume` arguments; returns the consumer's priority (`x-priority`, 0 when
-/// absent).
+/// Validates `basic.consume` arguments for a classic queue; returns the consumer's priority
+/// (`x-priority`, 0 when absent).
 pub fn consumer_priority(
     arguments: &FieldTable,
     queue: &ShortString,
     vhost: &str,
+) -> Result<i64, AmqpError> {
+    consumer_arguments(arguments, queue, vhost, false)
+}
+
+/// Validates `basic.consume` arguments as RabbitMQ's queue type does (`quorum`: a quorum
+/// queue's, else a classic queue's); returns the consumer's priority (`x-priority`, 0 when
+/// absent).
+pub fn consumer_arguments(
+    arguments: &FieldTable,
+    queue: &ShortString,
+    vhost: &str,
+    quorum: bool,
 ) -> Result<i64, AmqpError> {
     let resource = format!("queue '{queue}' in vhost '{vhost}'");
     let priority = match arguments.get("x-priority") {
@@ -558,22 +570,40 @@ pub fn consumer_priority(
             ))
         })?,
     };
-    if let Some(value) = arguments.get("x-consumer-timeout")
-        && value.as_integer().is_none_or(|ms| ms <= 0)
-    {
-        return Err(AmqpError::precondition_failed(format!(
-            "invalid arg 'x-consumer-timeout' for {resource}: \"expected a positive integer, \
-             got {}\"",
-            type_name(value)
-        )));
+    if let Some(value) = arguments.get("x-consumer-timeout") {
+        // RabbitMQ's quorum queues take any non-negative integer; classic queues here take a
+        // positive one.
+        let refused = match (value.as_integer(), quorum) {
+            (None, true) => Some(format!("\"expected integer, got {}\"", type_name(value))),
+            (Some(ms), true) if ms < 0 => Some(format!("{{value_negative,{ms}}}")),
+            (None, false) => Some(format!(
+                "\"expected a positive integer, got {}\"",
+                type_name(value)
+            )),
+            (Some(ms), false) if ms <= 0 => Some(format!(
+                "\"expected a positive integer, got {}\"",
+                type_name(value)
+            )),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid arg 'x-consumer-timeout' for {resource}: {why}"
+            )));
+        }
     }
+    let kind = if quorum {
+        "rabbit_quorum_queue"
+    } else {
+        "rabbit_classic_queue"
+    };
     for (key, _) in arguments.iter() {
         if let Some(other) = OTHER_TYPE_CONSUMER_ARGUMENTS
             .iter()
             .find(|name| key.as_bytes() == name.as_bytes())
         {
             return Err(AmqpError::precondition_failed(format!(
-                "invalid arg '{other}' for {resource} of queue type rabbit_classic_queue"
+                "invalid arg '{other}' for {resource} of queue type {kind}"
             )));
         }
     }

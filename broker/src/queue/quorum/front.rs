@@ -243,7 +243,7 @@ fn checkout(key: &ConsumerKey, spec: &ConsumerSpec, timeout: u64) -> Command {
         no_ack: spec.no_ack,
         credit: DELIVERY_CREDIT,
         exclusive: spec.exclusive,
-        // Checked at basic.consume.
+        // Checked by `Front::consume`.
         priority: spec
             .arguments
             .get("x-priority")
@@ -916,6 +916,15 @@ impl Front {
                 "{} does not support global qos",
                 self.name()
             ))));
+            return;
+        }
+        if let Err(error) = crate::queue::arguments::consumer_arguments(
+            &spec.arguments,
+            &self.queue.name,
+            &self.queue.vhost,
+            true,
+        ) {
+            let _ = reply.send(Err(error));
             return;
         }
         let key = self.key(spec.channel, &spec.tag);
