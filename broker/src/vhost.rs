@@ -444,7 +444,7 @@ impl VHost {
     /// past that, one picked by the queue's (random) id.
     fn balanced_leader(&self, members: &[(u64, String)], id: u64) -> String {
         const CENSUS_LIMIT: usize = 1_000;
-        let (leading, queues) = self.quorum.first_leaders();
+        let (leading, queues) = self.quorum.first_leaders(CENSUS_LIMIT);
         if queues >= CENSUS_LIMIT {
             return members[(id % members.len() as u64) as usize].1.clone();
         }

@@ -721,7 +721,7 @@ async fn default_queue_type_and_balanced_leaders_come_from_the_configuration() {
 
     // Each node is the first leader of two of the six (the fewest, in turn); every one of them
     // elects a leader (its first one, unless an election went the other way).
-    let (first_leaders, queues) = node.broker().quorum().first_leaders();
+    let (first_leaders, queues) = node.broker().quorum().first_leaders(usize::MAX);
     assert_eq!(queues, names.len());
     let mut counts: Vec<usize> = first_leaders.values().copied().collect();
     counts.sort();

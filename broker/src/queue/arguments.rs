@@ -576,11 +576,7 @@ pub fn consumer_arguments(
         let refused = match (value.as_integer(), quorum) {
             (None, true) => Some(format!("\"expected integer, got {}\"", type_name(value))),
             (Some(ms), true) if ms < 0 => Some(format!("{{value_negative,{ms}}}")),
-            (None, false) => Some(format!(
-                "\"expected a positive integer, got {}\"",
-                type_name(value)
-            )),
-            (Some(ms), false) if ms <= 0 => Some(format!(
+            (ms, false) if ms.is_none_or(|ms| ms <= 0) => Some(format!(
                 "\"expected a positive integer, got {}\"",
                 type_name(value)
             )),

@@ -461,6 +461,16 @@ impl Sim {
         self.process(id);
     }
 
+    /// The running Raft of `node`.
+    fn raft_mut(&mut self, node: MemberId) -> &mut Raft {
+        self.nodes
+            .get_mut(&node)
+            .expect("node")
+            .raft
+            .as_mut()
+            .expect("runs")
+    }
+
     fn leader(&self) -> Option<MemberId> {
         let mut best: Option<(u64, MemberId)> = None;
         for node in self.nodes.values() {
@@ -786,13 +796,7 @@ fn a_learner_is_promoted_once_caught_up_and_a_snapshot_reaches_it() {
         sim.step();
     }
     sim.compact(leader);
-    let raft = sim
-        .nodes
-        .get_mut(&leader)
-        .expect("node")
-        .raft
-        .as_mut()
-        .expect("runs");
+    let raft = sim.raft_mut(leader);
     raft.change_membership(MembershipChange::AddLearner(4))
         .expect("leader adds a learner");
     sim.process(leader);
@@ -825,13 +829,7 @@ fn a_learner_caught_up_before_its_addition_commits_is_promoted_in_an_idle_group(
         for _ in 0..50 {
             sim.step();
         }
-        let raft = sim
-            .nodes
-            .get_mut(&leader)
-            .expect("node")
-            .raft
-            .as_mut()
-            .expect("runs");
+        let raft = sim.raft_mut(leader);
         raft.change_membership(MembershipChange::AddLearner(4))
             .expect("leader adds a learner");
         sim.process(leader);
