@@ -365,7 +365,8 @@ impl Broker {
             discovery,
             config: Arc::new(config),
         });
-        broker.remote.attach(&broker);
+        let local: Arc<dyn crate::remote::LocalQueues> = broker.clone();
+        broker.remote.attach(Arc::downgrade(&local));
         store.metadata.start(group);
         let weak = Arc::downgrade(&broker);
         let (blank, stale) = machine.start_with(
@@ -702,5 +703,15 @@ impl Broker {
     /// Whether `user` may connect only from loopback addresses.
     pub fn is_loopback_only(&self, user: &str) -> bool {
         self.config.loopback_users.iter().any(|name| name == user)
+    }
+}
+
+impl crate::remote::LocalQueues for Broker {
+    fn queue_by_id(&self, id: u64) -> Option<QueueHandle> {
+        Broker::queue_by_id(self, id)
+    }
+
+    fn next_connection_id(&self) -> ConnectionId {
+        Broker::next_connection_id(self)
     }
 }

@@ -37,7 +37,6 @@ use crate::message::Message;
 
 pub(crate) use actor::spawn;
 pub use arguments::QueueConfig;
-pub use dead_letter::{Deaths, Reason};
 pub(crate) use ready::Queued;
 pub use state::QueueState;
 

@@ -26,7 +26,7 @@ use crate::events::{ChannelKey, ConnectionEvent, ConnectionId, EventReceiver, Ev
 use crate::queue::{
     ChannelGate, ConsumerSpec, Incoming, QueueCommand, QueueHandle, ReturnedMessage,
 };
-use crate::vhost::decode_table;
+use crate::store::model::decode_table;
 
 /// Deliveries a queue made to a stand-in's consumers that hold channel prefetch:
 /// (queue, channel, message id).
@@ -54,7 +54,7 @@ fn queue(hub: &RemoteHub, id: u64) -> Option<QueueHandle> {
         return Some(queue.clone());
     }
     let queue = hub
-        .broker()?
+        .local()?
         .queue_by_id(id)
         .filter(|queue| queue.home.is_none())?;
     hub.stand_ins.queues.lock().insert(id, queue.clone());
@@ -80,7 +80,7 @@ fn with_stand_in<T>(
     conn: ConnectionId,
     f: impl FnOnce(&mut StandIn) -> T,
 ) -> Option<T> {
-    let broker = hub.broker()?;
+    let local = hub.local()?;
     let mut stand_ins = hub.stand_ins.by_client.lock();
     let stand_in = stand_ins.entry((node.clone(), conn)).or_insert_with(|| {
         let (events, mailbox) = mpsc::unbounded_channel();
@@ -93,7 +93,7 @@ fn with_stand_in<T>(
             gated.clone(),
         ));
         StandIn {
-            id: broker.next_connection_id(),
+            id: local.next_connection_id(),
             events,
             publishing: HashSet::new(),
             channels: HashSet::new(),

@@ -35,28 +35,12 @@ use warren_cluster::transport::{BoxFuture, LinkEvent, Service};
 use warren_cluster::{NodeName, Transport};
 use warren_wire::ShortString;
 
-use crate::broker::Broker;
 use crate::events::{ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome};
-use crate::message::Message;
 use crate::queue::QueueHandle;
-use crate::store::records;
+pub(crate) use crate::store::records::{decode_message, encode_message};
 
 /// The transport service number of remote queue traffic.
 pub const QUEUE_SERVICE: u16 = 12;
-
-/// A message in wire form (the WAL's enqueue encoding).
-pub(crate) fn encode_message(message: &Message) -> Vec<u8> {
-    records::encode_enqueue(0, 0, 0, 0, message).to_vec()
-}
-
-/// A message from its wire form.
-pub(crate) fn decode_message(bytes: Vec<u8>) -> Result<Message, String> {
-    match records::decode(Bytes::from(bytes)) {
-        Ok(records::Record::Enqueue(record)) => Ok(record.message),
-        Ok(_) => Err("not a message".into()),
-        Err(error) => Err(error.to_string()),
-    }
-}
 
 /// A published message in wire form, with the publish to confirm (channel, sequence).
 pub(crate) type WireMessage = (Vec<u8>, Option<(u16, u64)>);
@@ -225,11 +209,21 @@ struct Client {
     consumers: HashMap<(u16, ShortString), (u64, NodeName)>,
 }
 
+/// What the home side needs of its node (the broker): its queues by id, and connection ids for
+/// the stand-ins of other nodes' connections.
+pub(crate) trait LocalQueues: Send + Sync {
+    /// A queue of this node by id.
+    fn queue_by_id(&self, id: u64) -> Option<QueueHandle>;
+    /// A connection id no local connection has.
+    fn next_connection_id(&self) -> ConnectionId;
+}
+
 /// The node's remote-queue traffic, both ways.
 pub struct RemoteHub {
     node: NodeName,
     transport: Transport,
-    broker: Mutex<Weak<Broker>>,
+    /// The node's own queues, for the home side.
+    local: Mutex<Option<Weak<dyn LocalQueues>>>,
     /// Client side: local connections using queues on other nodes.
     clients: Mutex<HashMap<ConnectionId, Client>>,
     /// Client side: proxy handles by queue id.
@@ -255,7 +249,7 @@ impl RemoteHub {
         let hub = Arc::new(RemoteHub {
             node: transport.node().clone(),
             transport: transport.clone(),
-            broker: Mutex::new(Weak::new()),
+            local: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
             swept: std::sync::atomic::AtomicUsize::new(0),
@@ -285,13 +279,13 @@ impl RemoteHub {
         hub
     }
 
-    /// Ties the hub to its broker (home-side lookups of queues by id).
-    pub(crate) fn attach(&self, broker: &Arc<Broker>) {
-        *self.broker.lock() = Arc::downgrade(broker);
+    /// Ties the hub to the node's own queues (home-side lookups of queues by id).
+    pub(crate) fn attach(&self, local: Weak<dyn LocalQueues>) {
+        *self.local.lock() = Some(local);
     }
 
-    pub(crate) fn broker(&self) -> Option<Arc<Broker>> {
-        self.broker.lock().upgrade()
+    pub(crate) fn local(&self) -> Option<Arc<dyn LocalQueues>> {
+        self.local.lock().as_ref()?.upgrade()
     }
 
     /// This node's name.

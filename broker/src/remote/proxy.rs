@@ -25,7 +25,7 @@ use crate::events::{ConnectionEvent, PublishOutcome};
 use crate::queue::{
     GetResult, QueueCommand, QueueConfig, QueueHandle, QueueSpec, QueueStats, QueueTasks,
 };
-use crate::vhost::encode_table;
+use crate::store::model::encode_table;
 
 /// How long a request to a home node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

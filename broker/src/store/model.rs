@@ -8,7 +8,27 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::{Bytes, BytesMut};
+use warren_wire::FieldTable;
+
 use super::metadata::{BindingDestination, MetadataCommand};
+
+/// An AMQP field table as stored in metadata records.
+pub(crate) fn encode_table(table: &FieldTable) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    table.encode(&mut buf);
+    buf.to_vec()
+}
+
+/// A field table from a metadata record.
+pub(crate) fn decode_table(bytes: &[u8]) -> Result<FieldTable, String> {
+    if bytes.is_empty() {
+        return Ok(FieldTable::new());
+    }
+    FieldTable::decode(Bytes::copy_from_slice(bytes))
+        .map(|(table, _)| table)
+        .map_err(|error| error.to_string())
+}
 
 /// The exchanges every vhost has without declaring them.
 pub const PREDECLARED: &[&[u8]] = &[

@@ -19,8 +19,21 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use warren_wire::{RawProperties, ShortString};
 
-use crate::message::{ExtraRoutingKeys, Message};
-use crate::queue::dead_letter::{Death, Deaths, Reason};
+use crate::message::{Death, Deaths, ExtraRoutingKeys, Message, Reason};
+
+/// A message in wire form (the WAL's enqueue encoding).
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    encode_enqueue(0, 0, 0, 0, message).to_vec()
+}
+
+/// A message from its wire form.
+pub fn decode_message(bytes: Vec<u8>) -> Result<Message, String> {
+    match decode(Bytes::from(bytes)) {
+        Ok(Record::Enqueue(record)) => Ok(record.message),
+        Ok(_) => Err("not a message".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
 
 const ENQUEUE: u8 = 1;
 const SETTLED: u8 = 2;

@@ -27,7 +27,8 @@ use warren_wire::ShortString;
 
 use crate::events::{ConnectionEvent, ConnectionId, EventSender};
 use crate::message::Message;
-use crate::queue::dead_letter::{Reason, Unroutable, route};
+use crate::message::Reason;
+use crate::queue::dead_letter::{Unroutable, route};
 use crate::queue::{Incoming, QueueCommand, QueueConfig, QueueHandle};
 use crate::vhost::VHost;
 

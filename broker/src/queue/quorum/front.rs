@@ -477,7 +477,7 @@ impl Front {
                         }
                     };
                     let result = got.and_then(|got| {
-                        match crate::remote::decode_message(got.message.to_vec()) {
+                        match crate::store::records::decode_message(got.message.to_vec()) {
                             Ok(message) => Some(GetResult {
                                 message_id: got.id,
                                 message: Arc::new(with_delivery_count(message, got.delivery_count)),
@@ -652,7 +652,7 @@ impl Front {
                 enqueuer: self.enqueuer.clone(),
                 seq,
                 answered_below: self.window.keys().next().copied().unwrap_or(seq),
-                message: Bytes::from(crate::remote::encode_message(&incoming.message)),
+                message: Bytes::from(crate::store::records::encode_message(&incoming.message)),
                 size: incoming.message.body_size() as u32,
                 // Checked when it was published, so it parses.
                 ttl: incoming.message.summary.expiration.and_then(|range| {
@@ -1045,7 +1045,7 @@ impl Front {
                     tracing::debug!("quorum queue '{queue}': stale delivery of {id}: {stale:?}");
                     return;
                 }
-                let message = match crate::remote::decode_message(message.to_vec()) {
+                let message = match crate::store::records::decode_message(message.to_vec()) {
                     Ok(message) => message,
                     Err(error) => {
                         tracing::error!("{}: message {id}: {error}", self.queue.name);
@@ -1078,11 +1078,11 @@ impl Front {
             } => {
                 let (Some(vhost), Some(reason)) = (
                     self.vhost.upgrade(),
-                    crate::queue::Reason::from_code(reason),
+                    crate::message::Reason::from_code(reason),
                 ) else {
                     return;
                 };
-                let message = match crate::remote::decode_message(message.to_vec()) {
+                let message = match crate::store::records::decode_message(message.to_vec()) {
                     Ok(message) => Arc::new(message),
                     Err(error) => {
                         tracing::error!("{}: a dead letter: {error}", self.name());

@@ -27,7 +27,7 @@ use warren_cluster::{NodeName, Transport};
 
 use super::state::{Command, ConsumerKey, Effect, Limits, QuorumState, Reply};
 #[cfg(doc)]
-use crate::queue::dead_letter::Reason;
+use crate::message::Reason;
 
 /// The transport service deliveries to other nodes' fronts go on.
 pub const QUORUM_SERVICE: u16 = 14;

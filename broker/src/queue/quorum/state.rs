@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::queue::dead_letter::Reason;
+use crate::message::Reason;
 
 /// A consumer, as the log knows it: its node (and that node's incarnation), connection,
 /// channel and tag.

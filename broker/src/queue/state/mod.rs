@@ -27,7 +27,6 @@ use warren_storage::{Position, Stream};
 use warren_wire::ShortString;
 
 use super::arguments::{Overflow, QueueConfig};
-use super::dead_letter::Reason;
 use super::ready::{Queued, REDELIVERED, Ready};
 use super::storage::QueueStorage;
 use super::{
@@ -39,6 +38,7 @@ use crate::events::{
     ChannelKey, ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome,
 };
 use crate::message::Message;
+use crate::message::Reason;
 
 /// Bytes of this queue's records that may wait for the disk before publishers stop getting
 /// credit.

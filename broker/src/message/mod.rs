@@ -5,9 +5,13 @@
 //! The properties stay in wire form; [`Message::summary`] holds what routing and queueing read
 //! from them on every publish.
 
+mod deaths;
+
 use bytes::Bytes;
 use warren_wire::properties::PropertiesSummary;
 use warren_wire::{FieldTable, RawProperties, ShortString};
+
+pub use deaths::{Death, Deaths, Reason};
 
 /// A message: where it was published, its properties and body.
 #[derive(Debug, Clone)]
@@ -26,7 +30,7 @@ pub struct Message {
     /// messages have none, and every queued message carries this field).
     pub extra_keys: Option<Box<ExtraRoutingKeys>>,
     /// Its dead-letter history, once it has been dead-lettered.
-    pub deaths: Option<Box<crate::queue::Deaths>>,
+    pub deaths: Option<Box<Deaths>>,
 }
 
 /// Sender-selected distribution: more routing keys than the one published with.
