@@ -17,32 +17,27 @@
 //!
 //! Persistence and paging live in [`persist`].
 
+mod consumers;
+mod limits;
+mod outbox;
 mod persist;
+mod publish;
+mod settle;
+
+use consumers::Consumer;
+pub(super) use outbox::Outbox;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use warren_storage::{Position, Stream};
-use warren_wire::ShortString;
+use warren_storage::Stream;
 
-use super::arguments::{Overflow, QueueConfig};
+use super::arguments::QueueConfig;
 use super::ready::{Queued, REDELIVERED, Ready};
 use super::storage::QueueStorage;
-use super::{
-    ConsumerSpec, DELIVERY_CREDIT, GetResult, Incoming, PUBLISH_CREDIT_MORE_AFTER, QueueCommand,
-    QueueHandle, QueueStats, Settlement,
-};
+use super::{QueueCommand, QueueHandle, QueueStats};
 use crate::error::{AmqpError, AmqpResult};
-use crate::events::{
-    ChannelKey, ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome,
-};
-use crate::message::Message;
-use crate::message::Reason;
-
-/// Bytes of this queue's records that may wait for the disk before publishers stop getting
-/// credit.
-const WRITE_BACKLOG: u64 = 16 * 1024 * 1024;
+use crate::events::{ChannelKey, ConnectionEvent, ConnectionId, EventSender};
 
 /// Memory a queue may use for resident message bodies before it pages its tail out to disk.
 pub(crate) const MEMORY_BUDGET: u64 = 16 * 1024 * 1024;
@@ -56,91 +51,9 @@ struct Unacked {
 }
 
 #[derive(Debug)]
-struct Consumer {
-    id: u64,
-    spec: ConsumerSpec,
-    priority: i64,
-    credit: u32,
-    unacked: u32,
-}
-
-impl Consumer {
-    fn has_room(&self) -> bool {
-        self.credit > 0
-            && (self.spec.no_ack
-                || self.spec.prefetch == 0
-                || self.unacked < u32::from(self.spec.prefetch))
-    }
-}
-
-#[derive(Debug)]
 struct Publisher {
     events: EventSender,
     processed: u32,
-}
-
-/// What a batch of commands produced for connections, for dead-lettering and for reads.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    deliveries: Vec<(ConnectionId, EventSender, Vec<Delivery>)>,
-    settled: HashMap<ConnectionId, Vec<PublishOutcome>>,
-    credit: Vec<(ConnectionId, u32)>,
-    notices: Vec<(EventSender, ConnectionEvent)>,
-    /// Messages to dead-letter, with why.
-    pub dead_letters: Vec<(Arc<Message>, Reason)>,
-    /// Messages to read back from disk: (id, stream, position).
-    pub page_in: Vec<(u64, Stream, Position)>,
-}
-
-impl Outbox {
-    fn deliver(&mut self, connection: ConnectionId, events: &EventSender, delivery: Delivery) {
-        match self
-            .deliveries
-            .iter_mut()
-            .find(|(id, _, _)| *id == connection)
-        {
-            Some((_, _, list)) => list.push(delivery),
-            None => self
-                .deliveries
-                .push((connection, events.clone(), vec![delivery])),
-        }
-    }
-
-    fn settle(&mut self, publisher: ConnectionId, confirm: Option<(u16, u64)>, accepted: bool) {
-        if let Some((channel, sequence)) = confirm {
-            self.settled
-                .entry(publisher)
-                .or_default()
-                .push(PublishOutcome {
-                    channel,
-                    sequence,
-                    accepted,
-                });
-        }
-    }
-
-    /// Sends everything to the connections. A closed mailbox only means the connection is gone.
-    pub fn flush(&mut self, state: &QueueState) {
-        for (_, events, deliveries) in self.deliveries.drain(..) {
-            let _ = events.send(ConnectionEvent::Deliveries(deliveries));
-        }
-        for (publisher, outcomes) in self.settled.drain() {
-            if let Some(entry) = state.publishers.get(&publisher) {
-                let _ = entry.events.send(ConnectionEvent::Settled(outcomes));
-            }
-        }
-        for (publisher, amount) in self.credit.drain(..) {
-            if let Some(entry) = state.publishers.get(&publisher) {
-                let _ = entry.events.send(ConnectionEvent::PublishCredit {
-                    queue: state.handle.id(),
-                    amount,
-                });
-            }
-        }
-        for (events, notice) in self.notices.drain(..) {
-            let _ = events.send(notice);
-        }
-    }
 }
 
 /// One classic queue's messages, consumers and publishers.
@@ -179,7 +92,6 @@ pub struct QueueState {
     /// Publisher confirms decided outside a command that has the outbox at hand.
     confirmations: Vec<(ConnectionId, (u16, u64), bool)>,
 }
-
 impl QueueState {
     /// A queue with the messages recovered from disk (oldest first), if any.
     pub(crate) fn new(
@@ -219,7 +131,7 @@ impl QueueState {
         }
     }
 
-    fn config(&self) -> &QueueConfig {
+    pub(super) fn config(&self) -> &QueueConfig {
         &self.handle.config
     }
 
@@ -390,294 +302,6 @@ impl QueueState {
         }
     }
 
-    fn next_id(&mut self) -> u64 {
-        let id = self.next_message_id;
-        self.next_message_id += 1;
-        id
-    }
-
-    /// The expiry of a message entering the queue: the lower of the queue's TTL and its own.
-    fn expiry(&self, message: &Message, now: u64) -> u64 {
-        // Checked when it was published, so it parses.
-        let own = message.summary.expiration.and_then(|range| {
-            crate::message::parse_expiration(&message.properties.slice(range)).ok()
-        });
-        match (self.config().message_ttl, own) {
-            (None, None) => 0,
-            (Some(ttl), None) | (None, Some(ttl)) => now + ttl,
-            (Some(a), Some(b)) => now + a.min(b),
-        }
-    }
-
-    fn would_overflow(&self, message: &Message) -> bool {
-        let config = self.config();
-        config
-            .max_length
-            .is_some_and(|max| self.ready.len() as u64 + 1 > max)
-            || config
-                .max_length_bytes
-                .is_some_and(|max| self.ready.bytes() + message.body.len() as u64 > max)
-    }
-
-    fn is_over_limit(&self) -> bool {
-        let config = self.config();
-        config
-            .max_length
-            .is_some_and(|max| self.ready.len() as u64 > max)
-            || config
-                .max_length_bytes
-                .is_some_and(|max| self.ready.bytes() > max)
-    }
-
-    fn publish(
-        &mut self,
-        publisher: ConnectionId,
-        messages: Vec<Incoming>,
-        now: u64,
-        outbox: &mut Outbox,
-    ) {
-        let count = messages.len() as u32;
-        let limited = self.config().is_limited();
-        let overflow = self.config().overflow;
-        for incoming in messages {
-            if limited && overflow != Overflow::DropHead && self.would_overflow(&incoming.message) {
-                if overflow == Overflow::RejectPublishDlx {
-                    self.dead_letter(incoming.message, Reason::Maxlen, outbox);
-                }
-                outbox.settle(publisher, incoming.confirm, false);
-                continue;
-            }
-            let id = self.next_id();
-            let expires_at = self.expiry(&incoming.message, now);
-            let durable = self.handle.durable && incoming.message.is_persistent();
-            let mut queued = Queued::new(id, incoming.message, expires_at);
-            if durable {
-                self.write_durable(&mut queued);
-                if let Some(confirm) = incoming.confirm {
-                    self.awaiting_sync.insert(id, (publisher, confirm));
-                }
-            } else {
-                outbox.settle(publisher, incoming.confirm, true);
-            }
-            self.enqueue(queued);
-            if limited && overflow == Overflow::DropHead {
-                self.drop_head_while_over_limit(now, outbox);
-            }
-        }
-        if let Some(entry) = self.publishers.get_mut(&publisher) {
-            entry.processed += count;
-        }
-        self.grant_credit(Some(publisher), outbox);
-    }
-
-    /// Grants publishers (one, or all) the credit they have earned, unless too much of what this
-    /// queue wrote still waits for the disk: then publishers wait too, and a slow disk slows
-    /// publishing instead of filling memory with records on their way to it.
-    pub(super) fn grant_credit(&mut self, only: Option<ConnectionId>, outbox: &mut Outbox) {
-        if self.storage.unwritten_bytes() > WRITE_BACKLOG {
-            return;
-        }
-        for (publisher, entry) in &mut self.publishers {
-            if only.is_some_and(|only| only != *publisher) {
-                continue;
-            }
-            if entry.processed >= PUBLISH_CREDIT_MORE_AFTER {
-                outbox.credit.push((*publisher, entry.processed));
-                entry.processed = 0;
-            }
-        }
-    }
-
-    fn drop_head_while_over_limit(&mut self, now: u64, outbox: &mut Outbox) {
-        while self.is_over_limit() {
-            let Some(head) = self.pop_ready() else {
-                return;
-            };
-            self.dead_letter_queued(head, Reason::Maxlen, now, outbox);
-        }
-    }
-
-    /// Removes expired messages from the head (dead-lettering them if the queue has a DLX).
-    fn expire_heads(&mut self, now: u64, outbox: &mut Outbox) {
-        while self.ready.head().is_some_and(|head| head.is_expired(now)) {
-            let head = self.pop_ready().expect("invariant: head checked above");
-            self.dead_letter_queued(head, Reason::Expired, now, outbox);
-        }
-    }
-
-    /// Dead-letters (or drops, without a DLX) a message that is leaving the queue.
-    fn dead_letter_queued(
-        &mut self,
-        mut queued: Queued,
-        reason: Reason,
-        _now: u64,
-        outbox: &mut Outbox,
-    ) {
-        if self.config().dead_letter_exchange.is_some()
-            && let Some(message) = self.resident_message(&mut queued)
-        {
-            self.dead_letter(message, reason, outbox);
-        }
-        self.forget(queued);
-    }
-
-    /// Hands a message to the queue's task for dead-lettering, or drops it without a DLX.
-    fn dead_letter(&mut self, message: Arc<Message>, reason: Reason, outbox: &mut Outbox) {
-        if self.config().dead_letter_exchange.is_some() {
-            outbox.dead_letters.push((message, reason));
-        }
-    }
-
-    fn consume(&mut self, spec: ConsumerSpec) -> Result<(), AmqpError> {
-        let sac = self.config().single_active_consumer;
-        let exclusive_use = (spec.exclusive && (sac || !self.consumers.is_empty()))
-            || self
-                .consumers
-                .iter()
-                .any(|consumer| consumer.spec.exclusive);
-        if exclusive_use {
-            return Err(AmqpError::access_refused(format!(
-                "queue '{}' in vhost '{}' in exclusive use",
-                self.handle.name, self.handle.vhost
-            )));
-        }
-        let priority = super::arguments::consumer_priority(
-            &spec.arguments,
-            &self.handle.name,
-            &self.handle.vhost,
-        )?;
-        let id = self.next_consumer_id;
-        self.next_consumer_id += 1;
-        self.consumers.push(Consumer {
-            id,
-            spec,
-            priority,
-            credit: DELIVERY_CREDIT,
-            unacked: 0,
-        });
-        if sac && self.active.is_none() {
-            // The first consumer to arrive is active, whatever its priority.
-            self.active = Some(id);
-        }
-        self.had_consumers = true;
-        Ok(())
-    }
-
-    fn remove_consumers(&mut self, now: u64, mut remove: impl FnMut(&Consumer) -> bool) {
-        let before = self.consumers.len();
-        self.consumers.retain(|consumer| !remove(consumer));
-        if self.consumers.len() == before {
-            return;
-        }
-        if self.next_consumer >= self.consumers.len() {
-            self.next_consumer = 0;
-        }
-        if let Some(active) = self.active
-            && !self.consumers.iter().any(|consumer| consumer.id == active)
-        {
-            // Fail-over: the highest priority, then the earliest registered.
-            self.active = self
-                .consumers
-                .iter()
-                .enumerate()
-                .max_by_key(|(index, consumer)| (consumer.priority, std::cmp::Reverse(*index)))
-                .map(|(_, consumer)| consumer.id);
-        }
-        if self.consumers.is_empty() {
-            self.last_used = now;
-            if self.handle.auto_delete && self.had_consumers {
-                // RabbitMQ deletes an auto-delete queue when its last consumer goes.
-                self.deleted = true;
-            }
-        }
-    }
-
-    fn settle(
-        &mut self,
-        channel: ChannelKey,
-        message_ids: &[u64],
-        outcome: Settlement,
-        now: u64,
-        outbox: &mut Outbox,
-    ) {
-        let mut requeue = Vec::new();
-        for id in message_ids {
-            let Some(unacked) = self.unacked.remove(id) else {
-                continue;
-            };
-            if unacked.channel != channel {
-                // Not this channel's: put it back untouched.
-                self.unacked.insert(*id, unacked);
-                continue;
-            }
-            if let Some(consumer_id) = unacked.consumer
-                && let Some(consumer) = self
-                    .consumers
-                    .iter_mut()
-                    .find(|consumer| consumer.id == consumer_id)
-            {
-                consumer.unacked = consumer.unacked.saturating_sub(1);
-            }
-            match outcome {
-                Settlement::Ack => self.forget(unacked.queued),
-                Settlement::Discard => {
-                    self.dead_letter_queued(unacked.queued, Reason::Rejected, now, outbox)
-                }
-                Settlement::Requeue => requeue.push(unacked.queued),
-            }
-        }
-        self.requeue(requeue, now, outbox);
-    }
-
-    /// Puts messages back where they were, marked redelivered; expired ones go at once and a
-    /// drop-head queue trims itself back under its limit.
-    fn requeue(&mut self, mut messages: Vec<Queued>, now: u64, outbox: &mut Outbox) {
-        if messages.is_empty() {
-            return;
-        }
-        for queued in messages.iter_mut() {
-            queued.set(REDELIVERED, true);
-        }
-        // Delivered messages are resident and older than any paged one: they rejoin the front.
-        self.resident += messages.len();
-        self.resident_bytes += messages.iter().map(Self::cost).sum::<u64>();
-        self.ready.requeue(messages);
-        if self.config().is_limited() && self.config().overflow == Overflow::DropHead {
-            self.drop_head_while_over_limit(now, outbox);
-        }
-        self.expire_heads(now, outbox);
-    }
-
-    fn get(&mut self, channel: ChannelKey, no_ack: bool, outbox: &mut Outbox) -> Option<GetResult> {
-        let mut queued = self.pop_ready()?;
-        let Some(message) = self.resident_message(&mut queued) else {
-            // Unreadable: it cannot be delivered; drop it rather than wedge the queue.
-            self.forget(queued);
-            return None;
-        };
-        let result = GetResult {
-            message_id: queued.id,
-            message,
-            redelivered: queued.is(REDELIVERED),
-            remaining: self.ready.len() as u32,
-        };
-        if no_ack {
-            self.forget(queued);
-        } else {
-            self.note_delivered(&queued);
-            self.unacked.insert(
-                queued.id,
-                Unacked {
-                    queued,
-                    channel,
-                    consumer: None,
-                },
-            );
-        }
-        self.request_page_in(outbox);
-        Some(result)
-    }
-
     fn stats(&self) -> QueueStats {
         QueueStats {
             messages: self.ready.len() as u32,
@@ -738,133 +362,6 @@ impl QueueState {
         }
         self.settled_ids.clear();
         self.deleted = true;
-    }
-
-    fn channel_closed(&mut self, channel: ChannelKey, now: u64, outbox: &mut Outbox) {
-        let ids: Vec<u64> = self
-            .unacked
-            .iter()
-            .filter(|(_, unacked)| unacked.channel == channel)
-            .map(|(id, _)| *id)
-            .collect();
-        let requeue = ids
-            .into_iter()
-            .filter_map(|id| self.unacked.remove(&id))
-            .map(|unacked| unacked.queued)
-            .collect();
-        self.requeue(requeue, now, outbox);
-        self.remove_consumers(now, |consumer| consumer.spec.channel == channel);
-    }
-
-    /// Hands ready messages to consumers with room: the highest consumer priority first,
-    /// round-robin among equals; with single active consumer, only the active one. Stops at a
-    /// head that is on disk until it is read back.
-    pub fn deliver(&mut self, now: u64, outbox: &mut Outbox) {
-        if !self.consumers.is_empty() {
-            loop {
-                self.expire_heads(now, outbox);
-                let Some(head) = self.ready.head() else { break };
-                if !head.is_resident() && self.ready.is_fifo() {
-                    break;
-                }
-                let Some(index) = self.next_consumer_with_room() else {
-                    break;
-                };
-                let mut queued = self
-                    .pop_ready()
-                    .expect("invariant: checked non-empty above");
-                let Some(message) = self.resident_message(&mut queued) else {
-                    self.forget(queued);
-                    continue;
-                };
-                let consumer = &mut self.consumers[index];
-                consumer.credit -= 1;
-                let needs_ack = !consumer.spec.no_ack;
-                if needs_ack {
-                    consumer.unacked += 1;
-                }
-                let delivery = Delivery {
-                    channel: consumer.spec.channel.channel,
-                    consumer_tag: consumer.spec.tag.clone(),
-                    queue: Some(self.handle.clone()),
-                    message_id: queued.id,
-                    message,
-                    redelivered: queued.is(REDELIVERED),
-                    needs_ack,
-                };
-                let (connection, events) = (
-                    consumer.spec.channel.connection,
-                    consumer.spec.events.clone(),
-                );
-                let channel = consumer.spec.channel;
-                let consumer_id = consumer.id;
-                outbox.deliver(connection, &events, delivery);
-                if needs_ack {
-                    self.note_delivered(&queued);
-                    self.unacked.insert(
-                        queued.id,
-                        Unacked {
-                            queued,
-                            channel,
-                            consumer: Some(consumer_id),
-                        },
-                    );
-                } else {
-                    self.forget(queued);
-                }
-            }
-        }
-        self.request_page_in(outbox);
-    }
-
-    fn next_consumer_with_room(&mut self) -> Option<usize> {
-        if let Some(active) = self.active {
-            let index = self
-                .consumers
-                .iter()
-                .position(|consumer| consumer.id == active)?;
-            let consumer = &self.consumers[index];
-            let ready =
-                consumer.has_room() && (consumer.spec.no_ack || consumer.spec.gate.try_acquire());
-            return ready.then_some(index);
-        }
-        let count = self.consumers.len();
-        let top = self
-            .consumers
-            .iter()
-            .filter(|consumer| consumer.has_room())
-            .map(|consumer| consumer.priority)
-            .max()?;
-        for pass in [true, false] {
-            for offset in 0..count {
-                let index = (self.next_consumer + offset) % count;
-                let consumer = &self.consumers[index];
-                // First pass: the top priority; second: lower ones, when every top consumer's
-                // channel is at its prefetch.
-                let eligible = if pass {
-                    consumer.priority == top
-                } else {
-                    consumer.priority < top
-                };
-                if !eligible || !consumer.has_room() {
-                    continue;
-                }
-                if !consumer.spec.no_ack && !consumer.spec.gate.try_acquire() {
-                    continue;
-                }
-                self.next_consumer = (index + 1) % count;
-                return Some(index);
-            }
-        }
-        None
-    }
-
-    /// Consumer tags, in registration order.
-    pub fn consumer_tags(&self) -> Vec<ShortString> {
-        self.consumers
-            .iter()
-            .map(|consumer| consumer.spec.tag.clone())
-            .collect()
     }
 
     /// Unacknowledged deliveries.

@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use warren_storage::{Done, Stream};
 
-use super::super::ready::{DURABLE, Queued, READING, REDELIVERED, WRITING};
-use super::super::storage::BOOKKEEPING;
 use super::{MEMORY_BUDGET, Outbox, QueueState};
 use crate::message::Message;
+use crate::queue::ready::{DURABLE, Queued, READING, REDELIVERED, WRITING};
+use crate::queue::storage::BOOKKEEPING;
 use crate::store::records;
 
 /// Resident bytes counted per message on top of its body and properties (the message, its
@@ -291,7 +291,7 @@ impl QueueState {
     /// Pages the resident prefix's tail out while its bytes exceed the budget (FIFO queues
     /// only): a message with a copy on disk just drops its body; a transient one is first written
     /// to the paging stream and drops its body when the write is reported.
-    pub(super) fn page_out(&mut self) {
+    fn page_out(&mut self) {
         if !self.ready.is_fifo() || self.resident_bytes <= MEMORY_BUDGET {
             return;
         }
