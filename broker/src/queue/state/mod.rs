@@ -369,3 +369,6 @@ impl QueueState {
         self.unacked.len()
     }
 }
+
+#[cfg(test)]
+mod tests;
