@@ -10,35 +10,35 @@ use warren_storage::{Position, Stream};
 
 use super::arguments::QueueConfig;
 use super::dead_letter;
+use super::env::QueueEnv;
 use super::ready::Queued;
 use super::state::{Outbox, QueueState};
 use super::storage::{MessageReader, QueueStorage, WalStorage};
 use super::{QueueCommand, QueueHandle, QueueShared, QueueSpec};
-use crate::vhost::VHost;
 
 /// Commands applied per wake-up before delivering and flushing; bounds the latency one busy
 /// publisher can add to everyone else's deliveries.
 const BATCH: usize = 512;
 
 /// Creates a queue with the id `id` (and the messages recovered for it) and starts its task; the
-/// queue removes itself from `vhost` when deleted.
+/// queue removes itself from its vhost (through `env`) when deleted.
 pub(crate) fn spawn(
     spec: QueueSpec,
     config: QueueConfig,
-    vhost: &Arc<VHost>,
+    env: Arc<dyn QueueEnv>,
     id: u64,
     recovered: Vec<Queued>,
 ) -> QueueHandle {
     // Unbounded: publishers are bounded by their credit, everything else by request-reply.
     let (commands, mailbox) = mpsc::unbounded_channel();
     let notify = commands.clone();
-    let storage = WalStorage::new(&vhost.store().wal, id, move || {
+    let storage = WalStorage::new(&env.store().wal, id, move || {
         let _ = notify.send(QueueCommand::Persisted);
     });
     let handle = QueueHandle(Arc::new(QueueShared {
         id,
         name: spec.name,
-        vhost: vhost.name_shared(),
+        vhost: env.vhost_name(),
         durable: spec.durable,
         exclusive_owner: spec.exclusive_owner,
         auto_delete: spec.auto_delete,
@@ -49,11 +49,11 @@ pub(crate) fn spawn(
     }));
     let reader = storage.reader();
     let state = QueueState::new(handle.clone(), now_ms(), Box::new(storage), recovered);
-    let tasks = vhost.tasks();
+    let tasks = env.tasks();
     tasks.tracker.spawn(run(
         state,
         mailbox,
-        Arc::downgrade(vhost),
+        Arc::downgrade(&env),
         reader,
         tasks.stop.clone(),
     ));
@@ -71,7 +71,7 @@ pub(crate) fn now_ms() -> u64 {
 async fn run(
     mut state: QueueState,
     mut mailbox: mpsc::UnboundedReceiver<QueueCommand>,
-    vhost: Weak<VHost>,
+    env: Weak<dyn QueueEnv>,
     reader: Option<MessageReader>,
     stop: CancellationToken,
 ) {
@@ -127,8 +127,8 @@ async fn run(
         }
         if state.is_deleted() {
             // Out of the vhost first, so that a client told "deleted" can declare the name anew.
-            if let Some(vhost) = vhost.upgrade() {
-                vhost.delete_queue_durably(state.queue()).await;
+            if let Some(env) = env.upgrade() {
+                env.remove_queue(state.queue()).await;
             }
             mailbox.close();
             // Publishes that raced the deletion are confirmed, as RabbitMQ does; requests that
@@ -147,7 +147,7 @@ async fn run(
         }
         state.deliver(now, &mut outbox);
         state.finish_batch(&mut outbox);
-        dead_letter_all(&state, &vhost, &mut outbox, now);
+        dead_letter_all(&state, &env, &mut outbox, now);
         page_in(&state, reader.as_ref(), &mut outbox);
         outbox.flush(&state);
     }
@@ -188,14 +188,14 @@ async fn sleep_until_or_never(deadline: Option<Instant>) {
 
 /// Republishes dead-lettered messages through the queue's dead-letter exchange. At most once, as
 /// for RabbitMQ's classic queues: nothing waits for the target queues.
-fn dead_letter_all(state: &QueueState, vhost: &Weak<VHost>, outbox: &mut Outbox, now: u64) {
+fn dead_letter_all(state: &QueueState, env: &Weak<dyn QueueEnv>, outbox: &mut Outbox, now: u64) {
     if outbox.dead_letters.is_empty() {
         return;
     }
     let queue = state.queue();
-    match vhost.upgrade() {
-        Some(vhost) => dead_letter::republish(
-            &vhost,
+    match env.upgrade() {
+        Some(env) => dead_letter::republish(
+            env.as_ref(),
             &queue.name,
             &queue.config,
             outbox.dead_letters.drain(..),

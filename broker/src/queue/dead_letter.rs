@@ -12,22 +12,22 @@ use std::sync::Arc;
 
 use warren_wire::{FieldTable, FieldValue, ShortString};
 
+use super::env::QueueEnv;
 use crate::message::{Death, Deaths, ExtraRoutingKeys, Message, Reason};
 use crate::queue::{Incoming, QueueCommand, QueueConfig, QueueHandle};
-use crate::vhost::VHost;
 
 /// Republishes `messages`, dead-lettered from the queue `queue`, through its dead-letter
 /// exchange, at most once: nothing waits for the target queues. A missing dead-letter exchange
 /// drops them, as in RabbitMQ.
 pub(crate) fn republish(
-    vhost: &VHost,
+    env: &dyn QueueEnv,
     queue: &ShortString,
     config: &QueueConfig,
     messages: impl Iterator<Item = (Arc<Message>, Reason)>,
     now_ms: u64,
 ) {
     for (message, reason) in messages {
-        let (copy, targets) = match route(vhost, queue, config, &message, reason, now_ms) {
+        let (copy, targets) = match route(env, queue, config, &message, reason, now_ms) {
             Ok(routed) => routed,
             Err(Unroutable::Cycle) => continue,
             Err(Unroutable::NoExchange) => return,
@@ -57,7 +57,7 @@ pub(crate) enum Unroutable {
 /// The copy of `message` dead-lettered from `queue` for `reason`, and the queues its
 /// dead-letter exchange routes it to (those it would come back to in a cycle left out).
 pub(crate) fn route(
-    vhost: &VHost,
+    env: &dyn QueueEnv,
     queue: &ShortString,
     config: &QueueConfig,
     message: &Message,
@@ -68,15 +68,6 @@ pub(crate) fn route(
         .dead_letter_exchange
         .as_ref()
         .ok_or(Unroutable::NoExchange)?;
-    let exchange = if exchange_name.is_empty() {
-        None
-    } else {
-        Some(
-            vhost
-                .exchange(exchange_name)
-                .ok_or(Unroutable::NoExchange)?,
-        )
-    };
     let (copy, keys) = dead_letter(
         message,
         reason,
@@ -86,7 +77,9 @@ pub(crate) fn route(
         now_ms,
     );
     let mut targets = Vec::new();
-    vhost.route(exchange.as_deref(), &copy, &keys, &mut targets);
+    if !env.route(exchange_name, &copy, &keys, &mut targets) {
+        return Err(Unroutable::NoExchange);
+    }
     if reason != Reason::Rejected
         && let Some(deaths) = copy.deaths.as_deref()
         && !targets.is_empty()

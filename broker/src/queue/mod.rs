@@ -20,6 +20,7 @@
 mod actor;
 pub mod arguments;
 pub mod dead_letter;
+pub mod env;
 pub mod quorum;
 pub(crate) mod ready;
 mod state;
@@ -37,6 +38,7 @@ use crate::message::Message;
 
 pub(crate) use actor::spawn;
 pub use arguments::QueueConfig;
+pub use env::QueueEnv;
 pub(crate) use ready::Queued;
 pub use state::QueueState;
 

@@ -110,17 +110,9 @@ impl VHost {
         &self.name
     }
 
-    pub(crate) fn name_shared(&self) -> Arc<str> {
-        self.name.clone()
-    }
-
     /// The node's store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
-    }
-
-    pub(crate) fn tasks(&self) -> &QueueTasks {
-        &self.tasks
     }
 
     /// Proposes a change to the metadata log and waits until this node has applied it.
@@ -146,5 +138,42 @@ impl VHost {
     /// Every exchange.
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.read().values().cloned().collect()
+    }
+}
+
+impl crate::queue::QueueEnv for VHost {
+    fn vhost_name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    fn tasks(&self) -> &QueueTasks {
+        &self.tasks
+    }
+
+    fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn route(
+        &self,
+        exchange: &[u8],
+        message: &crate::message::Message,
+        routing_keys: &[ShortString],
+        out: &mut Vec<QueueHandle>,
+    ) -> bool {
+        let exchange = if exchange.is_empty() {
+            None
+        } else {
+            match self.exchange(exchange) {
+                Some(exchange) => Some(exchange),
+                None => return false,
+            }
+        };
+        VHost::route(self, exchange.as_deref(), message, routing_keys, out);
+        true
+    }
+
+    fn remove_queue<'a>(&'a self, queue: &'a QueueHandle) -> crate::queue::env::EnvFuture<'a> {
+        Box::pin(self.delete_queue_durably(queue))
     }
 }

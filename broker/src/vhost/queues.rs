@@ -108,7 +108,7 @@ impl VHost {
         messages: Vec<Queued>,
     ) -> Result<QueueHandle, String> {
         let (name, spec, config) = self.queue_spec(name, record)?;
-        let handle = queue::spawn(spec, config, self, record.id, messages);
+        let handle = queue::spawn(spec, config, self.clone(), record.id, messages);
         self.queues.write().insert(name, handle.clone());
         Ok(handle)
     }

@@ -113,7 +113,8 @@ impl VHost {
             .set_limits(record.id, queue::quorum::front::limits(&config));
         self.quorum
             .place(record.id, &record.members, &record.removed, &record.home);
-        let handle = queue::quorum::front::spawn(&self.quorum, spec, config, self, record.id);
+        let handle =
+            queue::quorum::front::spawn(&self.quorum, spec, config, self.clone(), record.id);
         self.queues.write().insert(name, handle);
     }
 }

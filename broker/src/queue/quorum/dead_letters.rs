@@ -29,8 +29,8 @@ use crate::events::{ConnectionEvent, ConnectionId, EventSender};
 use crate::message::Message;
 use crate::message::Reason;
 use crate::queue::dead_letter::{Unroutable, route};
+use crate::queue::env::QueueEnv;
 use crate::queue::{Incoming, QueueCommand, QueueConfig, QueueHandle};
-use crate::vhost::VHost;
 
 /// Dead letters out at once.
 pub(crate) const PREFETCH: usize = 32;
@@ -127,7 +127,7 @@ impl DeadLetterWorker {
     /// target confirmed them, or they would go round a cycle), for the queue to forget.
     pub(crate) fn pump(
         &mut self,
-        vhost: &VHost,
+        env: &dyn QueueEnv,
         queue: &ShortString,
         config: &QueueConfig,
         now: Instant,
@@ -163,7 +163,7 @@ impl DeadLetterWorker {
         while self.sent.len() < PREFETCH
             && let Some(held) = self.ready.pop_front()
         {
-            match route(vhost, queue, config, &held.message, held.reason, now_ms) {
+            match route(env, queue, config, &held.message, held.reason, now_ms) {
                 Err(Unroutable::Cycle) => {
                     self.known.remove(&held.id);
                     done.push(held.id);

@@ -32,11 +32,11 @@ use crate::error::AmqpError;
 use crate::events::{
     ChannelKey, ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome,
 };
+use crate::queue::env::QueueEnv;
 use crate::queue::{
     ConsumerSpec, DELIVERY_CREDIT, GetResult, Incoming, PUBLISH_CREDIT_MORE_AFTER, QueueCommand,
     QueueConfig, QueueHandle, QueueShared, QueueSpec, QueueStats, Settlement,
 };
-use crate::vhost::VHost;
 
 /// How long the front waits for the log to answer one submission.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(35);
@@ -56,14 +56,14 @@ pub(crate) fn spawn(
     hub: &Arc<QuorumHub>,
     spec: QueueSpec,
     config: QueueConfig,
-    vhost: &Arc<VHost>,
+    env: Arc<dyn QueueEnv>,
     id: u64,
 ) -> QueueHandle {
     let (commands, mailbox) = mpsc::unbounded_channel();
     let handle = QueueHandle(Arc::new(QueueShared {
         id,
         name: spec.name,
-        vhost: vhost.name_shared(),
+        vhost: env.vhost_name(),
         durable: true,
         exclusive_owner: None,
         auto_delete: false,
@@ -80,7 +80,7 @@ pub(crate) fn spawn(
         queue: handle.clone(),
         group: group_of(id),
         hub: hub.clone(),
-        vhost: Arc::downgrade(vhost),
+        env: Arc::downgrade(&env),
         enqueuer: new_enqueuer(hub),
         next_seq: 1,
         window: BTreeMap::new(),
@@ -97,7 +97,7 @@ pub(crate) fn spawn(
         node: hub.node().to_string(),
         keep: Some(hub.incarnation()),
     });
-    let tasks = vhost.tasks();
+    let tasks = env.tasks();
     tasks.tracker.spawn(front.run(
         Mailboxes {
             commands: mailbox,
@@ -286,7 +286,7 @@ struct Front {
     queue: QueueHandle,
     group: u64,
     hub: Arc<QuorumHub>,
-    vhost: Weak<VHost>,
+    env: Weak<dyn QueueEnv>,
     enqueuer: Enqueuer,
     next_seq: u64,
     /// Publishes not answered yet, by sequence number.
@@ -545,7 +545,7 @@ impl Front {
                 let group = self.group;
                 let name = self.name();
                 let queue = self.queue.clone();
-                let vhost = self.vhost.clone();
+                let env = self.env.clone();
                 tokio::spawn(async move {
                     let (messages, consumers) = match single(answer(proposed, group).await) {
                         Ok(Reply::Stats {
@@ -573,8 +573,8 @@ impl Front {
                         let _ = reply.send(Err(error));
                         return;
                     }
-                    if let Some(vhost) = vhost.upgrade() {
-                        vhost.delete_queue_durably(&queue).await;
+                    if let Some(env) = env.upgrade() {
+                        env.remove_queue(&queue).await;
                     }
                     let _ = reply.send(Ok(messages));
                 });
@@ -1076,8 +1076,8 @@ impl Front {
                 held,
                 message,
             } => {
-                let (Some(vhost), Some(reason)) = (
-                    self.vhost.upgrade(),
+                let (Some(env), Some(reason)) = (
+                    self.env.upgrade(),
                     crate::message::Reason::from_code(reason),
                 ) else {
                     return;
@@ -1096,7 +1096,7 @@ impl Front {
                 }
                 let now = super::state::wall_clock();
                 crate::queue::dead_letter::republish(
-                    &vhost,
+                    env.as_ref(),
                     &self.queue.name,
                     &self.queue.config,
                     std::iter::once((message, reason)),
@@ -1127,11 +1127,11 @@ impl Front {
                 self.submit_settling(Command::Cancel { consumer });
             }
             FrontEvent::Expired => {
-                let (queue, vhost) = (self.queue.clone(), self.vhost.clone());
+                let (queue, env) = (self.queue.clone(), self.env.clone());
                 tracing::debug!("{}: unused for its x-expires; deleted", self.name());
                 tokio::spawn(async move {
-                    if let Some(vhost) = vhost.upgrade() {
-                        vhost.delete_queue_durably(&queue).await;
+                    if let Some(env) = env.upgrade() {
+                        env.remove_queue(&queue).await;
                     }
                 });
             }
@@ -1158,12 +1158,15 @@ impl Front {
         if self.dead_letters.is_idle() {
             return;
         }
-        let Some(vhost) = self.vhost.upgrade() else {
+        let Some(env) = self.env.upgrade() else {
             return;
         };
-        let done =
-            self.dead_letters
-                .pump(&vhost, &self.queue.name, &self.queue.config, Instant::now());
+        let done = self.dead_letters.pump(
+            env.as_ref(),
+            &self.queue.name,
+            &self.queue.config,
+            Instant::now(),
+        );
         self.dead_lettered(done);
     }
 
