@@ -20,6 +20,7 @@
 mod actor;
 pub mod arguments;
 pub mod dead_letter;
+pub mod dispatch;
 pub mod env;
 pub mod quorum;
 pub(crate) mod ready;

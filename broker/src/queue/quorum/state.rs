@@ -48,6 +48,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::message::Reason;
+use crate::queue::dispatch::{ServiceOrder, designate};
 
 /// A consumer, as the log knows it: its node (and that node's incarnation), connection,
 /// channel and tag.
@@ -388,7 +389,7 @@ pub struct QuorumState {
     checked: HashMap<u64, (ConsumerKey, Message)>,
     consumers: BTreeMap<ConsumerKey, Consumer>,
     /// Consumers in service order: the front is served next.
-    order: VecDeque<ConsumerKey>,
+    order: ServiceOrder<ConsumerKey>,
     enqueuers: BTreeMap<Enqueuer, u64>,
     /// Publishes refused (`reject-publish`) whose enqueuer may send them again.
     refused: BTreeMap<Enqueuer, BTreeSet<u64>>,
@@ -562,7 +563,7 @@ impl QuorumState {
                         self.give_back(message, GiveBack::Returned, effects);
                     }
                     self.last_used = self.clock;
-                    self.order.push_back(consumer.clone());
+                    self.order.push(consumer.clone());
                     self.consumers.insert(
                         consumer,
                         Consumer {
@@ -1048,7 +1049,7 @@ impl QuorumState {
     /// when the channel goes.
     fn remove_consumer(&mut self, key: &ConsumerKey) {
         if self.consumers.remove(key).is_some() {
-            self.order.retain(|k| k != key);
+            self.order.remove(key);
         }
     }
 
@@ -1085,17 +1086,18 @@ impl QuorumState {
                 return;
             }
             // The first in service order of the highest priority that can take one.
-            let mut best: Option<(usize, i64)> = None;
-            for (at, key) in self.order.iter().enumerate() {
-                let consumer = &self.consumers[key];
-                if consumer.can_take() && best.is_none_or(|(_, top)| consumer.priority > top) {
-                    best = Some((at, consumer.priority));
-                }
-            }
-            let Some((at, _)) = best else { return };
-            let key = self.order.remove(at).expect("found");
+            let consumers = &self.consumers;
+            let Some(key) = self.order.next(
+                |key| {
+                    let consumer = &consumers[key];
+                    consumer.can_take().then_some(consumer.priority)
+                },
+                |_| true,
+            ) else {
+                return;
+            };
+            let key = key.clone();
             self.hand_out(&key, effects);
-            self.order.push_back(key);
         }
     }
 
@@ -1104,12 +1106,13 @@ impl QuorumState {
     /// over once it has settled what it holds.
     fn deliver_to_active(&mut self, effects: &mut Vec<Effect>) {
         // A timed-out consumer gets nothing more: the next one takes over.
-        let designated = self
-            .consumers
-            .iter()
-            .filter(|(_, consumer)| !consumer.timed_out)
-            .max_by(|(_, a), (_, b)| a.priority.cmp(&b.priority).then(b.since.cmp(&a.since)))
-            .map(|(key, _)| key.clone());
+        let designated = designate(
+            self.consumers
+                .iter()
+                .filter(|(_, consumer)| !consumer.timed_out)
+                .map(|(key, consumer)| (key, consumer.priority, consumer.since)),
+        )
+        .cloned();
         let hand_over = match &self.active {
             None => true,
             Some(active) => match self.consumers.get(active) {

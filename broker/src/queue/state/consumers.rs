@@ -5,6 +5,7 @@ use warren_wire::ShortString;
 
 use crate::error::AmqpError;
 use crate::events::Delivery;
+use crate::queue::dispatch::designate;
 use crate::queue::ready::REDELIVERED;
 use crate::queue::{ConsumerSpec, DELIVERY_CREDIT};
 
@@ -34,7 +35,7 @@ impl QueueState {
         let exclusive_use = (spec.exclusive && (sac || !self.consumers.is_empty()))
             || self
                 .consumers
-                .iter()
+                .values()
                 .any(|consumer| consumer.spec.exclusive);
         if exclusive_use {
             return Err(AmqpError::access_refused(format!(
@@ -49,13 +50,17 @@ impl QueueState {
         )?;
         let id = self.next_consumer_id;
         self.next_consumer_id += 1;
-        self.consumers.push(Consumer {
+        self.consumers.insert(
             id,
-            spec,
-            priority,
-            credit: DELIVERY_CREDIT,
-            unacked: 0,
-        });
+            Consumer {
+                id,
+                spec,
+                priority,
+                credit: DELIVERY_CREDIT,
+                unacked: 0,
+            },
+        );
+        self.order.push(id);
         if sac && self.active.is_none() {
             // The first consumer to arrive is active, whatever its priority.
             self.active = Some(id);
@@ -65,24 +70,29 @@ impl QueueState {
     }
 
     pub(super) fn remove_consumers(&mut self, now: u64, mut remove: impl FnMut(&Consumer) -> bool) {
-        let before = self.consumers.len();
-        self.consumers.retain(|consumer| !remove(consumer));
-        if self.consumers.len() == before {
+        let gone: Vec<u64> = self
+            .consumers
+            .values()
+            .filter(|consumer| remove(consumer))
+            .map(|consumer| consumer.id)
+            .collect();
+        if gone.is_empty() {
             return;
         }
-        if self.next_consumer >= self.consumers.len() {
-            self.next_consumer = 0;
+        for id in &gone {
+            self.consumers.remove(id);
+            self.order.remove(id);
         }
         if let Some(active) = self.active
-            && !self.consumers.iter().any(|consumer| consumer.id == active)
+            && !self.consumers.contains_key(&active)
         {
             // Fail-over: the highest priority, then the earliest registered.
-            self.active = self
-                .consumers
-                .iter()
-                .enumerate()
-                .max_by_key(|(index, consumer)| (consumer.priority, std::cmp::Reverse(*index)))
-                .map(|(_, consumer)| consumer.id);
+            self.active = designate(
+                self.consumers
+                    .values()
+                    .map(|consumer| (&consumer.id, consumer.priority, consumer.id)),
+            )
+            .copied();
         }
         if self.consumers.is_empty() {
             self.last_used = now;
@@ -104,7 +114,7 @@ impl QueueState {
                 if !head.is_resident() && self.ready.is_fifo() {
                     break;
                 }
-                let Some(index) = self.next_consumer_with_room() else {
+                let Some(id) = self.next_consumer_with_room() else {
                     break;
                 };
                 let mut queued = self
@@ -114,7 +124,10 @@ impl QueueState {
                     self.forget(queued);
                     continue;
                 };
-                let consumer = &mut self.consumers[index];
+                let consumer = self
+                    .consumers
+                    .get_mut(&id)
+                    .expect("invariant: the order holds registered consumers");
                 consumer.credit -= 1;
                 let needs_ack = !consumer.spec.no_ack;
                 if needs_ack {
@@ -154,52 +167,29 @@ impl QueueState {
         self.request_page_in(outbox);
     }
 
-    fn next_consumer_with_room(&mut self) -> Option<usize> {
+    /// The consumer that gets the next message, with a unit of its channel's prefetch taken.
+    fn next_consumer_with_room(&mut self) -> Option<u64> {
+        let admit = |consumer: &Consumer| consumer.spec.no_ack || consumer.spec.gate.try_acquire();
         if let Some(active) = self.active {
-            let index = self
-                .consumers
-                .iter()
-                .position(|consumer| consumer.id == active)?;
-            let consumer = &self.consumers[index];
-            let ready =
-                consumer.has_room() && (consumer.spec.no_ack || consumer.spec.gate.try_acquire());
-            return ready.then_some(index);
+            let consumer = self.consumers.get(&active)?;
+            return (consumer.has_room() && admit(consumer)).then_some(active);
         }
-        let count = self.consumers.len();
-        let top = self
-            .consumers
-            .iter()
-            .filter(|consumer| consumer.has_room())
-            .map(|consumer| consumer.priority)
-            .max()?;
-        for pass in [true, false] {
-            for offset in 0..count {
-                let index = (self.next_consumer + offset) % count;
-                let consumer = &self.consumers[index];
-                // First pass: the top priority; second: lower ones, when every top consumer's
-                // channel is at its prefetch.
-                let eligible = if pass {
-                    consumer.priority == top
-                } else {
-                    consumer.priority < top
-                };
-                if !eligible || !consumer.has_room() {
-                    continue;
-                }
-                if !consumer.spec.no_ack && !consumer.spec.gate.try_acquire() {
-                    continue;
-                }
-                self.next_consumer = (index + 1) % count;
-                return Some(index);
-            }
-        }
-        None
+        let consumers = &self.consumers;
+        self.order
+            .next(
+                |id| {
+                    let consumer = &consumers[id];
+                    consumer.has_room().then_some(consumer.priority)
+                },
+                |id| admit(&consumers[id]),
+            )
+            .copied()
     }
 
     /// Consumer tags, in registration order.
     pub fn consumer_tags(&self) -> Vec<ShortString> {
         self.consumers
-            .iter()
+            .values()
             .map(|consumer| consumer.spec.tag.clone())
             .collect()
     }

@@ -24,10 +24,11 @@ mod persist;
 mod publish;
 mod settle;
 
+use crate::queue::dispatch::ServiceOrder;
 use consumers::Consumer;
 pub(super) use outbox::Outbox;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokio::sync::oneshot;
 use warren_storage::Stream;
@@ -63,10 +64,12 @@ pub struct QueueState {
     storage: Box<dyn QueueStorage>,
     ready: Ready,
     unacked: HashMap<u64, Unacked>,
-    consumers: Vec<Consumer>,
+    /// By id, which grows with registration: iteration is in registration order.
+    consumers: BTreeMap<u64, Consumer>,
+    /// Consumers (ids) in service order.
+    order: ServiceOrder<u64>,
     /// With single active consumer: the one that gets messages.
     active: Option<u64>,
-    next_consumer: usize,
     next_consumer_id: u64,
     next_message_id: u64,
     publishers: HashMap<ConnectionId, Publisher>,
@@ -110,9 +113,9 @@ impl QueueState {
             storage,
             ready,
             unacked: HashMap::new(),
-            consumers: Vec::new(),
+            consumers: BTreeMap::new(),
+            order: ServiceOrder::default(),
             active: None,
-            next_consumer: 0,
             next_consumer_id: 0,
             next_message_id,
             publishers: HashMap::new(),
@@ -268,7 +271,7 @@ impl QueueState {
             } => {
                 if let Some(consumer) = self
                     .consumers
-                    .iter_mut()
+                    .values_mut()
                     .find(|consumer| consumer.spec.channel == channel && consumer.spec.tag == tag)
                 {
                     consumer.credit = consumer.credit.saturating_add(amount);
@@ -330,7 +333,8 @@ impl QueueState {
         if let Some((reply, count)) = self.delete_reply.take() {
             let _ = reply.send(Ok(count));
         }
-        for consumer in self.consumers.drain(..) {
+        self.order = ServiceOrder::default();
+        for consumer in std::mem::take(&mut self.consumers).into_values() {
             outbox.notices.push((
                 consumer.spec.events.clone(),
                 ConnectionEvent::ConsumerCancelled {

@@ -29,10 +29,7 @@ impl QueueState {
                 continue;
             }
             if let Some(consumer_id) = unacked.consumer
-                && let Some(consumer) = self
-                    .consumers
-                    .iter_mut()
-                    .find(|consumer| consumer.id == consumer_id)
+                && let Some(consumer) = self.consumers.get_mut(&consumer_id)
             {
                 consumer.unacked = consumer.unacked.saturating_sub(1);
             }
