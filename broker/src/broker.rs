@@ -20,7 +20,7 @@ use crate::auth::{PasswordHash, User, Users};
 use crate::direct_reply::DirectReplies;
 use crate::events::ConnectionId;
 use crate::queue::quorum::QuorumHub;
-use crate::queue::{QueueCommand, QueueHandle, QueueTasks};
+use crate::queue::{QueueCommand, QueueHandle, QueueTasks, StorageEvent};
 use crate::remote::RemoteHub;
 use crate::store::metadata::MetadataMachine;
 use crate::store::metadata::{MetadataCommand, PendingWrites};
@@ -121,7 +121,10 @@ async fn maintain_storage(broker: Weak<Broker>, stop: CancellationToken) {
             );
             for owner in owners {
                 if let Some(queue) = broker.queue_by_id(owner) {
-                    queue.send(QueueCommand::Relocate { stream, segment });
+                    queue.send(QueueCommand::Storage(StorageEvent::Relocate {
+                        stream,
+                        segment,
+                    }));
                 }
             }
         }

@@ -14,7 +14,7 @@ use super::env::QueueEnv;
 use super::ready::Queued;
 use super::state::{Outbox, QueueState};
 use super::storage::{MessageReader, QueueStorage, WalStorage};
-use super::{QueueCommand, QueueHandle, QueueShared, QueueSpec};
+use super::{QueueCommand, QueueHandle, QueueShared, QueueSpec, StorageEvent};
 
 /// Commands applied per wake-up before delivering and flushing; bounds the latency one busy
 /// publisher can add to everyone else's deliveries.
@@ -33,7 +33,7 @@ pub(crate) fn spawn(
     let (commands, mailbox) = mpsc::unbounded_channel();
     let notify = commands.clone();
     let storage = WalStorage::new(&env.store().wal, id, move || {
-        let _ = notify.send(QueueCommand::Persisted);
+        let _ = notify.send(QueueCommand::Storage(StorageEvent::Persisted));
     });
     let handle = QueueHandle(Arc::new(QueueShared {
         id,
@@ -175,7 +175,7 @@ fn page_in(state: &QueueState, reader: Option<&MessageReader>, outbox: &mut Outb
                 messages.extend(ids.into_iter().zip(reader.read_many(stream, &positions)));
             }
         }
-        queue.send(QueueCommand::PagedIn { messages });
+        queue.send(QueueCommand::Storage(StorageEvent::PagedIn { messages }));
     });
 }
 

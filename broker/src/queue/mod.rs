@@ -1,16 +1,27 @@
-//! Queues: the handle channels hold, the commands they send, and the task that owns each queue.
+//! Queues: the handle channels hold, the commands they send, and the implementations behind it.
 //!
 //! ```text
-//!  channel ──QueueCommand──> mailbox ──> queue task ──> QueueState (sans-IO)
-//!     ^                                        │
+//!  channel ──QueueCommand──> QueueHandle (this node's front, stable) ──> one of:
+//!     ^                         classic: queue task ──> QueueState (sans-IO), the node's WAL
+//!     │                         remote:  proxy ──wire──> home node's stand-in ──> classic queue
+//!     │                         quorum:  front ──log commands──> Raft group ──> QuorumState
 //!     └──────── ConnectionEvent (deliveries, confirms, credit) ◄──┘
 //! ```
 //!
-//! A queue is owned by one task; nothing else touches its messages. Channels reach it only
-//! through [`QueueHandle::send`], and everything a channel must wait for (a consumer being
-//! registered, a `basic.get`, the counts of `queue.declare-ok`) is a command with a reply. Since
-//! one connection's commands reach the queue in the order it sent them, a `queue.declare-ok`
-//! counts every message that connection published before it, as in RabbitMQ.
+//! One queue interface: bindings, channels and credit maps hold a [`QueueHandle`], a per-node
+//! front that stays while what is behind it moves (a quorum queue's leader changes, its members
+//! come and go; a classic queue's home node goes down and comes back). Every implementation
+//! takes the same [`QueueCommand`]s. The commands are node-local: what crosses nodes or goes into
+//! a log is plain data made from them (the remote wire messages, the quorum log's `Command`s),
+//! and the replies a command carries stay on this node. Consumer dispatch
+//! ([`dispatch`]) and dead-lettering ([`dead_letter`]) are shared by the queue types; engines
+//! see the node through [`QueueEnv`], never the vhost or the broker.
+//!
+//! A classic queue is owned by one task; nothing else touches its messages. Everything a
+//! channel must wait for (a consumer being registered, a `basic.get`, the counts of
+//! `queue.declare-ok`) is a command with a reply. Since one connection's commands reach the
+//! queue in the order it sent them, a `queue.declare-ok` counts every message that connection
+//! published before it, as in RabbitMQ.
 //!
 //! Flow control: a publishing connection holds credit per queue (RabbitMQ's `{400, 200}`): it
 //! may send 400 messages, and the queue grants 200 more each time it has processed 200 from that
@@ -391,6 +402,15 @@ pub enum QueueCommand {
         /// The messages.
         messages: Vec<ReturnedMessage>,
     },
+    /// A report of the queue's own storage: only queues that write the node's write-ahead log
+    /// (classic ones) act on it; for the others it cannot arrive.
+    Storage(StorageEvent),
+}
+
+/// What a classic queue's storage reports to it, through its mailbox so that the reports keep
+/// their order with the commands around them.
+#[derive(Debug)]
+pub enum StorageEvent {
     /// The write-ahead log reported on the queue's writes.
     Persisted,
     /// Messages read back from disk.

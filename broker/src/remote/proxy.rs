@@ -365,9 +365,7 @@ impl Proxy {
                 let _ = self.send(hub, &wire).await;
             }
             // Storage work happens on the home node.
-            QueueCommand::Persisted
-            | QueueCommand::PagedIn { .. }
-            | QueueCommand::Relocate { .. } => {}
+            QueueCommand::Storage(_) => {}
         }
     }
 }

@@ -601,10 +601,7 @@ impl Front {
                     .collect();
                 self.publish(0, incoming);
             }
-            QueueCommand::Kick
-            | QueueCommand::Persisted
-            | QueueCommand::PagedIn { .. }
-            | QueueCommand::Relocate { .. } => {}
+            QueueCommand::Kick | QueueCommand::Storage(_) => {}
         }
     }
 

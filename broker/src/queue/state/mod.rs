@@ -36,7 +36,7 @@ use warren_storage::Stream;
 use super::arguments::QueueConfig;
 use super::ready::{Queued, REDELIVERED, Ready};
 use super::storage::QueueStorage;
-use super::{QueueCommand, QueueHandle, QueueStats};
+use super::{QueueCommand, QueueHandle, QueueStats, StorageEvent};
 use crate::error::{AmqpError, AmqpResult};
 use crate::events::{ChannelKey, ConnectionEvent, ConnectionId, EventSender};
 
@@ -295,13 +295,15 @@ impl QueueState {
                 self.resident += returned.len();
                 self.ready.requeue(returned);
             }
-            QueueCommand::Persisted => {
+            QueueCommand::Storage(StorageEvent::Persisted) => {
                 let done = self.storage.take_done();
                 self.persisted(done, outbox);
                 self.grant_credit(None, outbox);
             }
-            QueueCommand::PagedIn { messages } => self.paged_in(messages),
-            QueueCommand::Relocate { stream, segment } => self.relocate(stream, segment),
+            QueueCommand::Storage(StorageEvent::PagedIn { messages }) => self.paged_in(messages),
+            QueueCommand::Storage(StorageEvent::Relocate { stream, segment }) => {
+                self.relocate(stream, segment)
+            }
         }
     }
 

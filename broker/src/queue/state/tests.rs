@@ -18,7 +18,7 @@ use crate::message::{Message, Reason};
 use crate::queue::storage::{MessageReader, QueueStorage};
 use crate::queue::{
     ChannelGate, ConsumerSpec, DELIVERY_CREDIT, GetResult, Incoming, PUBLISH_CREDIT_MORE_AFTER,
-    QueueCommand, QueueHandle, QueueShared, QueueStats, Settlement, arguments,
+    QueueCommand, QueueHandle, QueueShared, QueueStats, Settlement, StorageEvent, arguments,
 };
 use crate::store::records;
 
@@ -226,7 +226,7 @@ impl Harness {
                 .into_iter()
                 .map(|(id, stream, position)| (id, self.disk.read(stream, position)))
                 .collect();
-            commands = vec![QueueCommand::PagedIn { messages }];
+            commands = vec![QueueCommand::Storage(StorageEvent::PagedIn { messages })];
         }
     }
 
@@ -394,7 +394,7 @@ impl Harness {
     /// The writer reports on what it took.
     fn persisted(&mut self) {
         self.disk.sync();
-        self.step(vec![QueueCommand::Persisted]);
+        self.step(vec![QueueCommand::Storage(StorageEvent::Persisted)]);
     }
 }
 
