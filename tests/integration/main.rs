@@ -8,7 +8,8 @@
 //!   directory lock;
 //! - `durability`: what survives a restart; paging; segment deletion and compaction;
 //! - `faults`: kill -9 under load, damaged log tails, a full disk, memory and disk alarms;
-//! - `quorum`: quorum queues on in-process clusters; `chaos`: one under seeded random faults.
+//! - `quorum`: quorum queues on in-process clusters; `chaos`: one under seeded random faults;
+//! - `queue_types`: one suite every queue type runs (classic, classic from another node, quorum).
 
 mod amqprs_client;
 mod chaos;
@@ -24,6 +25,7 @@ mod management;
 mod pika;
 mod process;
 mod protocol;
+mod queue_types;
 mod quorum;
 mod quorum_consumers;
 mod quorum_dead_letters;
