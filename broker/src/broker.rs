@@ -18,7 +18,7 @@ use warren_storage::{StorageError, Stream};
 use crate::alarms::Alarms;
 use crate::auth::{PasswordHash, User, Users};
 use crate::direct_reply::DirectReplies;
-use crate::events::ConnectionId;
+use crate::queue::events::ConnectionId;
 use crate::queue::quorum::QuorumHub;
 use crate::queue::{QueueCommand, QueueHandle, QueueTasks, StorageEvent};
 use crate::remote::RemoteHub;

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use parking_lot::Mutex;
 use warren_wire::ShortString;
 
-use crate::events::{ConnectionId, EventSender};
+use crate::queue::events::{ConnectionId, EventSender};
 
 /// The pseudo-queue requesters consume from.
 pub const PSEUDO_QUEUE: &str = "amq.rabbitmq.reply-to";

@@ -18,7 +18,6 @@ mod connection;
 mod control;
 pub mod direct_reply;
 pub mod error;
-pub mod events;
 pub mod exchange;
 mod management;
 mod membership;

@@ -20,8 +20,8 @@ use crate::auth::{Access, ResourceKind};
 use crate::connection::context::Context;
 use crate::direct_reply::{self, DirectReplies, ReplyConsumer};
 use crate::error::{AmqpError, AmqpResult};
-use crate::events::Delivery;
 use crate::names;
+use crate::queue::events::Delivery;
 use crate::queue::{ConsumerSpec, QueueCommand, QueueHandle, Settlement};
 
 impl Channel {

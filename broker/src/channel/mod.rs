@@ -28,7 +28,7 @@ use warren_wire::{ContentHeader, Frame, Method, RawProperties, ShortString};
 use crate::auth::{self, Access, ResourceKind};
 use crate::connection::context::Context;
 use crate::error::{AmqpError, AmqpResult};
-use crate::events::ChannelKey;
+use crate::queue::events::ChannelKey;
 use crate::queue::{ChannelGate, QueueCommand, QueueHandle};
 use publish::Mode;
 

@@ -25,8 +25,8 @@ use crate::auth::{Access, ResourceKind};
 use crate::connection::context::Context;
 use crate::direct_reply::{self, DirectReplies};
 use crate::error::{AmqpError, AmqpResult};
-use crate::events::{ConnectionEvent, Delivery, PublishOutcome};
 use crate::message::{ExtraRoutingKeys, Message, parse_expiration};
+use crate::queue::events::{ConnectionEvent, Delivery, PublishOutcome};
 use crate::queue::{Incoming, QueueHandle, Settlement};
 
 /// How the channel publishes.

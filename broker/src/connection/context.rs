@@ -15,7 +15,9 @@ use warren_wire::{FieldTable, ShortString};
 use super::writer::{HIGH_WATER, Outbound};
 use crate::auth::{Permission, User};
 use crate::broker::Broker;
-use crate::events::{ChannelKey, ConnectionEvent, ConnectionId, EventSender, PublishOutcome};
+use crate::queue::events::{
+    ChannelKey, ConnectionEvent, ConnectionId, EventSender, PublishOutcome,
+};
 use crate::queue::{Incoming, PUBLISH_CREDIT_INITIAL, QueueCommand, QueueHandle, Settlement};
 use crate::vhost::VHost;
 

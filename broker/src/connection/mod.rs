@@ -46,7 +46,7 @@ use crate::alarms::AlarmSet;
 use crate::broker::Broker;
 use crate::channel::{Channel, ChannelOutcome};
 use crate::error::AmqpError;
-use crate::events::{ConnectionEvent, EventReceiver};
+use crate::queue::events::{ConnectionEvent, EventReceiver};
 use crate::queue::{QueueCommand, ReturnedMessage, Settlement};
 use context::Context;
 use handshake::{Refusal, Session};

@@ -33,6 +33,7 @@ pub mod arguments;
 pub mod dead_letter;
 pub mod dispatch;
 pub mod env;
+pub mod events;
 pub mod quorum;
 pub(crate) mod ready;
 mod state;
@@ -45,8 +46,8 @@ use tokio::sync::{mpsc, oneshot};
 use warren_wire::{FieldTable, ShortString};
 
 use crate::error::AmqpResult;
-use crate::events::{ChannelKey, ConnectionId, EventSender};
 use crate::message::Message;
+use crate::queue::events::{ChannelKey, ConnectionId, EventSender};
 
 pub(crate) use actor::spawn;
 pub use arguments::QueueConfig;

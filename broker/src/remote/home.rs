@@ -22,7 +22,7 @@ use super::{
     QUEUE_SERVICE, RemoteHub, Wire, WireDelivery, WireEvent, WireReply, WireRequest,
     decode_message, encode, encode_message, outcome_from_code,
 };
-use crate::events::{ChannelKey, ConnectionEvent, ConnectionId, EventReceiver, EventSender};
+use crate::queue::events::{ChannelKey, ConnectionEvent, ConnectionId, EventReceiver, EventSender};
 use crate::queue::{
     ChannelGate, ConsumerSpec, Incoming, QueueCommand, QueueHandle, ReturnedMessage,
 };

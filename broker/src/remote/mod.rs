@@ -35,8 +35,8 @@ use warren_cluster::transport::{BoxFuture, LinkEvent, Service};
 use warren_cluster::{NodeName, Transport};
 use warren_wire::ShortString;
 
-use crate::events::{ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome};
 use crate::queue::QueueHandle;
+use crate::queue::events::{ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome};
 pub(crate) use crate::store::records::{decode_message, encode_message};
 
 /// The transport service number of remote queue traffic.

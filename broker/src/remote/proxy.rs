@@ -21,7 +21,7 @@ use super::{
     encode_message, outcome_code,
 };
 use crate::error::AmqpError;
-use crate::events::{ConnectionEvent, PublishOutcome};
+use crate::queue::events::{ConnectionEvent, PublishOutcome};
 use crate::queue::{
     GetResult, QueueCommand, QueueConfig, QueueHandle, QueueSpec, QueueStats, QueueTasks,
 };

@@ -25,11 +25,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use warren_wire::ShortString;
 
-use crate::events::{ConnectionEvent, ConnectionId, EventSender};
 use crate::message::Message;
 use crate::message::Reason;
 use crate::queue::dead_letter::{Unroutable, route};
 use crate::queue::env::QueueEnv;
+use crate::queue::events::{ConnectionEvent, ConnectionId, EventSender};
 use crate::queue::{Incoming, QueueCommand, QueueConfig, QueueHandle};
 
 /// Dead letters out at once.

@@ -29,10 +29,10 @@ use super::dead_letters::DeadLetterWorker;
 use super::hub::{FrontEvent, QuorumHub, group_of};
 use super::state::{Command, ConsumerKey, Enqueued, Enqueuer, Limits, Outcome, Reply};
 use crate::error::AmqpError;
-use crate::events::{
+use crate::queue::env::QueueEnv;
+use crate::queue::events::{
     ChannelKey, ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome,
 };
-use crate::queue::env::QueueEnv;
 use crate::queue::{
     ConsumerSpec, DELIVERY_CREDIT, GetResult, Incoming, PUBLISH_CREDIT_MORE_AFTER, QueueCommand,
     QueueConfig, QueueHandle, QueueShared, QueueSpec, QueueStats, Settlement,
@@ -310,7 +310,7 @@ struct Mailboxes {
     events: mpsc::UnboundedReceiver<FrontEvent>,
     internal: mpsc::UnboundedReceiver<Internal>,
     /// The confirms of the dead letters' target queues.
-    confirms: crate::events::EventReceiver,
+    confirms: crate::queue::events::EventReceiver,
 }
 
 /// Waits for the log's answer to one submission.

@@ -4,8 +4,8 @@
 use warren_wire::ShortString;
 
 use crate::error::AmqpError;
-use crate::events::Delivery;
 use crate::queue::dispatch::designate;
+use crate::queue::events::Delivery;
 use crate::queue::ready::REDELIVERED;
 use crate::queue::{ConsumerSpec, DELIVERY_CREDIT};
 

@@ -38,7 +38,7 @@ use super::ready::{Queued, REDELIVERED, Ready};
 use super::storage::QueueStorage;
 use super::{QueueCommand, QueueHandle, QueueStats, StorageEvent};
 use crate::error::{AmqpError, AmqpResult};
-use crate::events::{ChannelKey, ConnectionEvent, ConnectionId, EventSender};
+use crate::queue::events::{ChannelKey, ConnectionEvent, ConnectionId, EventSender};
 
 /// Memory a queue may use for resident message bodies before it pages its tail out to disk.
 pub(crate) const MEMORY_BUDGET: u64 = 16 * 1024 * 1024;

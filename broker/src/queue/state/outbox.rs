@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use warren_storage::{Position, Stream};
 
-use crate::events::{ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome};
 use crate::message::Message;
 use crate::message::Reason;
+use crate::queue::events::{ConnectionEvent, ConnectionId, Delivery, EventSender, PublishOutcome};
 
 use super::QueueState;
 

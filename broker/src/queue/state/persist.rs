@@ -213,7 +213,7 @@ impl QueueState {
 
     fn confirm_later(
         &mut self,
-        publisher: crate::events::ConnectionId,
+        publisher: crate::queue::events::ConnectionId,
         confirm: (u16, u64),
         accepted: bool,
     ) {

@@ -1,10 +1,10 @@
 //! Publishing into a classic queue: ids, expiry on entry, the overflow rule, and the publish
 //! credit publishers earn.
 
-use crate::events::ConnectionId;
 use crate::message::Message;
 use crate::message::Reason;
 use crate::queue::arguments::Overflow;
+use crate::queue::events::ConnectionId;
 use crate::queue::ready::Queued;
 use crate::queue::{Incoming, PUBLISH_CREDIT_MORE_AFTER};
 

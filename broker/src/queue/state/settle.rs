@@ -1,9 +1,9 @@
 //! Settling what a classic queue delivered: acks, requeues in place, rejections to the
 //! dead-letter exchange, `basic.get`, and what a closed channel held.
 
-use crate::events::ChannelKey;
 use crate::message::Reason;
 use crate::queue::arguments::Overflow;
+use crate::queue::events::ChannelKey;
 use crate::queue::ready::{Queued, REDELIVERED};
 use crate::queue::{GetResult, Settlement};
 

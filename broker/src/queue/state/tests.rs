@@ -13,8 +13,10 @@ use warren_wire::{BasicProperties, FieldTable, FieldValue, ReplyCode, ShortStrin
 
 use super::{Outbox, QueueState};
 use crate::error::{AmqpError, AmqpResult};
-use crate::events::{ChannelKey, ConnectionEvent, ConnectionId, EventReceiver, PublishOutcome};
 use crate::message::{Message, Reason};
+use crate::queue::events::{
+    ChannelKey, ConnectionEvent, ConnectionId, EventReceiver, PublishOutcome,
+};
 use crate::queue::storage::{MessageReader, QueueStorage};
 use crate::queue::{
     ChannelGate, ConsumerSpec, DELIVERY_CREDIT, GetResult, Incoming, PUBLISH_CREDIT_MORE_AFTER,
@@ -128,7 +130,7 @@ struct Harness {
     /// Dead letters the queue handed out, with why.
     dead: Vec<(Arc<Message>, Reason)>,
     connections: HashMap<ConnectionId, EventReceiver>,
-    senders: HashMap<ConnectionId, crate::events::EventSender>,
+    senders: HashMap<ConnectionId, crate::queue::events::EventSender>,
 }
 
 const START: u64 = 1_000_000;
@@ -197,7 +199,7 @@ impl Harness {
         Harness::new(&[], false, false)
     }
 
-    fn events(&mut self, connection: ConnectionId) -> crate::events::EventSender {
+    fn events(&mut self, connection: ConnectionId) -> crate::queue::events::EventSender {
         if let Some(sender) = self.senders.get(&connection) {
             return sender.clone();
         }

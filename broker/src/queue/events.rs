@@ -1,4 +1,5 @@
-//! What queues tell connections: deliveries, publish outcomes, credit, cancellations.
+//! What queues tell connections: deliveries, publish outcomes, credit, cancellations (the other
+//! half of the queue protocol, beside [`QueueCommand`](super::QueueCommand)).
 //!
 //! Each connection has one unbounded mailbox of [`ConnectionEvent`]s. It is unbounded on
 //! purpose: a queue must never wait on a connection (a connection may itself be waiting on that
@@ -10,8 +11,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use warren_wire::ShortString;
 
+use super::QueueHandle;
 use crate::message::Message;
-use crate::queue::QueueHandle;
 
 /// A connection's mailbox.
 pub type EventSender = mpsc::UnboundedSender<ConnectionEvent>;
