@@ -166,12 +166,15 @@ async fn order_confirms_and_acks(site: &Site) {
         let delivery = next(&mut consumer).await;
         assert_eq!(&text(&delivery), expected, "{}: in order", site.kind);
         assert!(!delivery.redelivered, "{}", site.kind);
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("the broker answers");
     }
     channel
         .basic_cancel("c".into(), BasicCancelOptions::default())
         .await
-        .unwrap();
+        .expect("the broker answers");
     assert_eq!(site.counts("contract-order").await, (0, 0), "{}", site.kind);
 }
 
@@ -182,7 +185,7 @@ async fn requeue_marks_redelivered(site: &Site) {
     let first = channel
         .basic_get("contract-requeue".into(), BasicGetOptions::default())
         .await
-        .unwrap()
+        .expect("the broker answers")
         .expect("a message");
     assert!(!first.delivery.redelivered, "{}", site.kind);
     first
@@ -192,13 +195,13 @@ async fn requeue_marks_redelivered(site: &Site) {
             ..Default::default()
         })
         .await
-        .unwrap();
+        .expect("the broker answers");
     let again = promptly("the requeued message", async {
         loop {
             if let Some(got) = channel
                 .basic_get("contract-requeue".into(), BasicGetOptions::default())
                 .await
-                .unwrap()
+                .expect("the broker answers")
             {
                 return got;
             }
@@ -216,7 +219,7 @@ async fn requeue_marks_redelivered(site: &Site) {
         .delivery
         .ack(BasicAckOptions::default())
         .await
-        .unwrap();
+        .expect("the broker answers");
 }
 
 async fn prefetch_bounds_what_a_consumer_holds(site: &Site) {
@@ -227,13 +230,16 @@ async fn prefetch_bounds_what_a_consumer_holds(site: &Site) {
     channel
         .basic_qos(2, BasicQosOptions::default())
         .await
-        .unwrap();
+        .expect("the broker answers");
     let mut consumer = consume(&channel, "contract-prefetch", "c", FieldTable::default()).await;
     let first = next(&mut consumer).await;
     let second = next(&mut consumer).await;
     assert_eq!((text(&first), text(&second)), ("0".into(), "1".into()));
     nothing_more(&mut consumer, site.kind).await;
-    first.ack(BasicAckOptions::default()).await.unwrap();
+    first
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("the broker answers");
     assert_eq!(text(&next(&mut consumer).await), "2", "{}", site.kind);
     nothing_more(&mut consumer, site.kind).await;
 }
@@ -249,7 +255,10 @@ async fn consumer_priorities(site: &Site) {
     for expected in ["0", "1", "2"] {
         let delivery = next(&mut high).await;
         assert_eq!(text(&delivery), expected, "{}", site.kind);
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("the broker answers");
     }
     nothing_more(&mut low, site.kind).await;
 }
@@ -267,13 +276,16 @@ async fn single_active_consumer(site: &Site) {
     for expected in ["0", "1"] {
         let delivery = next(&mut first).await;
         assert_eq!(text(&delivery), expected, "{}", site.kind);
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("the broker answers");
     }
     nothing_more(&mut second, site.kind).await;
     channel
         .basic_cancel("first".into(), BasicCancelOptions::default())
         .await
-        .unwrap();
+        .expect("the broker answers");
     site.publish("contract-sac", &["2"]).await;
     let delivery = next(&mut second).await;
     assert_eq!(
@@ -282,7 +294,10 @@ async fn single_active_consumer(site: &Site) {
         "{}: the next one takes over",
         site.kind
     );
-    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("the broker answers");
 }
 
 async fn rejection_dead_letters(site: &Site) {
@@ -305,7 +320,7 @@ async fn rejection_dead_letters(site: &Site) {
     delivery
         .reject(BasicRejectOptions { requeue: false })
         .await
-        .unwrap();
+        .expect("the broker answers");
     let mut dead = consume(&channel, "contract-dead", "d", FieldTable::default()).await;
     let delivery = next(&mut dead).await;
     assert_eq!(text(&delivery), "refused", "{}", site.kind);
@@ -332,7 +347,10 @@ async fn rejection_dead_letters(site: &Site) {
         "{}",
         site.kind
     );
-    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("the broker answers");
 }
 
 async fn max_length_drops_the_head(site: &Site) {
@@ -344,7 +362,7 @@ async fn max_length_drops_the_head(site: &Site) {
     while let Some(message) = channel
         .basic_get("contract-max".into(), BasicGetOptions { no_ack: true })
         .await
-        .unwrap()
+        .expect("the broker answers")
     {
         got.push(text(&message.delivery));
     }
@@ -358,7 +376,7 @@ async fn get_purge_and_counts(site: &Site) {
     let got = channel
         .basic_get("contract-purge".into(), BasicGetOptions { no_ack: true })
         .await
-        .unwrap()
+        .expect("the broker answers")
         .expect("a message");
     assert_eq!(
         (text(&got.delivery), got.message_count),
@@ -369,7 +387,7 @@ async fn get_purge_and_counts(site: &Site) {
     let purged = channel
         .queue_purge("contract-purge".into(), QueuePurgeOptions::default())
         .await
-        .unwrap();
+        .expect("the broker answers");
     assert_eq!(purged, 3, "{}", site.kind);
     assert_eq!(site.counts("contract-purge").await, (0, 0), "{}", site.kind);
 }
