@@ -717,6 +717,90 @@ impl GroupStore {
             .is_none_or(|group| group.durable_through(tag))
     }
 
+    /// After a failed write: the group as a restart of the node would find it on disk, once
+    /// the disk takes writes again and none of the group's is in flight. The store forgets
+    /// what was never written (entries from the first unwritten one on: never promised, as a
+    /// member's promises wait for its writes) and the failure; the hard state is the last one
+    /// written (a vote not on disk was never sent). Refused while the group's snapshot is not
+    /// on disk (an installed one whose write failed): the node's restart recovers that.
+    pub fn reopen(&mut self, id: GroupId) -> Result<RecoveredGroup, String> {
+        if self.wal.is_failing() {
+            return Err("the disk still fails writes".into());
+        }
+        if self.inflight.values().any(|(group, _)| *group == id) {
+            return Err("writes of the group are in flight".into());
+        }
+        let group = self
+            .groups
+            .get(&id)
+            .ok_or_else(|| format!("group {id} is not on this node"))?;
+        if group.failed.is_none() || group.deleted {
+            return Err(format!("group {id} has no failed write"));
+        }
+        if !group.on_disk {
+            return Err(format!("group {id}: its snapshot is not on disk"));
+        }
+        let hard_state = match group.hard {
+            None => HardState::default(),
+            Some(position) => {
+                let bytes = self
+                    .reader
+                    .read(position)
+                    .map_err(|error| format!("group {id}: its hard state: {error}"))?;
+                match decode(&bytes) {
+                    Ok((group_id, Body::Hard(hard))) if group_id == id => hard,
+                    Ok(_) => {
+                        return Err(format!(
+                            "group {id}: another record where its hard state was"
+                        ));
+                    }
+                    Err(error) => return Err(format!("group {id}: its hard state: {error}")),
+                }
+            }
+        };
+        let snapshot = self.snapshot(id)?;
+        // The written entries after the snapshot, up to the first that is not.
+        let written: Vec<(u64, u64)> = group
+            .entries
+            .range(snapshot.meta.index + 1..)
+            .scan(snapshot.meta.index + 1, |expected, (index, slot)| {
+                let next = index == *expected && slot.position.is_some();
+                *expected += 1;
+                next.then_some((index, slot.term))
+            })
+            .collect();
+        let mut entries = Vec::with_capacity(written.len());
+        for (index, term) in &written {
+            let entry = self.entry(id, *index)?;
+            let membership = match &entry.payload {
+                Payload::Membership(membership) => Some(membership.clone()),
+                _ => None,
+            };
+            entries.push((*index, *term, entry.payload.size(), membership));
+        }
+        let end = written
+            .last()
+            .map_or(snapshot.meta.index + 1, |(index, _)| index + 1);
+        let group = self.groups.get_mut(&id).expect("looked up above");
+        group.drop_entries(end.., |_| true);
+        group.outstanding.clear();
+        group.compacting = None;
+        group.failed = None;
+        // What the failed write held back can be released now.
+        for (_, position) in std::mem::take(&mut group.releases) {
+            self.wal.release(Stream::Groups, position, id);
+        }
+        Ok(RecoveredGroup {
+            restored: super::Restored {
+                hard_state,
+                snapshot: snapshot.meta.clone(),
+                entries,
+                commit: snapshot.meta.index,
+            },
+            snapshot,
+        })
+    }
+
     /// Why the group's writes failed, if they did.
     pub fn failure(&self, id: GroupId) -> Option<&str> {
         self.groups.get(&id)?.failed.as_deref()

@@ -210,6 +210,11 @@ impl QuorumHub {
         &self.node
     }
 
+    /// The counters of the node's group host (batches, rounds, members stopped and restarted).
+    pub async fn host_stats(&self) -> warren_cluster::multiraft::host::HostStats {
+        self.host().stats().await
+    }
+
     /// Sets the node's `consumer_timeout` (ms).
     pub(crate) fn set_consumer_timeout(&self, timeout: u64) {
         self.consumer_timeout

@@ -179,6 +179,10 @@ pub struct HostStats {
     pub dropped: u64,
     /// Rounds the runner went through.
     pub rounds: u64,
+    /// Members stopped by a failed write.
+    pub member_stops: u64,
+    /// Members restarted in place from their log on disk after one.
+    pub member_restarts: u64,
 }
 
 /// Timing of the host and its groups.

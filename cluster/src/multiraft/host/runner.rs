@@ -34,6 +34,11 @@ use crate::multiraft::message::{Action, Entry, MemberId, Membership, Message, Pa
 use crate::multiraft::storage::{GroupId, GroupStore, RecoveredGroup, Snapshot, Written};
 use crate::transport::{Transport, TransportError};
 
+/// How long a member a failed write stopped waits before it first tries to restart (ms), and
+/// the longest wait between tries.
+const RESTART_FIRST_WAIT: u64 = 2_000;
+const RESTART_MAX_WAIT: u64 = 10_000;
+
 /// Who waits for a proposal.
 enum Origin {
     Local(Reply<Vec<Bytes>>),
@@ -116,6 +121,13 @@ pub(super) struct Runner {
     members: HashMap<GroupId, Member>,
     /// Groups whose member stopped, and why.
     stopped: HashMap<GroupId, String>,
+    /// Members stopped by a failed write, to restart from their log on disk: when to try
+    /// next and the wait after that (runner milliseconds).
+    restarts: HashMap<GroupId, (u64, u64)>,
+    /// When each member last restarted that way, and the wait it had before.
+    restarted: HashMap<GroupId, (u64, u64)>,
+    /// Makes the machine of a member that restarts.
+    factory: MachineFactory,
     routes: HashMap<GroupId, Route>,
     dirty: BTreeSet<GroupId>,
     outbox: Outboxes,
@@ -149,6 +161,9 @@ impl Runner {
             store,
             members: HashMap::new(),
             stopped: HashMap::new(),
+            restarts: HashMap::new(),
+            restarted: HashMap::new(),
+            factory: Box::new(|_| None),
             routes: HashMap::new(),
             dirty: BTreeSet::new(),
             outbox: HashMap::new(),
@@ -193,6 +208,7 @@ impl Runner {
             );
             runner.dirty.insert(group);
         }
+        runner.factory = factory;
         runner
     }
 
@@ -671,6 +687,66 @@ impl Runner {
         Ok(())
     }
 
+    /// Restarts a member a failed write stopped, from what its log holds on disk (as the
+    /// node's restart would); tried again later, waiting longer each time, while the disk still
+    /// fails or the store cannot rebuild it in place.
+    fn restart(&mut self, group: GroupId, now: u64) {
+        let Some((_, wait)) = self.restarts.get(&group).copied() else {
+            return;
+        };
+        if !self.stopped.contains_key(&group) || self.members.contains_key(&group) {
+            self.restarts.remove(&group);
+            return;
+        }
+        let Some(mut machine) = (self.factory)(group) else {
+            tracing::warn!("group {group} is unknown to the node: its member stays stopped");
+            self.restarts.remove(&group);
+            return;
+        };
+        let recovered = match self.store.reopen(group) {
+            Ok(recovered) => recovered,
+            Err(reason) => {
+                let wait = (wait * 2).min(RESTART_MAX_WAIT);
+                tracing::debug!("group {group}: the member does not restart yet: {reason}");
+                self.restarts.insert(group, (now + wait, wait));
+                return;
+            }
+        };
+        if let Err(error) = machine.restore(&recovered.snapshot.data) {
+            tracing::error!("group {group}: its snapshot does not restore: {error}");
+            self.restarts.remove(&group);
+            self.stopped.insert(group, error);
+            return;
+        }
+        let raft = Raft::restore(
+            self.config.member,
+            self.config.raft.clone(),
+            self.rng.u64(..),
+            recovered.restored,
+            now,
+        );
+        tracing::info!(
+            "group {group}: the member restarts from its log on disk (up to entry {})",
+            raft.last_index()
+        );
+        self.members.insert(
+            group,
+            Member {
+                applied: raft.snapshot_index(),
+                raft,
+                machine,
+                pending: BTreeMap::new(),
+                held: VecDeque::new(),
+            },
+        );
+        self.restarts.remove(&group);
+        self.restarted.insert(group, (now, wait));
+        self.stats.member_restarts += 1;
+        self.stopped.remove(&group);
+        self.routes.remove(&group);
+        self.dirty.insert(group);
+    }
+
     /// Deletes this node's member of a group and its log.
     fn delete(&mut self, group: GroupId) {
         if let Some(member) = self.members.remove(&group) {
@@ -680,6 +756,8 @@ impl Runner {
             }
         }
         self.stopped.remove(&group);
+        self.restarts.remove(&group);
+        self.restarted.remove(&group);
         self.store.delete(group);
     }
 
@@ -706,6 +784,15 @@ impl Runner {
 
     fn tick(&mut self) {
         let now = self.now();
+        let due: Vec<GroupId> = self
+            .restarts
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(group, _)| *group)
+            .collect();
+        for group in due {
+            self.restart(group, now);
+        }
         for (group, member) in &mut self.members {
             if member.raft.next_deadline() <= now {
                 member.raft.tick(now);
@@ -762,6 +849,17 @@ impl Runner {
                 Written::Failed(group, reason) => {
                     tracing::error!("group {group}: a write failed, the member stops: {reason}");
                     self.stop(group, reason);
+                    self.stats.member_stops += 1;
+                    // A member that fails again soon after its restart waits longer each time
+                    // (a disk that takes a probe but not the member's writes).
+                    let now = self.now();
+                    let wait = match self.restarted.get(&group) {
+                        Some((at, wait)) if now < at + RESTART_MAX_WAIT * 6 => {
+                            (wait * 2).min(RESTART_MAX_WAIT)
+                        }
+                        _ => RESTART_FIRST_WAIT,
+                    };
+                    self.restarts.insert(group, (now + wait, wait));
                 }
             }
         }
