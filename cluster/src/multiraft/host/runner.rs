@@ -177,36 +177,14 @@ impl Runner {
         };
         let now = runner.now();
         for (group, found) in recovered {
-            let Some(mut machine) = factory(group) else {
+            let Some(machine) = factory(group) else {
                 tracing::warn!("group {group} is on disk but unknown to the node: left stopped");
                 runner
                     .stopped
                     .insert(group, "unknown to the node".to_string());
                 continue;
             };
-            if let Err(error) = machine.restore(&found.snapshot.data) {
-                tracing::error!("group {group}: its snapshot does not restore: {error}");
-                runner.stopped.insert(group, error);
-                continue;
-            }
-            let raft = Raft::restore(
-                runner.config.member,
-                runner.config.raft.clone(),
-                runner.rng.u64(..),
-                found.restored,
-                now,
-            );
-            runner.members.insert(
-                group,
-                Member {
-                    applied: raft.snapshot_index(),
-                    raft,
-                    machine,
-                    pending: BTreeMap::new(),
-                    held: VecDeque::new(),
-                },
-            );
-            runner.dirty.insert(group);
+            runner.resume(group, found, machine, now);
         }
         runner.factory = factory;
         runner
@@ -698,7 +676,7 @@ impl Runner {
             self.restarts.remove(&group);
             return;
         }
-        let Some(mut machine) = (self.factory)(group) else {
+        let Some(machine) = (self.factory)(group) else {
             tracing::warn!("group {group} is unknown to the node: its member stays stopped");
             self.restarts.remove(&group);
             return;
@@ -712,11 +690,34 @@ impl Runner {
                 return;
             }
         };
+        self.restarts.remove(&group);
+        if !self.resume(group, recovered, machine, now) {
+            return;
+        }
+        tracing::info!(
+            "group {group}: the member restarts from its log on disk (up to entry {})",
+            self.members[&group].raft.last_index()
+        );
+        self.restarted.insert(group, (now, wait));
+        self.stats.member_restarts += 1;
+        self.stopped.remove(&group);
+        self.routes.remove(&group);
+    }
+
+    /// Makes the member of a group from what its log holds on disk (at the node's start, or
+    /// restarting after a failed write); false, and the group stopped, when its snapshot does
+    /// not restore.
+    fn resume(
+        &mut self,
+        group: GroupId,
+        recovered: RecoveredGroup,
+        mut machine: Box<dyn Machine>,
+        now: u64,
+    ) -> bool {
         if let Err(error) = machine.restore(&recovered.snapshot.data) {
             tracing::error!("group {group}: its snapshot does not restore: {error}");
-            self.restarts.remove(&group);
             self.stopped.insert(group, error);
-            return;
+            return false;
         }
         let raft = Raft::restore(
             self.config.member,
@@ -724,10 +725,6 @@ impl Runner {
             self.rng.u64(..),
             recovered.restored,
             now,
-        );
-        tracing::info!(
-            "group {group}: the member restarts from its log on disk (up to entry {})",
-            raft.last_index()
         );
         self.members.insert(
             group,
@@ -739,12 +736,8 @@ impl Runner {
                 held: VecDeque::new(),
             },
         );
-        self.restarts.remove(&group);
-        self.restarted.insert(group, (now, wait));
-        self.stats.member_restarts += 1;
-        self.stopped.remove(&group);
-        self.routes.remove(&group);
         self.dirty.insert(group);
+        true
     }
 
     /// Deletes this node's member of a group and its log.
