@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicQosOptions, BasicRejectOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicCancelOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use warren_testkit::TestCluster;
 use warren_tests::{PROMPTLY, promptly};
 
 use crate::quorum::{channel, durable, publish_confirmed};
+use crate::quorum_consumers::{consumer, quiet};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -122,33 +122,6 @@ async fn next(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
         .expect("a delivery")
 }
 
-/// Nothing more arrives for `consumer` while the queue settles: deliveries come in well under
-/// this on every type, so an extra one would have shown.
-async fn nothing_more(consumer: &mut lapin::Consumer, kind: &str) {
-    if let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
-    {
-        panic!("{kind}: an unexpected delivery {:?}", text(&delivery));
-    }
-}
-
-async fn consume(
-    channel: &lapin::Channel,
-    queue: &str,
-    tag: &str,
-    arguments: FieldTable,
-) -> lapin::Consumer {
-    channel
-        .basic_consume(
-            queue.into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            arguments,
-        )
-        .await
-        .expect("consuming")
-}
-
 async fn order_confirms_and_acks(site: &Site) {
     site.declare("contract-order", &[]).await;
     let bodies: Vec<String> = (0..20).map(|i| format!("m-{i}")).collect();
@@ -161,7 +134,7 @@ async fn order_confirms_and_acks(site: &Site) {
         site.kind
     );
     let (_connection, channel) = site.consuming().await;
-    let mut consumer = consume(&channel, "contract-order", "c", FieldTable::default()).await;
+    let mut consumer = consumer(&channel, "contract-order", "c", None).await;
     for expected in &bodies {
         let delivery = next(&mut consumer).await;
         assert_eq!(&text(&delivery), expected, "{}: in order", site.kind);
@@ -231,26 +204,24 @@ async fn prefetch_bounds_what_a_consumer_holds(site: &Site) {
         .basic_qos(2, BasicQosOptions::default())
         .await
         .expect("the broker answers");
-    let mut consumer = consume(&channel, "contract-prefetch", "c", FieldTable::default()).await;
+    let mut consumer = consumer(&channel, "contract-prefetch", "c", None).await;
     let first = next(&mut consumer).await;
     let second = next(&mut consumer).await;
     assert_eq!((text(&first), text(&second)), ("0".into(), "1".into()));
-    nothing_more(&mut consumer, site.kind).await;
+    quiet(&mut consumer).await;
     first
         .ack(BasicAckOptions::default())
         .await
         .expect("the broker answers");
     assert_eq!(text(&next(&mut consumer).await), "2", "{}", site.kind);
-    nothing_more(&mut consumer, site.kind).await;
+    quiet(&mut consumer).await;
 }
 
 async fn consumer_priorities(site: &Site) {
     site.declare("contract-priority", &[]).await;
     let (_connection, channel) = site.consuming().await;
-    let mut low = consume(&channel, "contract-priority", "low", FieldTable::default()).await;
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-priority".into(), AMQPValue::LongInt(10));
-    let mut high = consume(&channel, "contract-priority", "high", arguments).await;
+    let mut low = consumer(&channel, "contract-priority", "low", None).await;
+    let mut high = consumer(&channel, "contract-priority", "high", Some(10)).await;
     site.publish("contract-priority", &["0", "1", "2"]).await;
     for expected in ["0", "1", "2"] {
         let delivery = next(&mut high).await;
@@ -260,7 +231,7 @@ async fn consumer_priorities(site: &Site) {
             .await
             .expect("the broker answers");
     }
-    nothing_more(&mut low, site.kind).await;
+    quiet(&mut low).await;
 }
 
 async fn single_active_consumer(site: &Site) {
@@ -270,8 +241,8 @@ async fn single_active_consumer(site: &Site) {
     )
     .await;
     let (_connection, channel) = site.consuming().await;
-    let mut first = consume(&channel, "contract-sac", "first", FieldTable::default()).await;
-    let mut second = consume(&channel, "contract-sac", "second", FieldTable::default()).await;
+    let mut first = consumer(&channel, "contract-sac", "first", None).await;
+    let mut second = consumer(&channel, "contract-sac", "second", None).await;
     site.publish("contract-sac", &["0", "1"]).await;
     for expected in ["0", "1"] {
         let delivery = next(&mut first).await;
@@ -281,7 +252,7 @@ async fn single_active_consumer(site: &Site) {
             .await
             .expect("the broker answers");
     }
-    nothing_more(&mut second, site.kind).await;
+    quiet(&mut second).await;
     channel
         .basic_cancel("first".into(), BasicCancelOptions::default())
         .await
@@ -315,13 +286,13 @@ async fn rejection_dead_letters(site: &Site) {
     .await;
     site.publish("contract-rejecting", &["refused"]).await;
     let (_connection, channel) = site.consuming().await;
-    let mut rejecting = consume(&channel, "contract-rejecting", "r", FieldTable::default()).await;
+    let mut rejecting = consumer(&channel, "contract-rejecting", "r", None).await;
     let delivery = next(&mut rejecting).await;
     delivery
         .reject(BasicRejectOptions { requeue: false })
         .await
         .expect("the broker answers");
-    let mut dead = consume(&channel, "contract-dead", "d", FieldTable::default()).await;
+    let mut dead = consumer(&channel, "contract-dead", "d", None).await;
     let delivery = next(&mut dead).await;
     assert_eq!(text(&delivery), "refused", "{}", site.kind);
     let headers = delivery

@@ -14,7 +14,7 @@ use crate::quorum::{body, channel, confirming, durable, publish_confirmed, quoru
 
 const SETTLE: Duration = Duration::from_secs(20);
 
-async fn consumer(
+pub(crate) async fn consumer(
     channel: &lapin::Channel,
     queue: &str,
     tag: &str,
@@ -36,7 +36,7 @@ async fn consumer(
 }
 
 /// Nothing comes to `consumer` for a while.
-async fn quiet(consumer: &mut lapin::Consumer) {
+pub(crate) async fn quiet(consumer: &mut lapin::Consumer) {
     let next = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
     assert!(next.is_err(), "got {next:?}");
 }
