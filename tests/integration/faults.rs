@@ -378,6 +378,28 @@ async fn a_torn_metadata_tail_loses_only_the_last_change() {
 /// A small filesystem to fill: a size-limited tmpfs, unmounted when dropped.
 struct SmallFilesystem(PathBuf);
 
+/// Publishes `count` persistent copies of `body` to "filled", each confirmed (an ack) within
+/// 20 s before the next goes; `what` says what a missing confirm means.
+async fn publish_each_confirmed(channel: &lapin::Channel, body: &[u8], count: usize, what: &str) {
+    for _ in 0..count {
+        let confirm = channel
+            .basic_publish(
+                short(""),
+                short("filled"),
+                BasicPublishOptions::default(),
+                body,
+                persistent(),
+            )
+            .await
+            .expect("published");
+        let confirmation = tokio::time::timeout(Duration::from_secs(20), confirm)
+            .await
+            .unwrap_or_else(|_| panic!("{what}"))
+            .expect("a confirmation");
+        assert!(confirmation.is_ack(), "{confirmation:?}");
+    }
+}
+
 impl SmallFilesystem {
     /// A tmpfs of `size`; `None` (reported as a skip, a failure in CI) where none can be
     /// mounted.
@@ -643,23 +665,13 @@ async fn a_full_disk_on_one_quorum_queue_member_costs_the_queue_nothing() {
     // failed write, blocks publishers across the cluster until a probe write succeeds again.)
     let body = vec![7u8; 16 * 1024];
     let confirmed = 384;
-    for _ in 0..confirmed {
-        let confirm = on_first
-            .basic_publish(
-                short(""),
-                short("filled"),
-                BasicPublishOptions::default(),
-                &body,
-                persistent(),
-            )
-            .await
-            .expect("published");
-        let confirmation = tokio::time::timeout(Duration::from_secs(20), confirm)
-            .await
-            .expect("the majority confirms while node 2's disk is full")
-            .expect("a confirmation");
-        assert!(confirmation.is_ack(), "{confirmation:?}");
-    }
+    publish_each_confirmed(
+        &on_first,
+        &body,
+        confirmed,
+        "the majority confirms while node 2's disk is full",
+    )
+    .await;
     let id = cluster
         .node(2)
         .broker()
@@ -739,23 +751,13 @@ async fn a_full_disk_on_one_quorum_queue_member_costs_the_queue_nothing() {
         .await
         .expect("confirms");
     let more = 20;
-    for _ in 0..more {
-        let confirm = on_second
-            .basic_publish(
-                short(""),
-                short("filled"),
-                BasicPublishOptions::default(),
-                &body,
-                persistent(),
-            )
-            .await
-            .expect("published");
-        let confirmation = tokio::time::timeout(Duration::from_secs(20), confirm)
-            .await
-            .expect("nodes 1 and 2 confirm without node 0")
-            .expect("a confirmation");
-        assert!(confirmation.is_ack(), "{confirmation:?}");
-    }
+    publish_each_confirmed(
+        &on_second,
+        &body,
+        more,
+        "nodes 1 and 2 confirm without node 0",
+    )
+    .await;
     let (_c, after) = open_url(&cluster.node(2).url()).await;
     let rest = drain(&after, "filled").await;
     assert_eq!(
