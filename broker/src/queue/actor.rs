@@ -45,10 +45,12 @@ pub(crate) fn spawn(
         arguments: spec.arguments,
         config,
         home: None,
+        counters: Arc::default(),
         commands,
     }));
     let reader = storage.reader();
     let state = QueueState::new(handle.clone(), now_ms(), Box::new(storage), recovered);
+    handle.counters.store(state.counters());
     let tasks = env.tasks();
     tasks.tracker.spawn(run(
         state,
@@ -150,6 +152,7 @@ async fn run(
         dead_letter_all(&state, &env, &mut outbox, now);
         page_in(&state, reader.as_ref(), &mut outbox);
         outbox.flush(&state);
+        state.queue().counters.store(state.counters());
     }
 }
 

@@ -30,6 +30,7 @@
 
 mod actor;
 pub mod arguments;
+pub mod counters;
 pub mod dead_letter;
 pub mod dispatch;
 pub mod env;
@@ -51,6 +52,7 @@ use crate::queue::events::{ChannelKey, ConnectionId, EventSender};
 
 pub(crate) use actor::spawn;
 pub use arguments::QueueConfig;
+pub use counters::QueueCounters;
 pub use env::QueueEnv;
 pub(crate) use ready::Queued;
 pub use state::QueueState;
@@ -92,6 +94,9 @@ pub struct QueueShared {
     pub config: QueueConfig,
     /// The node that hosts it, when that is another node (this handle then leads to a proxy).
     pub home: Option<warren_cluster::NodeName>,
+    /// Its numbers, as whatever holds its state last stored them (zero behind a proxy: the
+    /// home node has them).
+    pub counters: Arc<QueueCounters>,
     commands: mpsc::UnboundedSender<QueueCommand>,
 }
 
@@ -137,6 +142,7 @@ impl QueueHandle {
             arguments: spec.arguments,
             config,
             home: Some(home),
+            counters: Arc::default(),
             commands,
         }))
     }

@@ -70,6 +70,7 @@ pub(crate) fn spawn(
         arguments: spec.arguments,
         config,
         home: None,
+        counters: hub.counters(id),
         commands,
     }));
     let (events, event_mailbox) = mpsc::unbounded_channel();

@@ -25,9 +25,11 @@ use warren_cluster::multiraft::{MemberId, Membership};
 use warren_cluster::transport::{BoxFuture, LinkEvent, Service};
 use warren_cluster::{NodeName, Transport};
 
-use super::state::{Command, ConsumerKey, Effect, Limits, QuorumState, Reply};
+use super::state::{Command, ConsumerKey, Effect, Enqueued, Limits, Outcome, QuorumState, Reply};
 #[cfg(doc)]
 use crate::message::Reason;
+use crate::queue::QueueCounters;
+use crate::queue::counters::{CountersSnapshot, Totals};
 
 /// The transport service deliveries to other nodes' fronts go on.
 pub const QUORUM_SERVICE: u16 = 14;
@@ -129,6 +131,9 @@ pub struct QuorumHub {
     homes: Mutex<HashMap<u64, String>>,
     /// `consumer_timeout` (ms), for consumers whose queue or arguments set none.
     consumer_timeout: std::sync::atomic::AtomicU64,
+    /// Each queue's counters, shared by its front's handle and this node's member (which
+    /// stores them as it applies).
+    counters: Mutex<HashMap<u64, Arc<QueueCounters>>>,
 }
 
 impl std::fmt::Debug for QuorumHub {
@@ -158,6 +163,7 @@ impl QuorumHub {
             placements: Mutex::new(HashMap::new()),
             homes: Mutex::new(HashMap::new()),
             consumer_timeout: std::sync::atomic::AtomicU64::new(1_800_000),
+            counters: Mutex::new(HashMap::new()),
         });
         hub.members.learn(member, transport.node());
         transport.register(
@@ -261,10 +267,17 @@ impl QuorumHub {
         })
     }
 
+    /// The counters of the queue `queue` on this node.
+    pub(crate) fn counters(&self, queue: u64) -> Arc<QueueCounters> {
+        self.counters.lock().entry(queue).or_default().clone()
+    }
+
     /// A machine for the queue `queue`.
     pub(crate) fn machine(self: &Arc<Self>, queue: u64) -> Box<dyn Machine> {
         Box::new(QuorumMachine {
             queue,
+            counters: self.counters(queue),
+            totals: Totals::default(),
             state: QuorumState::default(),
             hub: Arc::downgrade(self),
             effects: Vec::new(),
@@ -396,6 +409,7 @@ impl QuorumHub {
         self.limits.lock().remove(&queue);
         self.placements.lock().remove(&queue);
         self.homes.lock().remove(&queue);
+        self.counters.lock().remove(&queue);
         let member = self.local.lock().remove(&queue);
         let host = self.host().clone();
         host.route(queue, None);
@@ -528,6 +542,10 @@ impl Service for HubService {
 /// the leader.
 struct QuorumMachine {
     queue: u64,
+    /// Where this member's view of the queue's numbers goes after each entry.
+    counters: Arc<QueueCounters>,
+    /// What this member saw applied (deliveries: while it leads).
+    totals: Totals,
     state: QuorumState,
     hub: Weak<QuorumHub>,
     effects: Vec<Effect>,
@@ -560,6 +578,18 @@ fn enqueued_message(log: &Log<'_>, id: u64) -> Result<Bytes, String> {
     }
 }
 
+impl QuorumMachine {
+    fn store_counters(&self) {
+        self.counters.store(CountersSnapshot {
+            ready: u64::from(self.state.messages()),
+            unacknowledged: u64::from(self.state.unacked()),
+            ready_bytes: self.state.ready_bytes(),
+            consumers: u64::from(self.state.consumers()),
+            totals: self.totals,
+        });
+    }
+}
+
 impl Machine for QuorumMachine {
     fn apply(&mut self, index: u64, command: &[u8], log: &Log<'_>) -> Bytes {
         let (now, command) = match Command::decode(command) {
@@ -576,8 +606,30 @@ impl Machine for QuorumMachine {
         // After a tick the deadline is told again, even if unchanged (the tick came early,
         // or its front waits to tick again); so is it to a new leader's front.
         let tell_deadline = matches!(command, Command::Tick | Command::Lead { .. });
+        if let Command::Settle {
+            outcome: Outcome::Ack,
+            ids,
+            ..
+        } = &command
+        {
+            self.totals.acknowledged += ids.len() as u64;
+        }
         let mut reply = self.state.apply(index, now, command, &mut self.effects);
         let effects = std::mem::take(&mut self.effects);
+        if matches!(reply, Reply::Enqueued(Enqueued::Accepted)) {
+            self.totals.published += 1;
+        }
+        for effect in &effects {
+            if let Effect::Deliver { redelivered, .. } = effect {
+                self.totals.delivered += 1;
+                self.totals.redelivered += u64::from(*redelivered);
+            }
+        }
+        if let Reply::Got(Some(got)) = &reply {
+            self.totals.delivered += 1;
+            self.totals.redelivered += u64::from(got.redelivered);
+        }
+        self.store_counters();
         if !log.leading() {
             return reply.encode();
         }
@@ -676,6 +728,7 @@ impl Machine for QuorumMachine {
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         self.state = postcard::from_bytes(data).map_err(|e| e.to_string())?;
+        self.store_counters();
         Ok(())
     }
 

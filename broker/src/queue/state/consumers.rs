@@ -148,6 +148,8 @@ impl QueueState {
                 );
                 let channel = consumer.spec.channel;
                 let consumer_id = consumer.id;
+                self.totals.delivered += 1;
+                self.totals.redelivered += u64::from(delivery.redelivered);
                 outbox.deliver(connection, &events, delivery);
                 if needs_ack {
                     self.note_delivered(&queued);

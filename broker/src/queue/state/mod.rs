@@ -34,6 +34,7 @@ use tokio::sync::oneshot;
 use warren_storage::Stream;
 
 use super::arguments::QueueConfig;
+use super::counters::{CountersSnapshot, Totals};
 use super::ready::{Queued, REDELIVERED, Ready};
 use super::storage::QueueStorage;
 use super::{QueueCommand, QueueHandle, QueueStats, StorageEvent};
@@ -94,6 +95,8 @@ pub struct QueueState {
     reading: HashSet<u64>,
     /// Publisher confirms decided outside a command that has the outbox at hand.
     confirmations: Vec<(ConnectionId, (u16, u64), bool)>,
+    /// What it has done so far, for the read model.
+    totals: Totals,
 }
 impl QueueState {
     /// A queue with the messages recovered from disk (oldest first), if any.
@@ -131,6 +134,7 @@ impl QueueState {
             resident_bytes: 0,
             reading: HashSet::new(),
             confirmations: Vec::new(),
+            totals: Totals::default(),
         }
     }
 
@@ -304,6 +308,17 @@ impl QueueState {
             QueueCommand::Storage(StorageEvent::Relocate { stream, segment }) => {
                 self.relocate(stream, segment)
             }
+        }
+    }
+
+    /// The queue's numbers for the read model.
+    pub fn counters(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            ready: self.ready.len() as u64,
+            unacknowledged: self.unacked.len() as u64,
+            ready_bytes: 0,
+            consumers: self.consumers.len() as u64,
+            totals: self.totals,
         }
     }
 

@@ -65,6 +65,7 @@ impl QueueState {
                 outbox.settle(publisher, incoming.confirm, true);
             }
             self.enqueue(queued);
+            self.totals.published += 1;
             if limited && overflow == Overflow::DropHead {
                 self.drop_head_while_over_limit(now, outbox);
             }

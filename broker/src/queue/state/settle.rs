@@ -34,7 +34,10 @@ impl QueueState {
                 consumer.unacked = consumer.unacked.saturating_sub(1);
             }
             match outcome {
-                Settlement::Ack => self.forget(unacked.queued),
+                Settlement::Ack => {
+                    self.totals.acknowledged += 1;
+                    self.forget(unacked.queued)
+                }
                 Settlement::Discard => {
                     self.dead_letter_queued(unacked.queued, Reason::Rejected, now, outbox)
                 }
@@ -81,6 +84,8 @@ impl QueueState {
             redelivered: queued.is(REDELIVERED),
             remaining: self.ready.len() as u32,
         };
+        self.totals.delivered += 1;
+        self.totals.redelivered += u64::from(result.redelivered);
         if no_ack {
             self.forget(queued);
         } else {

@@ -181,6 +181,7 @@ impl Harness {
             arguments,
             config,
             home: None,
+            counters: Default::default(),
             commands,
         }));
         let disk = FakeStorage::default();
@@ -915,4 +916,35 @@ fn a_long_queue_pages_its_tail_out_and_reads_it_back_in_order() {
     assert_eq!(bodies, expected);
     // Every paging record is released once its message is gone.
     assert_eq!(queue.disk.0.lock().released.len(), paged);
+}
+
+#[test]
+fn the_counters_follow_publishes_deliveries_acks_and_redeliveries() {
+    let mut queue = Harness::classic();
+    queue.publish_bodies(&[b"0", b"1", b"2"]);
+    queue.consume(1, "a", 0, false, &[]).unwrap();
+    queue.settle(1, &[0], Settlement::Ack);
+    queue.settle(1, &[1], Settlement::Requeue);
+    let counters = queue.state.counters();
+    // 1 went back and out again to the consumer (its prefetch is unlimited): 2 and 1 are out.
+    assert_eq!(
+        (counters.ready, counters.unacknowledged, counters.consumers),
+        (0, 2, 1)
+    );
+    assert_eq!(
+        counters.totals,
+        crate::queue::counters::Totals {
+            published: 3,
+            delivered: 4,
+            acknowledged: 1,
+            redelivered: 1,
+        }
+    );
+    // A cancelled consumer's deliveries stay with its channel, unacknowledged.
+    queue.cancel(1, "a");
+    let counters = queue.state.counters();
+    assert_eq!(
+        (counters.ready, counters.unacknowledged, counters.consumers),
+        (0, 2, 0)
+    );
 }
