@@ -53,6 +53,8 @@ pub struct Broker {
     pub queues: QueueTasks,
     /// Memory and disk alarms.
     pub alarms: Arc<Alarms>,
+    /// The node's open connections, their channels and consumers, for the management API.
+    pub admin: crate::admin::Registry,
     node: NodeName,
     transport: Transport,
     remote: Arc<RemoteHub>,
@@ -361,6 +363,7 @@ impl Broker {
             direct_replies: DirectReplies::default(),
             queues: QueueTasks::default(),
             alarms: Arc::new(Alarms::new(&config)),
+            admin: crate::admin::Registry::default(),
             node: transport.node().clone(),
             transport: transport.clone(),
             remote: RemoteHub::start(transport),

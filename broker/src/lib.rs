@@ -10,6 +10,7 @@
 //! Start a node with [`Node::start`]; `src/main.rs` only reads the configuration, sets up
 //! logging and calls it. Embedders (the test kit) do the same with a configuration of their own.
 
+pub mod admin;
 pub mod alarms;
 pub mod auth;
 pub mod broker;

@@ -56,6 +56,7 @@ impl Channel {
             events: ctx.events.clone(),
             arguments: consume.arguments,
         };
+        let arguments_kept = spec.arguments.clone();
         queue
             .ask(|reply| QueueCommand::Consume {
                 consumer: spec,
@@ -63,7 +64,17 @@ impl Channel {
             })
             .await
             .ok_or_else(|| queue.unavailable())??;
-        self.consumers.insert(tag.clone(), ConsumerRecord { queue });
+        self.consumers.insert(
+            tag.clone(),
+            ConsumerRecord {
+                queue,
+                no_ack: consume.no_ack,
+                exclusive: consume.exclusive,
+                prefetch: self.prefetch,
+                arguments: arguments_kept,
+            },
+        );
+        self.consumer_changes = self.consumer_changes.wrapping_add(1);
         if !consume.no_wait {
             // Written before any delivery: those arrive through the mailbox, after this round.
             ctx.out.method(
@@ -101,6 +112,7 @@ impl Channel {
             tag: tag.clone(),
         });
         self.reply_consumer = Some((tag.clone(), address));
+        self.consumer_changes = self.consumer_changes.wrapping_add(1);
         if !consume.no_wait {
             ctx.out.method(
                 self.number(),
@@ -124,7 +136,9 @@ impl Channel {
             if let Some((_, address)) = self.reply_consumer.take() {
                 ctx.broker.direct_replies.unregister(&address);
             }
+            self.consumer_changes = self.consumer_changes.wrapping_add(1);
         } else if let Some(record) = self.consumers.remove(&cancel.consumer_tag) {
+            self.consumer_changes = self.consumer_changes.wrapping_add(1);
             // Deliveries already on their way find no consumer and are given back.
             record
                 .queue
@@ -148,7 +162,11 @@ impl Channel {
 
     /// The server cancelled a consumer (its queue is gone).
     pub(crate) fn consumer_cancelled(&mut self, ctx: &mut Context, tag: &ShortString) {
-        if self.consumers.remove(tag).is_some() && ctx.capabilities.consumer_cancel_notify {
+        let removed = self.consumers.remove(tag).is_some();
+        if removed {
+            self.consumer_changes = self.consumer_changes.wrapping_add(1);
+        }
+        if removed && ctx.capabilities.consumer_cancel_notify {
             ctx.out.method(
                 self.number(),
                 &Method::BasicCancel(BasicCancel {

@@ -54,6 +54,21 @@ struct Unacked {
 #[derive(Debug)]
 struct ConsumerRecord {
     queue: QueueHandle,
+    no_ack: bool,
+    exclusive: bool,
+    prefetch: u16,
+    arguments: warren_wire::FieldTable,
+}
+
+/// What the read model's view of a channel depends on, cheap to take every round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChannelFingerprint {
+    pub number: u16,
+    prefetch: u16,
+    global_prefetch: u32,
+    mode: u8,
+    unacked: usize,
+    consumer_changes: u32,
 }
 
 /// The message being assembled from content frames.
@@ -130,6 +145,8 @@ pub(crate) struct Channel {
     /// The direct reply-to consumer: its tag and its reply address.
     reply_consumer: Option<(ShortString, ShortString)>,
     route_buffer: Vec<QueueHandle>,
+    /// Bumped whenever a consumer comes or goes, for the read model.
+    consumer_changes: u32,
 }
 
 impl Channel {
@@ -147,6 +164,63 @@ impl Channel {
             last_queue: None,
             reply_consumer: None,
             route_buffer: Vec::new(),
+            consumer_changes: 0,
+        }
+    }
+
+    fn mode_code(&self) -> u8 {
+        match self.mode {
+            Mode::Plain => 0,
+            Mode::Confirm(_) => 1,
+            Mode::Tx(_) => 2,
+        }
+    }
+
+    /// What the read model's view of this channel depends on.
+    pub(crate) fn fingerprint(&self) -> ChannelFingerprint {
+        ChannelFingerprint {
+            number: self.number(),
+            prefetch: self.prefetch,
+            global_prefetch: self.gate.limit.load(std::sync::atomic::Ordering::Relaxed),
+            mode: self.mode_code(),
+            unacked: self.unacked.len(),
+            consumer_changes: self.consumer_changes,
+        }
+    }
+
+    /// This channel as the read model shows it.
+    pub(crate) fn summary(&self) -> crate::admin::ChannelSummary {
+        let mut consumers: Vec<crate::admin::ConsumerSummary> = self
+            .consumers
+            .iter()
+            .map(|(tag, record)| crate::admin::ConsumerSummary {
+                tag: tag.to_string(),
+                queue: record.queue.name.to_string(),
+                ack_required: !record.no_ack,
+                exclusive: record.exclusive,
+                prefetch: record.prefetch,
+                arguments: record.arguments.clone(),
+            })
+            .collect();
+        if let Some((tag, _)) = &self.reply_consumer {
+            consumers.push(crate::admin::ConsumerSummary {
+                tag: tag.to_string(),
+                queue: crate::direct_reply::PSEUDO_QUEUE.to_string(),
+                ack_required: false,
+                exclusive: false,
+                prefetch: 0,
+                arguments: warren_wire::FieldTable::default(),
+            });
+        }
+        consumers.sort_by(|a, b| a.tag.cmp(&b.tag));
+        crate::admin::ChannelSummary {
+            number: self.number(),
+            prefetch: self.prefetch,
+            global_prefetch: self.gate.limit.load(std::sync::atomic::Ordering::Relaxed),
+            confirm: matches!(self.mode, Mode::Confirm(_)),
+            transactional: matches!(self.mode, Mode::Tx(_)),
+            unacknowledged: self.unacked.len() as u32,
+            consumers,
         }
     }
 
@@ -442,6 +516,7 @@ impl Channel {
         }
         self.unacked.clear();
         self.consumers.clear();
+        self.consumer_changes = self.consumer_changes.wrapping_add(1);
         if let Some((_, address)) = self.reply_consumer.take() {
             ctx.broker.direct_replies.unregister(&address);
         }

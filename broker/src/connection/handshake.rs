@@ -50,6 +50,8 @@ pub(crate) struct Session {
     pub channel_max: u16,
     pub heartbeat: u16,
     pub capabilities: Capabilities,
+    pub client_properties: FieldTable,
+    pub mechanism: String,
 }
 
 /// The `server-properties` of `connection.start`.
@@ -211,6 +213,8 @@ pub(crate) async fn handshake(
         channel_max,
         heartbeat: tune_ok.heartbeat,
         capabilities,
+        mechanism: start_ok.mechanism.to_str_lossy().into_owned(),
+        client_properties: start_ok.client_properties,
     })
 }
 

@@ -41,7 +41,9 @@ use warren_wire::method::{
 };
 use warren_wire::{Frame, FrameError, LongString, Method, ShortString, decode_frame};
 
+use crate::admin::{ChannelSummary, ConnectionEntry, ConnectionSpec};
 use crate::alarms::AlarmSet;
+use crate::channel::ChannelFingerprint;
 
 use crate::broker::Broker;
 use crate::channel::{Channel, ChannelOutcome};
@@ -71,6 +73,7 @@ pub(crate) struct Transport {
     buf: BytesMut,
     out: Outbound,
     peer: SocketAddr,
+    local: SocketAddr,
     name: String,
 }
 
@@ -147,19 +150,17 @@ pub(crate) async fn serve(
 ) {
     // Dual-stack listeners see IPv4 clients as IPv4-mapped IPv6 addresses; show them as IPv4.
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    let name = match socket.local_addr() {
-        Ok(local) => format!(
-            "{peer} -> {}",
-            SocketAddr::new(local.ip().to_canonical(), local.port())
-        ),
-        Err(_) => peer.to_string(),
-    };
+    let local = socket.local_addr().map_or(peer, |local| {
+        SocketAddr::new(local.ip().to_canonical(), local.port())
+    });
+    let name = format!("{peer} -> {local}");
     let (reader, writer) = socket.into_split();
     let mut transport = Transport {
         reader,
         buf: BytesMut::with_capacity(4096),
         out: Outbound::start(writer, &broker.connections),
         peer,
+        local,
         name,
     };
     tracing::debug!("accepting AMQP connection ({})", transport.name);
@@ -221,6 +222,11 @@ struct Connection {
     block_after_content: bool,
     /// Cancelled when the node stops or pauses.
     stop: tokio_util::sync::CancellationToken,
+    /// This connection in the node's read model.
+    entry: Arc<ConnectionEntry>,
+    /// What the channels looked like this round (reused), and when last published.
+    fingerprints: Vec<ChannelFingerprint>,
+    published: Vec<ChannelFingerprint>,
 }
 
 impl Connection {
@@ -235,13 +241,31 @@ impl Connection {
             buf,
             mut out,
             name,
-            ..
+            peer,
+            local,
         } = transport;
         out.set_heartbeat(session.heartbeat);
         // Unbounded on purpose; see `events`.
         let (events_sender, events) = mpsc::unbounded_channel();
         let id = broker.next_connection_id();
         let alarms = broker.alarms.subscribe();
+        let entry = broker.admin.register(
+            id,
+            ConnectionSpec {
+                name: name.clone(),
+                peer,
+                local,
+                user: session.user.name.clone(),
+                vhost: session.vhost.name().to_string(),
+                mechanism: session.mechanism,
+                client_properties: session.client_properties,
+                frame_max: session.frame_max,
+                channel_max: session.channel_max,
+                heartbeat: session.heartbeat,
+                connected_at: crate::queue::now_ms(),
+            },
+            events_sender.clone(),
+        );
         let ctx = Context::new(
             broker,
             id,
@@ -269,6 +293,9 @@ impl Connection {
             blocked_sent: false,
             block_after_content: false,
             stop,
+            entry,
+            fingerprints: Vec::new(),
+            published: Vec::new(),
         }
     }
 
@@ -336,6 +363,7 @@ impl Connection {
             self.process_buffered().await;
             self.ctx.flush_queues();
             self.ctx.out.flush();
+            self.publish_channels();
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 // Everything read was handled: let the buffer go rather than hold up to 64 KiB per
                 // idle connection; the next read makes room again.
@@ -725,6 +753,19 @@ impl Connection {
                     self.channel_failed(number, error);
                 }
             }
+            ConnectionEvent::Close { reason } => {
+                if self.state == State::Open {
+                    tracing::info!(
+                        "closing AMQP connection ({}, vhost: '{}', user: '{}'): {reason}",
+                        self.ctx.name,
+                        self.ctx.vhost.name(),
+                        self.ctx.user.name
+                    );
+                    let error =
+                        AmqpError::new(warren_wire::ReplyCode::ConnectionForced, reason.clone());
+                    self.close_connection(error, true);
+                }
+            }
         }
     }
 
@@ -784,7 +825,27 @@ impl Connection {
         deletions
     }
 
+    /// Tells the read model about the channels when this round changed them.
+    fn publish_channels(&mut self) {
+        self.fingerprints.clear();
+        self.fingerprints
+            .extend(self.channels.values().map(|channel| channel.fingerprint()));
+        self.fingerprints.sort_unstable_by_key(|print| print.number);
+        if self.fingerprints == self.published {
+            return;
+        }
+        std::mem::swap(&mut self.fingerprints, &mut self.published);
+        let mut summaries: Vec<ChannelSummary> = self
+            .channels
+            .values()
+            .map(|channel| channel.summary())
+            .collect();
+        summaries.sort_unstable_by_key(|summary| summary.number);
+        self.entry.set_channels(summaries);
+    }
+
     fn finish(mut self) {
+        self.ctx.broker.admin.unregister(self.ctx.id);
         drop(self.release_everything());
         self.ctx.detach_publisher();
         self.ctx.out.close();

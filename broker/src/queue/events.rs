@@ -67,6 +67,12 @@ pub enum ConnectionEvent {
         /// The timeout, in ms.
         timeout: u64,
     },
+    /// An operator closes the connection (management API, `close_connection`): it ends with
+    /// `320 CONNECTION_FORCED - reason`.
+    Close {
+        /// What the client is told.
+        reason: String,
+    },
 }
 
 /// The outcome of one published message at one queue.

@@ -50,7 +50,7 @@ use crate::error::AmqpResult;
 use crate::message::Message;
 use crate::queue::events::{ChannelKey, ConnectionId, EventSender};
 
-pub(crate) use actor::spawn;
+pub(crate) use actor::{now_ms, spawn};
 pub use arguments::QueueConfig;
 pub use counters::QueueCounters;
 pub use env::QueueEnv;

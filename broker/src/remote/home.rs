@@ -607,6 +607,8 @@ async fn forward(
                     channel,
                     tag: consumer_tag.as_bytes().to_vec(),
                 },
+                // Only connections are closed; a stand-in follows its connection's node.
+                ConnectionEvent::Close { .. } => continue,
             });
         }
         let body = encode(&Wire::Events { conn, events });
