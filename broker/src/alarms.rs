@@ -136,6 +136,18 @@ impl Alarms {
     }
 
     /// This node's own alarms with their version, as peers are told them.
+    /// The alarms other nodes told of, by node name.
+    pub fn remote(&self) -> Vec<(String, AlarmSet)> {
+        let mut remote: Vec<(String, AlarmSet)> = self
+            .remote
+            .lock()
+            .iter()
+            .map(|(node, stamped)| (node.clone(), stamped.alarms))
+            .collect();
+        remote.sort_by(|a, b| a.0.cmp(&b.0));
+        remote
+    }
+
     fn local_stamped(&self) -> Stamped {
         *self.local.borrow()
     }

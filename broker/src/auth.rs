@@ -1,8 +1,9 @@
 //! Users, passwords, permissions and SASL.
 //!
-//! Passwords are stored as RabbitMQ stores them (`rabbit_password_hashing_sha256`): a 4-byte
-//! random salt followed by SHA-256 of salt and password, so password hashes move between
-//! RabbitMQ definitions files and Warren unchanged. Permissions are RabbitMQ's three regular
+//! Passwords are stored as RabbitMQ stores them: a 4-byte random salt followed by the hash of
+//! salt and password (`rabbit_password_hashing_sha256` for new passwords; SHA-512 and MD5
+//! hashes from RabbitMQ exports are kept and checked as they are), so password hashes move
+//! between RabbitMQ definitions files and Warren unchanged. Permissions are RabbitMQ's three regular
 //! expressions per user and vhost (configure, write, read), matched anywhere in the resource
 //! name as Erlang's `re:run` does; an empty pattern grants nothing.
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use parking_lot::RwLock;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use warren_wire::{FieldTable, FieldValue};
 
 use crate::error::AmqpError;
@@ -20,11 +21,70 @@ use crate::error::AmqpError;
 /// The SASL mechanisms offered in `connection.start`.
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
 
-/// A salted SHA-256 password hash.
+/// The hash function of a stored password, as RabbitMQ names them (`hashing_algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashingAlgorithm {
+    /// `rabbit_password_hashing_sha256`, RabbitMQ's default and Warren's.
+    Sha256,
+    /// `rabbit_password_hashing_sha512`.
+    Sha512,
+    /// `rabbit_password_hashing_md5`, from old RabbitMQ exports.
+    Md5,
+}
+
+impl HashingAlgorithm {
+    /// RabbitMQ's module name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashingAlgorithm::Sha256 => "rabbit_password_hashing_sha256",
+            HashingAlgorithm::Sha512 => "rabbit_password_hashing_sha512",
+            HashingAlgorithm::Md5 => "rabbit_password_hashing_md5",
+        }
+    }
+
+    /// Reads RabbitMQ's module name.
+    pub fn parse(name: &str) -> Option<HashingAlgorithm> {
+        [
+            HashingAlgorithm::Sha256,
+            HashingAlgorithm::Sha512,
+            HashingAlgorithm::Md5,
+        ]
+        .into_iter()
+        .find(|algorithm| algorithm.name() == name)
+    }
+
+    fn digest_len(self) -> usize {
+        match self {
+            HashingAlgorithm::Sha256 => 32,
+            HashingAlgorithm::Sha512 => 64,
+            HashingAlgorithm::Md5 => 16,
+        }
+    }
+
+    fn digest(self, salt: &[u8; 4], password: &[u8]) -> Vec<u8> {
+        fn run<D: sha2::Digest>(salt: &[u8; 4], password: &[u8]) -> Vec<u8> {
+            let mut hasher = D::new();
+            hasher.update(salt);
+            hasher.update(password);
+            hasher.finalize().to_vec()
+        }
+        match self {
+            HashingAlgorithm::Sha256 => run::<Sha256>(salt, password),
+            HashingAlgorithm::Sha512 => run::<sha2::Sha512>(salt, password),
+            HashingAlgorithm::Md5 => run::<md5::Md5>(salt, password),
+        }
+    }
+}
+
+/// A salted password hash, laid out as RabbitMQ's `rabbit_password:hash/2` makes it: a 4-byte
+/// random salt followed by the hash of salt and password. The digest's length tells the
+/// algorithm apart (SHA-256 32 bytes, SHA-512 64, MD5 16), so a stored hash needs nothing
+/// beside it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PasswordHash {
     salt: [u8; 4],
-    digest: [u8; 32],
+    digest: Vec<u8>,
+    algorithm: HashingAlgorithm,
 }
 
 impl std::fmt::Debug for PasswordHash {
@@ -34,23 +94,30 @@ impl std::fmt::Debug for PasswordHash {
 }
 
 impl PasswordHash {
-    /// Hashes `password` with a fresh random salt.
+    /// Hashes `password` with SHA-256 and a fresh random salt.
     pub fn new(password: &str) -> PasswordHash {
         let salt = fastrand::u32(..).to_be_bytes();
         PasswordHash {
             salt,
-            digest: digest(&salt, password.as_bytes()),
+            digest: HashingAlgorithm::Sha256.digest(&salt, password.as_bytes()),
+            algorithm: HashingAlgorithm::Sha256,
         }
     }
 
     /// Whether `password` is the one hashed. Compares in constant time.
     pub fn verify(&self, password: &[u8]) -> bool {
-        let candidate = digest(&self.salt, password);
-        candidate
-            .iter()
-            .zip(self.digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        let candidate = self.algorithm.digest(&self.salt, password);
+        candidate.len() == self.digest.len()
+            && candidate
+                .iter()
+                .zip(self.digest.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    /// The hash function.
+    pub fn algorithm(&self) -> HashingAlgorithm {
+        self.algorithm
     }
 
     /// RabbitMQ's `password_hash` form: base64 of salt and digest.
@@ -60,27 +127,41 @@ impl PasswordHash {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
-    /// Reads RabbitMQ's `password_hash` form.
+    /// Reads RabbitMQ's `password_hash` form, the algorithm told by its length.
     pub fn from_base64(text: &str) -> Option<PasswordHash> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text)
             .ok()?;
-        if bytes.len() != 36 {
+        let algorithm = [
+            HashingAlgorithm::Sha256,
+            HashingAlgorithm::Sha512,
+            HashingAlgorithm::Md5,
+        ]
+        .into_iter()
+        .find(|algorithm| bytes.len() == 4 + algorithm.digest_len())?;
+        PasswordHash::from_parts(&bytes, algorithm)
+    }
+
+    /// Reads a `password_hash` said to be of `algorithm`; `None` when its length does not fit.
+    pub fn from_base64_as(text: &str, algorithm: HashingAlgorithm) -> Option<PasswordHash> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?;
+        PasswordHash::from_parts(&bytes, algorithm)
+    }
+
+    fn from_parts(bytes: &[u8], algorithm: HashingAlgorithm) -> Option<PasswordHash> {
+        if bytes.len() != 4 + algorithm.digest_len() {
             return None;
         }
         let mut salt = [0u8; 4];
         salt.copy_from_slice(&bytes[..4]);
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(&bytes[4..]);
-        Some(PasswordHash { salt, digest })
+        Some(PasswordHash {
+            salt,
+            digest: bytes[4..].to_vec(),
+            algorithm,
+        })
     }
-}
-
-fn digest(salt: &[u8; 4], password: &[u8]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(salt);
-    hasher.update(password);
-    hasher.finalize().into()
 }
 
 /// A user.
@@ -256,6 +337,25 @@ impl Users {
             .remove(&(user.into(), vhost.into()));
     }
 
+    /// Every user, by name.
+    pub fn all(&self) -> Vec<Arc<User>> {
+        let mut users: Vec<Arc<User>> = self.users.read().values().cloned().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        users
+    }
+
+    /// Every permission: user, vhost and the patterns, by user then vhost.
+    pub fn all_permissions(&self) -> Vec<(String, String, Arc<Permission>)> {
+        let mut all: Vec<(String, String, Arc<Permission>)> = self
+            .permissions
+            .read()
+            .iter()
+            .map(|((user, vhost), permission)| (user.clone(), vhost.clone(), permission.clone()))
+            .collect();
+        all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        all
+    }
+
     /// Looks a user up.
     pub fn user(&self, name: &str) -> Option<Arc<User>> {
         self.users.read().get(name).cloned()
@@ -403,12 +503,32 @@ mod tests {
         assert!(!hash.verify(b"Secret"));
         let restored = PasswordHash::from_base64(&hash.to_base64()).unwrap();
         assert!(restored.verify(b"secret"));
-        // A hash produced by RabbitMQ (`rabbitmqctl hash_password guest` style) for "guest".
-        let salt = [0x90, 0x8d, 0x4b, 0x1f];
-        let mut bytes = salt.to_vec();
-        bytes.extend_from_slice(&digest(&salt, b"guest"));
-        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
-        assert!(PasswordHash::from_base64(&text).unwrap().verify(b"guest"));
+        // RabbitMQ's layout (salt 01 02 03 04, then the hash of salt and "guest") for each
+        // algorithm, computed by Python's hashlib.
+        for (text, algorithm) in [
+            (
+                "AQIDBEMMOXwY6PKx/JKP9PAqfsb4ozuD0Ta3pxxa9gEYBMmD",
+                HashingAlgorithm::Sha256,
+            ),
+            (
+                "AQIDBANSvkE51MvG7pNDq4NjmP8SFay7rWsolg//30q7jnApCiuE049JxchapptDh7ryvu/VdvUXYHbwdpa9veVAv14=",
+                HashingAlgorithm::Sha512,
+            ),
+            ("AQIDBH/JkOf0oGZ5yhQgSBXkHS0=", HashingAlgorithm::Md5),
+        ] {
+            let hash = PasswordHash::from_base64(text).unwrap();
+            assert_eq!(hash.algorithm(), algorithm);
+            assert!(hash.verify(b"guest"), "{algorithm:?}");
+            assert!(!hash.verify(b"guesT"), "{algorithm:?}");
+            assert_eq!(hash.to_base64(), text);
+            assert!(PasswordHash::from_base64_as(text, algorithm).is_some());
+        }
+        let sha256 = "AQIDBEMMOXwY6PKx/JKP9PAqfsb4ozuD0Ta3pxxa9gEYBMmD";
+        assert!(PasswordHash::from_base64_as(sha256, HashingAlgorithm::Sha512).is_none());
+        assert_eq!(
+            HashingAlgorithm::parse("rabbit_password_hashing_sha512"),
+            Some(HashingAlgorithm::Sha512)
+        );
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct Broker {
     pub alarms: Arc<Alarms>,
     /// The node's open connections, their channels and consumers, for the management API.
     pub admin: crate::admin::Registry,
+    /// When the node opened this broker.
+    started: Instant,
+    /// Global runtime parameters (`cluster_name`, ...): name to JSON text.
+    global_parameters: RwLock<std::collections::BTreeMap<String, String>>,
     node: NodeName,
     transport: Transport,
     remote: Arc<RemoteHub>,
@@ -364,6 +368,8 @@ impl Broker {
             queues: QueueTasks::default(),
             alarms: Arc::new(Alarms::new(&config)),
             admin: crate::admin::Registry::default(),
+            global_parameters: RwLock::default(),
+            started: Instant::now(),
             node: transport.node().clone(),
             transport: transport.clone(),
             remote: RemoteHub::start(transport),
@@ -589,7 +595,21 @@ impl Broker {
                 self.add_vhost(name);
             }
             MetadataCommand::DeleteVHost { name } => {
-                self.vhosts.write().remove(name);
+                let removed = self.vhosts.write().remove(name);
+                if let Some(vhost) = removed {
+                    self.vhost_deleted(&vhost);
+                }
+            }
+            MetadataCommand::ClearPermissions { user, vhost } => {
+                self.users.clear_permissions(user, vhost);
+            }
+            MetadataCommand::SetGlobalParameter { name, value } => {
+                self.global_parameters
+                    .write()
+                    .insert(name.clone(), value.clone());
+            }
+            MetadataCommand::ClearGlobalParameter { name } => {
+                self.global_parameters.write().remove(name);
             }
             MetadataCommand::PutUser {
                 name,
@@ -621,7 +641,8 @@ impl Broker {
                     self.apply_command(command);
                 }
             }
-            MetadataCommand::DeclareExchange { vhost, .. }
+            MetadataCommand::SetVHostMetadata { name: vhost, .. }
+            | MetadataCommand::DeclareExchange { vhost, .. }
             | MetadataCommand::DeleteExchange { vhost, .. }
             | MetadataCommand::DeclareQueue { vhost, .. }
             | MetadataCommand::DeclareQuorumQueue { vhost, .. }
@@ -695,6 +716,55 @@ impl Broker {
                 )
             })
             .clone()
+    }
+
+    /// A vhost is gone: its connections are closed and the queues this node runs there stop
+    /// (their durable records went with the vhost's).
+    fn vhost_deleted(&self, vhost: &VHost) {
+        for connection in self.admin.connections() {
+            if connection.spec.vhost == vhost.name() {
+                connection.close(&format!("vhost '{}' is deleted", vhost.name()));
+            }
+        }
+        for queue in vhost.queues() {
+            if queue.config.quorum {
+                // This node's member and its log go; every member's node does the same.
+                self.quorum.remove(queue.id());
+            } else if queue.home.is_none() {
+                let (reply, _) = tokio::sync::oneshot::channel();
+                queue.send(QueueCommand::Delete {
+                    if_unused: false,
+                    if_empty: false,
+                    reply,
+                });
+            }
+        }
+    }
+
+    /// When the node opened this broker (its uptime counts from here).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// A global runtime parameter's value (JSON text), if set.
+    pub fn global_parameter(&self, name: &str) -> Option<String> {
+        self.global_parameters.read().get(name).cloned()
+    }
+
+    /// Every global runtime parameter: name and JSON text.
+    pub fn global_parameters(&self) -> Vec<(String, String)> {
+        self.global_parameters
+            .read()
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
+    }
+
+    /// Proposes a metadata command and waits until it is committed.
+    pub async fn propose(&self, command: MetadataCommand) -> Result<(), String> {
+        let mut pending = PendingWrites::default();
+        self.store.metadata.submit(command, &mut pending);
+        pending.wait().await.map_err(|error| error.to_string())
     }
 
     /// Every vhost name.

@@ -20,7 +20,7 @@ mod control;
 pub mod direct_reply;
 pub mod error;
 pub mod exchange;
-mod management;
+mod http;
 mod membership;
 pub mod message;
 mod names;

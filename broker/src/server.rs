@@ -171,7 +171,7 @@ impl Node {
         });
         if let Some((listener, local)) = management_listener {
             tracing::info!("started the management HTTP listener on {local}");
-            tokio::spawn(crate::management::serve(
+            tokio::spawn(crate::http::serve(
                 listener,
                 Arc::downgrade(&shared),
                 shared.management_stop.clone(),
@@ -180,6 +180,12 @@ impl Node {
         transport.register(
             CONTROL_SERVICE,
             Arc::new(crate::control::ControlService::new(Arc::downgrade(&shared))),
+        );
+        shared.transport.register(
+            crate::admin::report::ADMIN_SERVICE,
+            Arc::new(crate::admin::report::AdminService::new(Arc::downgrade(
+                &shared,
+            ))),
         );
         let listen = shared.config.listeners.clone();
         match shared
@@ -357,7 +363,45 @@ async fn start_transport(
     })
 }
 
+/// One listener of a node, as RabbitMQ's `listeners` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listener {
+    /// `amqp`, `http`, `clustering`.
+    pub protocol: &'static str,
+    pub address: SocketAddr,
+}
+
 impl NodeShared {
+    /// The node's listeners: AMQP (unless paused), the management API, the inter-node port.
+    pub(crate) fn listeners(&self) -> Vec<Listener> {
+        let mut listeners = Vec::new();
+        if !self.is_paused() {
+            let amqp = self
+                .current
+                .lock()
+                .as_ref()
+                .map(|running| running.amqp.clone())
+                .unwrap_or_default();
+            listeners.extend(amqp.into_iter().map(|address| Listener {
+                protocol: "amqp",
+                address,
+            }));
+        }
+        if let Some(address) = self.management {
+            listeners.push(Listener {
+                protocol: "http",
+                address,
+            });
+        }
+        if let Some(address) = self.transport.local_address() {
+            listeners.push(Listener {
+                protocol: "clustering",
+                address,
+            });
+        }
+        listeners
+    }
+
     pub(crate) fn broker(&self) -> Option<Arc<Broker>> {
         self.current
             .lock()

@@ -13,7 +13,10 @@
 //! unacknowledged deliveries moved), so an idle node costs nothing and a busy one a lock per
 //! round. Queue numbers live on the queues' handles ([`crate::queue::QueueCounters`]).
 
+pub mod json;
 pub mod listing;
+pub mod report;
+pub mod rows;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -247,10 +247,15 @@ impl Channel {
             self.check(ctx, Access::Write, ResourceKind::Exchange, &dlx)?;
         }
         let mut arguments = declare.arguments;
-        // `default_queue_type = quorum`: a queue declared without a type is a quorum queue
+        // `default_queue_type = quorum` (the node's or the vhost's): a queue declared without a type is a quorum queue
         // when it can be one, else classic (as RabbitMQ 4 falls back); the type goes into its
         // arguments, so that a redeclaration compares alike.
-        if ctx.broker.config.default_queue_type == warren_config::QueueType::Quorum
+        // The vhost's default queue type, when it has one, wins over the node's.
+        let default_quorum = match ctx.vhost.metadata().default_queue_type.as_deref() {
+            Some(kind) => kind == "quorum",
+            None => ctx.broker.config.default_queue_type == warren_config::QueueType::Quorum,
+        };
+        if default_quorum
             && arguments.get("x-queue-type").is_none()
             && declare.durable
             && !declare.exclusive

@@ -12,7 +12,7 @@
 //! 10,000 sets of atomics instead of sending 10,000 requests. The numbers may be a batch behind
 //! the queue, as RabbitMQ's statistics are an emission interval behind.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Running totals a queue engine keeps as it works (plain integers; copied out per batch).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +53,21 @@ pub struct QueueCounters {
     delivered: AtomicU64,
     acknowledged: AtomicU64,
     redelivered: AtomicU64,
+    /// For a replicated queue: whether this node's member leads (its reading is the queue's).
+    leader: AtomicBool,
 }
 
 impl QueueCounters {
+    /// Whether this node's member of a replicated queue leads it.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Records whether this node's member leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.store(leading, Ordering::Relaxed);
+    }
+
     /// Stores a reading (by the one task that holds the queue's state).
     pub fn store(&self, snapshot: CountersSnapshot) {
         let relaxed = Ordering::Relaxed;

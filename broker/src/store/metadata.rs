@@ -176,6 +176,36 @@ pub enum MetadataCommand {
         /// addition.
         removed_at: u64,
     },
+    /// A user's permissions on a vhost are gone.
+    ClearPermissions {
+        /// User.
+        user: String,
+        /// Vhost.
+        vhost: String,
+    },
+    /// What a vhost is described as (RabbitMQ's vhost metadata).
+    SetVHostMetadata {
+        /// Its name.
+        name: String,
+        /// Free text.
+        description: String,
+        /// Tags.
+        tags: Vec<String>,
+        /// The type of queues declared there without one (`classic`, `quorum`).
+        default_queue_type: Option<String>,
+    },
+    /// A global runtime parameter (`cluster_name`, ...), its value as JSON text.
+    SetGlobalParameter {
+        /// Its name.
+        name: String,
+        /// Its value, JSON.
+        value: String,
+    },
+    /// A global runtime parameter is gone.
+    ClearGlobalParameter {
+        /// Its name.
+        name: String,
+    },
 }
 
 impl MetadataCommand {

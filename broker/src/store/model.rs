@@ -129,6 +129,10 @@ pub struct DurableState {
     pub queues: BTreeMap<(String, Vec<u8>), QueueRecord>,
     /// Bindings.
     pub bindings: BTreeSet<BindingRecord>,
+    /// Vhost name to (description, tags, default queue type).
+    pub vhost_metadata: BTreeMap<String, (String, Vec<String>, Option<String>)>,
+    /// Global runtime parameters: name to JSON text.
+    pub global_parameters: BTreeMap<String, String>,
 }
 
 fn destination(destination: &BindingDestination) -> (bool, Vec<u8>) {
@@ -221,6 +225,7 @@ impl DurableState {
             }
             MetadataCommand::DeleteVHost { name } => {
                 self.vhosts.remove(name);
+                self.vhost_metadata.remove(name);
                 self.permissions.retain(|(_, vhost), _| vhost != name);
                 self.exchanges.retain(|(vhost, _), _| vhost != name);
                 self.queues.retain(|(vhost, _), _| vhost != name);
@@ -351,6 +356,32 @@ impl DurableState {
                     self.drop_unused_auto_delete(vhost, vec![source.clone()]);
                 }
             }
+            MetadataCommand::ClearPermissions { user, vhost } => {
+                self.permissions.remove(&(user.clone(), vhost.clone()));
+            }
+            MetadataCommand::SetVHostMetadata {
+                name,
+                description,
+                tags,
+                default_queue_type,
+            } => {
+                if self.vhosts.contains(name) {
+                    self.vhost_metadata.insert(
+                        name.clone(),
+                        (
+                            description.clone(),
+                            tags.clone(),
+                            default_queue_type.clone(),
+                        ),
+                    );
+                }
+            }
+            MetadataCommand::SetGlobalParameter { name, value } => {
+                self.global_parameters.insert(name.clone(), value.clone());
+            }
+            MetadataCommand::ClearGlobalParameter { name } => {
+                self.global_parameters.remove(name);
+            }
             MetadataCommand::Snapshot(commands) => {
                 *self = DurableState::default();
                 for command in commands {
@@ -432,6 +463,20 @@ impl DurableState {
                 name: name.clone(),
                 password_hash: password_hash.clone(),
                 tags: tags.clone(),
+            });
+        }
+        for (name, (description, tags, default_queue_type)) in &self.vhost_metadata {
+            commands.push(MetadataCommand::SetVHostMetadata {
+                name: name.clone(),
+                description: description.clone(),
+                tags: tags.clone(),
+                default_queue_type: default_queue_type.clone(),
+            });
+        }
+        for (name, value) in &self.global_parameters {
+            commands.push(MetadataCommand::SetGlobalParameter {
+                name: name.clone(),
+                value: value.clone(),
             });
         }
         for ((user, vhost), (configure, write, read)) in &self.permissions {

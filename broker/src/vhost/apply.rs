@@ -176,7 +176,20 @@ impl VHost {
             | MetadataCommand::PutUser { .. }
             | MetadataCommand::DeleteUser { .. }
             | MetadataCommand::SetPermissions { .. }
+            | MetadataCommand::ClearPermissions { .. }
+            | MetadataCommand::SetGlobalParameter { .. }
+            | MetadataCommand::ClearGlobalParameter { .. }
             | MetadataCommand::Snapshot(_) => {}
+            MetadataCommand::SetVHostMetadata {
+                description,
+                tags,
+                default_queue_type,
+                ..
+            } => self.set_metadata(super::VHostMetadata {
+                description: description.clone(),
+                tags: tags.clone(),
+                default_queue_type: default_queue_type.clone(),
+            }),
         }
     }
 }

@@ -64,6 +64,19 @@ pub struct VHost {
     /// `queue_leader_locator`: where quorum queues declared without `x-queue-leader-locator`
     /// get their leader.
     leader_locator: LeaderLocator,
+    /// Its description, tags and default queue type.
+    metadata: RwLock<VHostMetadata>,
+}
+
+/// What a vhost is described as (RabbitMQ's vhost metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VHostMetadata {
+    /// Free text.
+    pub description: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The type of queues declared without `x-queue-type` (`classic`, `quorum`), when set.
+    pub default_queue_type: Option<String>,
 }
 impl VHost {
     /// A vhost with RabbitMQ's predeclared exchanges, persisting its durable entities in `store`.
@@ -86,6 +99,7 @@ impl VHost {
             store,
             tasks,
             leader_locator,
+            metadata: RwLock::new(VHostMetadata::default()),
         };
         {
             let mut exchanges = vhost.exchanges.write();
@@ -103,6 +117,16 @@ impl VHost {
             }
         }
         Arc::new(vhost)
+    }
+
+    /// Its description, tags and default queue type.
+    pub fn metadata(&self) -> VHostMetadata {
+        self.metadata.read().clone()
+    }
+
+    /// Its description, tags and default queue type, as committed.
+    pub(crate) fn set_metadata(&self, metadata: VHostMetadata) {
+        *self.metadata.write() = metadata;
     }
 
     /// The vhost's name.

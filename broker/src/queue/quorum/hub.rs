@@ -267,6 +267,11 @@ impl QuorumHub {
         })
     }
 
+    /// Whether this node holds a member of `queue`.
+    pub(crate) fn holds(&self, queue: u64) -> bool {
+        self.local.lock().contains(&queue)
+    }
+
     /// The counters of the queue `queue` on this node.
     pub(crate) fn counters(&self, queue: u64) -> Arc<QueueCounters> {
         self.counters.lock().entry(queue).or_default().clone()
@@ -630,6 +635,7 @@ impl Machine for QuorumMachine {
             self.totals.redelivered += u64::from(got.redelivered);
         }
         self.store_counters();
+        self.counters.set_leader(log.leading());
         if !log.leading() {
             return reply.encode();
         }
@@ -740,6 +746,7 @@ impl Machine for QuorumMachine {
     ) -> Vec<Bytes> {
         // A new leader tells its front the deadline again.
         self.deadline = None;
+        self.counters.set_leader(leading);
         if !leading {
             if self.acting != Acting::No
                 && let Some(hub) = self.hub.upgrade()
