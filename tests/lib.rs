@@ -81,6 +81,125 @@ pub async fn http_get(
     (status, head.to_string(), body.to_string())
 }
 
+/// An answer of the management HTTP API, read by hyper's HTTP/1.1 client.
+#[derive(Debug)]
+pub struct ApiAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case.
+    pub headers: std::collections::HashMap<String, String>,
+    /// The body as JSON (`Null` when empty or not JSON).
+    pub json: serde_json::Value,
+    /// The body as text.
+    pub text: String,
+}
+
+/// A client of the management HTTP API as a user of it (basic authentication).
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// The listener.
+    pub address: SocketAddr,
+    /// `user:password`, or none.
+    pub credentials: Option<String>,
+}
+
+impl Api {
+    /// A client logging in as `user` with `password`.
+    pub fn new(address: SocketAddr, user: &str, password: &str) -> Api {
+        Api {
+            address,
+            credentials: Some(format!("{user}:{password}")),
+        }
+    }
+
+    /// The same listener, as another user.
+    pub fn as_user(&self, user: &str, password: &str) -> Api {
+        Api::new(self.address, user, password)
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> ApiAnswer {
+        self.call("GET", path, None, &[]).await
+    }
+
+    /// `PUT path` with a JSON body.
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> ApiAnswer {
+        self.call("PUT", path, Some(body), &[]).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> ApiAnswer {
+        self.call("POST", path, Some(body), &[]).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> ApiAnswer {
+        self.call("DELETE", path, None, &[]).await
+    }
+
+    /// Any request, with extra headers.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> ApiAnswer {
+        use base64::Engine;
+        use http_body_util::BodyExt;
+        let stream = TcpStream::connect(self.address).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("HTTP handshake");
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.address.to_string());
+        if let Some(credentials) = &self.credentials {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+            request = request.header("authorization", format!("Basic {encoded}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = body.map_or_else(String::new, |body| body.to_string());
+        if !body.is_empty() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("a request");
+        let response = sender.send_request(request).await.expect("an answer");
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    value.to_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the body")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        ApiAnswer {
+            status,
+            headers,
+            json,
+            text,
+        }
+    }
+}
+
 /// An HTTP/1.1 request, as the fake services of the tests read it.
 #[derive(Debug)]
 pub struct HttpRequest {

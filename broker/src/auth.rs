@@ -515,6 +515,16 @@ mod tests {
                 HashingAlgorithm::Sha512,
             ),
             ("AQIDBH/JkOf0oGZ5yhQgSBXkHS0=", HashingAlgorithm::Md5),
+            // RabbitMQ's own worked example of "guest" (salt 90 8d c6 0a).
+            (
+                "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe",
+                HashingAlgorithm::Sha256,
+            ),
+            (
+                "kI3GCrf65LdSkFyP8BVa8fB/67dDZ7ljrRF4WEjLDwWuHFxFQjgE88vc4EqLc8+dW4j5onKsGl4Ty32Icokl1iJrRxk=",
+                HashingAlgorithm::Sha512,
+            ),
+            ("kI3GCsLphS59YDqYemSoxQGij64=", HashingAlgorithm::Md5),
         ] {
             let hash = PasswordHash::from_base64(text).unwrap();
             assert_eq!(hash.algorithm(), algorithm);

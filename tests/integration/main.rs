@@ -22,6 +22,7 @@ mod faults;
 mod k8s_docker;
 mod lapin_client;
 mod management;
+mod management_api;
 mod pika;
 mod process;
 mod protocol;

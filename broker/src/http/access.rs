@@ -19,7 +19,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use super::Call;
-use super::reply::{ApiError, ApiResult, Reply};
+use super::reply::{ApiError, ApiResult, Reply, key_missing};
 use crate::admin::report;
 use crate::auth::{HashingAlgorithm, PasswordHash, Pattern, Permission, User};
 use crate::queue::QueueCommand;
@@ -31,7 +31,8 @@ pub(super) async fn route(call: &Call, segments: &[&str]) -> ApiResult {
         ["vhosts"] if method == Method::GET => list_vhosts(call).await,
         ["vhosts", name] => match *method {
             Method::GET => {
-                let vhost = call.vhost(name, false)?;
+                call.require_admin()?;
+                let vhost = call.broker.vhost(name).ok_or(ApiError::NotFound)?;
                 let rows = vhost_rows(call, vec![vhost.name().to_string()]).await;
                 call.object(rows.into_iter().next().ok_or(ApiError::NotFound)?)
             }
@@ -72,9 +73,7 @@ pub(super) async fn route(call: &Call, segments: &[&str]) -> ApiResult {
         ["users", "bulk-delete"] if method == Method::POST => bulk_delete(call).await,
         ["users", name] => match *method {
             Method::GET => {
-                if !call.is_admin() && call.user.name != *name {
-                    return Err(ApiError::not_authorised("Not administrator user"));
-                }
+                call.require_admin()?;
                 let user = call.broker.users.user(name).ok_or(ApiError::NotFound)?;
                 call.object(user_row(&user))
             }
@@ -246,25 +245,52 @@ async fn put_vhost(call: &Call, name: &str) -> ApiResult {
         return Err(ApiError::bad_request("the vhost name is empty"));
     }
     let body = call.json_body()?;
-    let default_queue_type = match body.get("default_queue_type").and_then(Value::as_str) {
-        None | Some("") | Some("undefined") => None,
-        Some(kind @ ("classic" | "quorum")) => Some(kind.to_string()),
+    // An existing vhost keeps what the body does not name, as RabbitMQ merges metadata.
+    let mut metadata = call
+        .broker
+        .vhost(name)
+        .map(|vhost| vhost.metadata())
+        .unwrap_or_default();
+    match body.get("default_queue_type") {
+        None => {}
+        Some(Value::Null) => metadata.default_queue_type = None,
+        Some(Value::String(kind)) => match kind.as_str() {
+            "" => {
+                return Err(ApiError::bad_request(
+                    "default_queue_type must not be an empty string",
+                ));
+            }
+            "undefined" => metadata.default_queue_type = None,
+            "classic" | "quorum" => metadata.default_queue_type = Some(kind.clone()),
+            // RabbitMQ's text for a type it knows but does not run.
+            "stream" => {
+                return Err(ApiError::bad_request("queue type stream is not enabled"));
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{other} is not a valid queue type"
+                )));
+            }
+        },
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "default_queue_type '{other}' is not a queue type Warren has (classic, quorum)"
+                "default_queue_type must be a string, not {other}"
             )));
         }
-    };
-    let description = match body.get("description") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(text)) => text.clone(),
+    }
+    match body.get("description") {
+        None => {}
+        Some(Value::Null) => metadata.description.clear(),
+        Some(Value::String(text)) => metadata.description = text.clone(),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "description must be a string, not {other}"
             )));
         }
-    };
-    let tags = tag_list(body.get("tags"))?;
+    }
+    if let Some(tags) = body.get("tags") {
+        metadata.tags = tag_list(Some(tags))?;
+    }
     let existed = call.broker.vhost(name).is_some();
     if !existed {
         propose(
@@ -279,9 +305,9 @@ async fn put_vhost(call: &Call, name: &str) -> ApiResult {
         call,
         MetadataCommand::SetVHostMetadata {
             name: name.to_string(),
-            description,
-            tags,
-            default_queue_type,
+            description: metadata.description,
+            tags: metadata.tags,
+            default_queue_type: metadata.default_queue_type,
         },
     )
     .await?;
@@ -412,7 +438,7 @@ async fn bulk_delete(call: &Call) -> ApiResult {
     call.require_admin()?;
     let body = call.json_body()?;
     let Some(users) = body.get("users").and_then(Value::as_array) else {
-        return Err(ApiError::bad_request("users not found in the request body"));
+        return Err(key_missing(&["users"]));
     };
     for user in users {
         let Some(name) = user.as_str() else {
@@ -453,19 +479,21 @@ fn permission_rows(call: &Call, keep: impl Fn(&str, &str) -> bool) -> Vec<Value>
 
 async fn put_permission(call: &Call, vhost: &str, user: &str) -> ApiResult {
     call.require_admin()?;
-    if call.broker.vhost(vhost).is_none() {
-        return Err(ApiError::bad_request(format!("vhost_not_found: {vhost}")));
-    }
-    if call.broker.users.user(user).is_none() {
-        return Err(ApiError::bad_request(format!("user_not_found: {user}")));
+    if call.broker.vhost(vhost).is_none() || call.broker.users.user(user).is_none() {
+        return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
     let body = call.json_body()?;
+    let missing: Vec<&str> = ["configure", "write", "read"]
+        .into_iter()
+        .filter(|key| body.get(key).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(key_missing(&missing));
+    }
     let mut patterns = Vec::with_capacity(3);
     for key in ["configure", "write", "read"] {
         let Some(pattern) = body.get(key).and_then(Value::as_str) else {
-            return Err(ApiError::bad_request(format!(
-                "{key} not found in the request body"
-            )));
+            return Err(ApiError::bad_request(format!("{key} must be a string")));
         };
         Pattern::new(pattern).map_err(ApiError::bad_request)?;
         patterns.push(pattern.to_string());

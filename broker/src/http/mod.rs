@@ -167,8 +167,8 @@ impl Call {
         self.is_monitor() || self.may_use(vhost)
     }
 
-    /// The vhost named in the path: 404 when it does not exist, 401 when the user may not
-    /// see it (`for_use`: may not use it).
+    /// The vhost named in the path: 404 when it does not exist, and (as RabbitMQ's vhost
+    /// check answers) `404 not_found` when the user may not see it (`for_use`: may not use it).
     pub(crate) fn vhost(&self, name: &str, for_use: bool) -> ApiResult<Arc<VHost>> {
         let vhost = self.broker.vhost(name).ok_or(ApiError::NotFound)?;
         let allowed = if for_use {
@@ -177,9 +177,7 @@ impl Call {
             self.may_see(name)
         };
         if !allowed {
-            return Err(ApiError::not_authorised(
-                "User not authorised to access virtual host",
-            ));
+            return Err(ApiError::NotFoundBecause("Not Found".into()));
         }
         Ok(vhost)
     }
@@ -222,8 +220,15 @@ impl Call {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(serde_json::Value::Object(Default::default()));
         }
-        serde_json::from_slice(&self.body)
-            .map_err(|error| ApiError::bad_request(format!("failed_to_parse_json: {error}")))
+        match serde_json::from_slice(&self.body) {
+            Ok(serde_json::Value::Null) => Ok(serde_json::Value::Object(Default::default())),
+            Ok(serde_json::Value::String(_)) => Err(ApiError::bad_request(
+                "invalid payload: the request body JSON-decoded to a string. Is the input \
+                 doubly-JSON-encoded?",
+            )),
+            Ok(value) => Ok(value),
+            Err(_) => Err(ApiError::bad_request("not_json")),
+        }
     }
 
     /// A query flag RabbitMQ reads as `true` when its value is `true`.

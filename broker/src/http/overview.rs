@@ -87,7 +87,7 @@ pub(super) async fn route(call: &Call, segments: &[&str]) -> ApiResult {
             call.require_admin()?;
             let body = call.json_body()?;
             let Some(name) = body.get("name").and_then(Value::as_str) else {
-                return Err(ApiError::bad_request("name not found in the request body"));
+                return Err(super::reply::key_missing(&["name"]));
             };
             call.broker
                 .propose(MetadataCommand::SetGlobalParameter {
@@ -175,7 +175,7 @@ async fn overview(call: &Call) -> ApiResult {
         .filter(visible)
         .count();
     let me = &reports[0];
-    Ok(Reply::Json(json!({
+    let mut overview = json!({
         "management_version": RABBITMQ_VERSION,
         "rates_mode": "none",
         "exchange_types": exchange_types(),
@@ -220,5 +220,17 @@ async fn overview(call: &Call) -> ApiResult {
                 .map_or(0, |listener| listener.address.port())
                 .to_string(),
         }],
-    })))
+    });
+    // As RabbitMQ: only monitors see the node, its listeners and the consumer count.
+    if !call.is_monitor()
+        && let Value::Object(fields) = &mut overview
+    {
+        for key in ["node", "listeners", "contexts"] {
+            fields.remove(key);
+        }
+        if let Some(Value::Object(totals)) = fields.get_mut("object_totals") {
+            totals.remove("consumers");
+        }
+    }
+    Ok(Reply::Json(overview))
 }

@@ -6,7 +6,7 @@
 //!  401 {"error":"not_authorised","reason":"Not administrator user"}   tags or vhost access
 //!  404 {"error":"Object Not Found","reason":"Not Found"}       no such path or object
 //!  400 {"error":"bad_request","reason":...}                    bad input; AMQP errors as "406 ..."
-//!  405 {"error":"Method Not Allowed","reason":...}
+//!  405 and a 401 without credentials: no body
 //! ```
 
 use bytes::Bytes;
@@ -65,11 +65,9 @@ impl ApiError {
 
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
         match self {
+            // As RabbitMQ (cowboy): no body, only the challenge.
             ApiError::Unauthenticated => {
-                let mut response = json_response(
-                    StatusCode::UNAUTHORIZED,
-                    &json!({"error": "not_authorized", "reason": "Not_Authorized"}),
-                );
+                let mut response = empty(StatusCode::UNAUTHORIZED);
                 response.headers_mut().insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
@@ -96,10 +94,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST,
                 &json!({"error": kind, "reason": reason}),
             ),
-            ApiError::MethodNotAllowed => json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "Method Not Allowed", "reason": "Method Not Allowed"}),
-            ),
+            ApiError::MethodNotAllowed => empty(StatusCode::METHOD_NOT_ALLOWED),
             ApiError::Unavailable(reason) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"error": "service_unavailable", "reason": reason}),
@@ -114,17 +109,26 @@ impl From<ListError> for ApiError {
     }
 }
 
-/// AMQP errors as the management API reports the ones its internal channel gets: 404 as
-/// `not_found`, access refusals as `not_authorised`, the rest as `400 "CODE TEXT"`.
+/// AMQP errors of declarations, deletions and bindings as RabbitMQ's management API reports
+/// them (its `rabbit_channel:handle_method` path): access refusals as `401 "Access refused."`,
+/// 404 as `not_found` with the explanation, the rest as `400` with the explanation.
 impl From<AmqpError> for ApiError {
     fn from(error: AmqpError) -> ApiError {
-        let text = error.to_string();
         match error.code.code() {
-            404 => ApiError::NotFoundBecause(text),
-            403 => ApiError::NotAuthorised(text),
-            code => ApiError::bad_request(format!("{code} {text}")),
+            403 | 530 => ApiError::not_authorised("Access refused."),
+            404 => ApiError::NotFoundBecause(error.explanation),
+            _ => ApiError::bad_request(error.explanation),
         }
     }
+}
+
+/// A body key RabbitMQ requires, missing: its `[{key_missing,KEY}]` reason.
+pub(crate) fn key_missing(keys: &[&str]) -> ApiError {
+    let listed: Vec<String> = keys
+        .iter()
+        .map(|key| format!("{{key_missing,{key}}}"))
+        .collect();
+    ApiError::bad_request(format!("[{}]", listed.join(",")))
 }
 
 impl Reply {

@@ -175,14 +175,19 @@ fn exchange_name(name: &str) -> &str {
     if name == "amq.default" { "" } else { name }
 }
 
-/// The vhost and the user's permissions there, for a change: 401 without any.
+/// The vhost and the user's permissions there, for a change: `404 vhost_not_found` when it
+/// does not exist, `401 "Access refused."` without permissions (RabbitMQ's internal
+/// connection to the vhost is refused).
 fn usable(call: &Call, vhost: &str) -> ApiResult<(Arc<VHost>, Arc<Permission>)> {
-    let host = call.broker.vhost(vhost).ok_or(ApiError::NotFound)?;
+    let host = call
+        .broker
+        .vhost(vhost)
+        .ok_or_else(|| ApiError::NotFoundBecause("vhost_not_found".into()))?;
     let permission = call
         .broker
         .users
         .permission(&call.user.name, vhost)
-        .ok_or_else(|| ApiError::not_authorised("User not authorised to access virtual host"))?;
+        .ok_or_else(|| ApiError::not_authorised("Access refused."))?;
     Ok((host, permission))
 }
 
@@ -215,9 +220,7 @@ fn flag(body: &Value, key: &str, default: bool) -> ApiResult<bool> {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(value)) => Ok(*value),
         Some(Value::String(text)) if text == "true" || text == "false" => Ok(text == "true"),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "{key} must be true or false, not {other}"
-        ))),
+        Some(other) => Err(ApiError::bad_request(format!("[\"not_boolean\",{other}]"))),
     }
 }
 
@@ -249,9 +252,8 @@ fn list_exchanges(call: &Call, vhost: Option<&str>) -> ApiResult {
 async fn put_exchange(call: &Call, vhost: &str, name: &str) -> ApiResult {
     let (host, permission) = usable(call, vhost)?;
     let body = call.json_body()?;
-    let Some(kind_name) = body.get("type").and_then(Value::as_str) else {
-        return Err(ApiError::bad_request("type not found in the request body"));
-    };
+    // RabbitMQ's exchange.declare defaults: direct, not durable.
+    let kind_name = body.get("type").and_then(Value::as_str).unwrap_or("direct");
     let kind = ExchangeKind::parse(kind_name.as_bytes()).ok_or_else(|| {
         ApiError::from(AmqpError::command_invalid(format!(
             "invalid exchange type '{kind_name}'"
@@ -275,7 +277,7 @@ async fn put_exchange(call: &Call, vhost: &str, name: &str) -> ApiResult {
     host.declare_exchange(ExchangeSpec {
         name: short(name)?,
         kind,
-        durable: flag(&body, "durable", true)?,
+        durable: flag(&body, "durable", false)?,
         auto_delete: flag(&body, "auto_delete", false)?,
         internal: flag(&body, "internal", false)?,
         arguments: arguments(&body)?,
@@ -417,7 +419,7 @@ async fn put_queue(call: &Call, vhost: &str, name: &str) -> ApiResult {
         name,
     )?;
     let mut arguments = arguments(&body)?;
-    let durable = flag(&body, "durable", true)?;
+    let durable = flag(&body, "durable", false)?;
     let auto_delete = flag(&body, "auto_delete", false)?;
     let default_quorum = match host.metadata().default_queue_type.as_deref() {
         Some(kind) => kind == "quorum",
@@ -530,25 +532,21 @@ fn bindings_between(
         .collect())
 }
 
-/// The path of a binding, as RabbitMQ's `Location` header gives it.
-fn binding_location(vhost: &str, source: &str, kind: &str, destination: &str, key: &str) -> String {
-    let encode = |text: &str| {
+/// A binding's `Location`, as RabbitMQ gives it: relative to the request's path, the
+/// destination and the properties key, each `quote_plus`-encoded.
+fn binding_location(destination: &str, key: &str) -> String {
+    let quote_plus = |text: &str| {
         text.bytes()
             .map(|byte| match byte {
                 b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                     (byte as char).to_string()
                 }
+                b' ' => "+".to_string(),
                 _ => format!("%{byte:02X}"),
             })
             .collect::<String>()
     };
-    format!(
-        "/api/bindings/{}/e/{}/{kind}/{}/{}",
-        encode(vhost),
-        encode(source),
-        encode(destination),
-        encode(key)
-    )
+    format!("{}/{}", quote_plus(destination), quote_plus(key))
 }
 
 async fn bind(call: &Call, vhost: &str, source: &str, kind: &str, destination: &str) -> ApiResult {
@@ -610,13 +608,7 @@ async fn bind(call: &Call, vhost: &str, source: &str, kind: &str, destination: &
     let key = rows::properties_key(&routing_key, &arguments);
     host.bind(&exchange, target, short(&routing_key)?, arguments)
         .await?;
-    Ok(Reply::Created(Some(binding_location(
-        vhost,
-        source,
-        kind,
-        destination,
-        &key,
-    ))))
+    Ok(Reply::Created(Some(binding_location(destination, &key))))
 }
 
 async fn unbind(
