@@ -15,6 +15,7 @@ mod amqprs_client;
 mod chaos;
 mod cluster;
 mod cluster_process;
+mod definitions;
 mod discovery;
 mod durability;
 mod extensions;

@@ -19,6 +19,7 @@
 
 mod access;
 mod clients;
+mod definitions;
 mod health;
 mod overview;
 mod reply;
@@ -378,6 +379,7 @@ async fn route(call: &Call) -> ApiResult {
         ["connections", ..] | ["channels", ..] | ["consumers", ..] => {
             clients::route(call, &segments).await
         }
+        ["definitions", ..] => definitions::route(call, &segments).await,
         ["exchanges", ..] | ["queues", ..] | ["bindings", ..] => {
             topology::route(call, &segments).await
         }
