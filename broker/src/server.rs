@@ -48,6 +48,9 @@ pub enum StartError {
     /// The configuration could not be applied.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// The definitions `load_definitions` names could not be imported.
+    #[error("load_definitions: {0}")]
+    Definitions(String),
 }
 
 /// Settings that do not come from the configuration: for embedders and tests.
@@ -198,6 +201,15 @@ impl Node {
                 transport.shutdown();
                 return Err(error);
             }
+        }
+        if let (Some(path), Some(broker)) = (&shared.config.load_definitions, shared.broker())
+            && let Err(error) = crate::http::definitions::load_at_start(&broker, path).await
+        {
+            let node = Node {
+                shared: shared.clone(),
+            };
+            node.shutdown(Duration::from_secs(5)).await;
+            return Err(StartError::Definitions(error));
         }
         if shared.config.cluster.partition_handling == PartitionHandling::PauseMinority {
             tokio::spawn(watch_partitions(Arc::downgrade(&shared)));

@@ -261,3 +261,53 @@ async fn an_import_warren_cannot_keep_whole_changes_nothing() {
     );
     broker.stop().await;
 }
+
+/// `load_definitions` at start: a directory's files are imported in name order, every start;
+/// a file that cannot be imported stops the node from starting, naming the key and the file.
+#[tokio::test]
+async fn load_definitions_imports_a_directory_at_start_and_refuses_a_bad_file() {
+    let dir = warren_testkit::temporary_dir("definitions");
+    std::fs::create_dir_all(&dir).expect("a directory");
+    std::fs::write(
+        dir.join("1-vhosts.json"),
+        json!({"vhosts": [{"name": "boot"}]}).to_string(),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("2-queues.json"),
+        json!({
+            "queues": [{"name": "boot-q", "vhost": "boot", "durable": true,
+                        "auto_delete": false, "arguments": {}}],
+            "permissions": [{"user": "guest", "vhost": "boot", "configure": ".*",
+                             "write": ".*", "read": ".*"}],
+        })
+        .to_string(),
+    )
+    .expect("write");
+    std::fs::write(dir.join("notes.txt"), "not definitions").expect("write");
+    let loaded = dir.clone();
+    let broker = TestBroker::builder()
+        .config(move |config| config.load_definitions = Some(loaded))
+        .start()
+        .await;
+    let api = api(&broker);
+    assert_eq!(api.get("/api/queues/boot/boot-q").await.status, 200);
+    login(&broker, "guest", "guest", "boot").await;
+    broker.stop().await;
+
+    let bad = warren_testkit::temporary_dir("bad-definitions").with_extension("json");
+    std::fs::write(
+        &bad,
+        "{\"queues\": [{\"name\": \"q\", \"vhost\": \"nowhere\"}]}",
+    )
+    .expect("write");
+    let refused = TestBroker::builder()
+        .config(move |config| config.load_definitions = Some(bad))
+        .try_start()
+        .await;
+    let error = refused.expect_err("the node does not start").to_string();
+    assert!(
+        error.starts_with("load_definitions: ") && error.contains("nowhere"),
+        "{error}"
+    );
+}

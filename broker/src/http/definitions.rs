@@ -7,9 +7,11 @@
 //!  POST /api/definitions[/{vhost}] import: a RabbitMQ 3.x or 4.x export, or Warren's
 //! ```
 //!
-//! An import is checked whole before anything changes: what Warren has no place for yet
-//! (policies, runtime parameters, topic permissions, limits) is refused with what it was, so
-//! that nothing in a file is dropped without a word. Users keep their password hashes and
+//! An import is checked before anything changes (what Warren has no place for yet, policies,
+//! runtime parameters and topic permissions, is refused with what it was, so that nothing in a
+//! file is dropped without a word; so are unknown vhosts, exchange types and unreadable password
+//! hashes). What only applying can find (a queue declared differently on the node) stops the
+//! import there with RabbitMQ's error; importing the file again after fixing it is safe. Users keep their password hashes and
 //! algorithms; a 3.0–3.5 export without `hashing_algorithm` is MD5, as RabbitMQ reads it.
 //! Entries are applied in dependency order (users, vhosts, permissions, parameters, exchanges,
 //! queues, bindings) through the same operations as clients and the API use.
@@ -24,6 +26,7 @@ use super::reply::{ApiError, ApiResult, Reply};
 use crate::admin::json::{json_to_table, table_to_json};
 use crate::admin::report;
 use crate::auth::{HashingAlgorithm, PasswordHash};
+use crate::broker::Broker;
 use crate::exchange::{Destination, ExchangeKind};
 use crate::queue::QueueSpec;
 use crate::store::metadata::MetadataCommand;
@@ -304,21 +307,29 @@ fn refuse_unsupported(body: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-async fn propose(call: &Call, command: MetadataCommand) -> ApiResult<()> {
-    call.broker
-        .propose(command)
-        .await
-        .map_err(ApiError::Unavailable)
+async fn propose(broker: &Broker, command: MetadataCommand) -> ApiResult<()> {
+    broker.propose(command).await.map_err(ApiError::Unavailable)
 }
 
 async fn import(call: &Call, only: Option<&str>) -> ApiResult {
     let body = call
         .json_body()
         .map_err(|_| ApiError::bad_request("failed_to_parse_json"))?;
+    import_definitions(&call.broker, &body, only).await?;
+    Ok(Reply::NoContent)
+}
+
+/// Imports definitions (a RabbitMQ or Warren export) into the node's cluster, into `only`
+/// when they are one vhost's.
+pub(crate) async fn import_definitions(
+    broker: &Broker,
+    body: &Value,
+    only: Option<&str>,
+) -> ApiResult<()> {
     if !body.is_object() {
         return Err(ApiError::bad_request("failed_to_parse_json"));
     }
-    refuse_unsupported(&body)?;
+    refuse_unsupported(body)?;
     let vhost_of = |entry: &Value| -> ApiResult<String> {
         match only {
             Some(vhost) => Ok(vhost.to_string()),
@@ -326,9 +337,9 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
         }
     };
     // Checked whole first: every user's hash, every exchange type, every vhost named.
-    let fallback = default_algorithm(&body);
+    let fallback = default_algorithm(body);
     let mut users = Vec::new();
-    for user in list(&body, "users")? {
+    for user in list(body, "users")? {
         let name = text(user, "name", "user")?;
         let hash = match user.get("password_hash").and_then(Value::as_str) {
             None | Some("") => None,
@@ -352,12 +363,12 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
         };
         users.push((name.to_string(), hash, tags(user.get("tags"))));
     }
-    let mut known_vhosts: Vec<String> = call.broker.vhost_names();
-    for vhost in list(&body, "vhosts")? {
+    let mut known_vhosts: Vec<String> = broker.vhost_names();
+    for vhost in list(body, "vhosts")? {
         known_vhosts.push(text(vhost, "name", "vhost")?.to_string());
     }
     for key in ["exchanges", "queues", "bindings", "permissions"] {
-        for entry in list(&body, key)? {
+        for entry in list(body, key)? {
             let vhost = vhost_of(entry)?;
             if !known_vhosts.contains(&vhost) {
                 return Err(ApiError::bad_request(format!(
@@ -366,7 +377,7 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
             }
         }
     }
-    for exchange in list(&body, "exchanges")? {
+    for exchange in list(body, "exchanges")? {
         let kind = exchange
             .get("type")
             .and_then(Value::as_str)
@@ -380,7 +391,7 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
 
     for (name, password_hash, tags) in users {
         propose(
-            call,
+            broker,
             MetadataCommand::PutUser {
                 name,
                 password_hash,
@@ -389,10 +400,10 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
         )
         .await?;
     }
-    for vhost in list(&body, "vhosts")? {
+    for vhost in list(body, "vhosts")? {
         let name = text(vhost, "name", "vhost")?.to_string();
-        if call.broker.vhost(&name).is_none() {
-            propose(call, MetadataCommand::PutVHost { name: name.clone() }).await?;
+        if broker.vhost(&name).is_none() {
+            propose(broker, MetadataCommand::PutVHost { name: name.clone() }).await?;
         }
         // 4.2+ keeps these under "metadata"; earlier exports at the top of the entry.
         let metadata = vhost.get("metadata").unwrap_or(vhost);
@@ -409,7 +420,7 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
             .filter(|kind| matches!(*kind, "classic" | "quorum"))
             .map(str::to_string);
         propose(
-            call,
+            broker,
             MetadataCommand::SetVHostMetadata {
                 name,
                 description,
@@ -419,14 +430,14 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
         )
         .await?;
     }
-    for permission in list(&body, "permissions")? {
+    for permission in list(body, "permissions")? {
         let pattern = |key| text(permission, key, "permission").map(str::to_string);
         let (configure, write, read) = (pattern("configure")?, pattern("write")?, pattern("read")?);
         for source in [&configure, &write, &read] {
             crate::auth::Pattern::new(source).map_err(ApiError::bad_request)?;
         }
         propose(
-            call,
+            broker,
             MetadataCommand::SetPermissions {
                 user: text(permission, "user", "permission")?.to_string(),
                 vhost: vhost_of(permission)?,
@@ -438,11 +449,11 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
         .await?;
     }
     {
-        for global in list(&body, "global_parameters")? {
+        for global in list(body, "global_parameters")? {
             let name = text(global, "name", "global parameter")?.to_string();
             let value = global.get("value").cloned().unwrap_or(Value::Null);
             propose(
-                call,
+                broker,
                 MetadataCommand::SetGlobalParameter {
                     name,
                     value: value.to_string(),
@@ -451,10 +462,10 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
             .await?;
         }
     }
-    let connection = call.broker.next_connection_id();
-    for exchange in list(&body, "exchanges")? {
+    let connection = broker.next_connection_id();
+    for exchange in list(body, "exchanges")? {
         let vhost = vhost_of(exchange)?;
-        let host = call.broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
+        let host = broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
         let name = text(exchange, "name", "exchange")?;
         let kind = exchange
             .get("type")
@@ -470,9 +481,9 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
         })
         .await?;
     }
-    for queue in list(&body, "queues")? {
+    for queue in list(body, "queues")? {
         let vhost = vhost_of(queue)?;
-        let host = call.broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
+        let host = broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
         let mut arguments = arguments(queue)?;
         // 4.x exports carry the type beside the arguments.
         if let Some(kind) = queue.get("type").and_then(Value::as_str)
@@ -493,9 +504,9 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
         };
         host.declare_queue(spec, connection).await?;
     }
-    for binding in list(&body, "bindings")? {
+    for binding in list(body, "bindings")? {
         let vhost = vhost_of(binding)?;
-        let host = call.broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
+        let host = broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
         let source = text(binding, "source", "binding")?;
         let destination = text(binding, "destination", "binding")?;
         let exchange = host.exchange(source.as_bytes()).ok_or_else(|| {
@@ -519,7 +530,41 @@ async fn import(call: &Call, only: Option<&str>) -> ApiResult {
         host.bind(&exchange, target, short(key)?, arguments(binding)?)
             .await?;
     }
-    Ok(Reply::NoContent)
+    Ok(())
+}
+
+/// Imports the definitions `load_definitions` names at the node's start: one JSON file, or
+/// every `.json` file of a directory in name order. The error names the file and what was
+/// wrong in it.
+pub(crate) async fn load_at_start(broker: &Broker, path: &std::path::Path) -> Result<(), String> {
+    let files = if path.is_dir() {
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+            .map_err(|error| format!("{}: {error}", path.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|file| {
+                file.extension()
+                    .is_some_and(|extension| extension == "json")
+            })
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for file in files {
+        let text = std::fs::read(&file).map_err(|error| format!("{}: {error}", file.display()))?;
+        // A byte-order mark is skipped, as RabbitMQ does.
+        let text = text
+            .strip_prefix(b"\xEF\xBB\xBF".as_slice())
+            .unwrap_or(&text);
+        let body: Value = serde_json::from_slice(text)
+            .map_err(|error| format!("{}: not JSON: {error}", file.display()))?;
+        import_definitions(broker, &body, None)
+            .await
+            .map_err(|error| format!("{}: {}", file.display(), error.reason()))?;
+        tracing::info!("imported definitions from {}", file.display());
+    }
+    Ok(())
 }
 
 fn short(name: &str) -> ApiResult<ShortString> {

@@ -19,7 +19,7 @@
 
 mod access;
 mod clients;
-mod definitions;
+pub(crate) mod definitions;
 mod health;
 mod overview;
 mod reply;

@@ -63,6 +63,19 @@ impl ApiError {
         ApiError::BadRequest("bad_request", reason.into())
     }
 
+    /// What went wrong, in words (for logs and start errors).
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            ApiError::Unauthenticated | ApiError::LoginRefused => "not authorized".into(),
+            ApiError::NotAuthorised(reason)
+            | ApiError::NotFoundBecause(reason)
+            | ApiError::BadRequest(_, reason)
+            | ApiError::Unavailable(reason) => reason.clone(),
+            ApiError::NotFound => "not found".into(),
+            ApiError::MethodNotAllowed => "method not allowed".into(),
+        }
+    }
+
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
         match self {
             // As RabbitMQ (cowboy): no body, only the challenge.

@@ -305,6 +305,10 @@ pub struct Config {
     pub default_pass: String,
     /// Virtual host created on first start (`default_vhost`).
     pub default_vhost: String,
+    /// Definitions imported at every start (`load_definitions`, or `definitions.local.path`
+    /// with `definitions.import_backend = local_filesystem`): a JSON file, or a directory
+    /// whose `.json` files are imported in name order.
+    pub load_definitions: Option<PathBuf>,
     /// Tags of the default user (`default_user_tags.*`).
     pub default_user_tags: Vec<String>,
     /// Permissions of the default user on the default vhost (`default_permissions.*`).
@@ -422,6 +426,7 @@ impl Default for Config {
             default_user: "guest".into(),
             default_pass: "guest".into(),
             default_vhost: "/".into(),
+            load_definitions: None,
             default_user_tags: vec!["administrator".into()],
             default_permissions: Permissions {
                 configure: ".*".into(),

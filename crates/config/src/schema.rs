@@ -55,6 +55,23 @@ const KEYS: &[(&str, Apply)] = &[
         config.default_vhost = setting.value.clone();
         Ok(())
     }),
+    ("load_definitions", |config, setting, _| {
+        config.load_definitions = Some(setting.value.clone().into());
+        Ok(())
+    }),
+    ("definitions.local.path", |config, setting, _| {
+        config.load_definitions = Some(setting.value.clone().into());
+        Ok(())
+    }),
+    (
+        "definitions.import_backend",
+        |_, setting, _| match setting.value.as_str() {
+            "local_filesystem" | "rabbit_definitions_import_local_filesystem" => Ok(()),
+            other => Err(format!(
+                "'{other}' is not an import backend Warren has (local_filesystem)"
+            )),
+        },
+    ),
     ("default_user_tags.*", |config, setting, wildcards| {
         let tag = wildcards[0].to_string();
         config.default_user_tags.retain(|existing| *existing != tag);
