@@ -437,7 +437,7 @@ async fn queues_exchanges_and_bindings_are_declared_listed_and_deleted() {
     assert_eq!(bound.status, 201, "{}", bound.text);
     assert_eq!(
         bound.headers.get("location").map(String::as_str),
-        Some("orders.eu/eu.%23")
+        Some("orders.eu/eu.%2523")
     );
     let between = api.get("/api/bindings/%2F/e/orders/q/orders.eu").await;
     assert_eq!(
@@ -446,7 +446,7 @@ async fn queues_exchanges_and_bindings_are_declared_listed_and_deleted() {
         "{}",
         between.text
     );
-    assert_eq!(between.json[0]["properties_key"], json!("eu.#"));
+    assert_eq!(between.json[0]["properties_key"], json!("eu.%23"));
     let queue_bindings = api.get("/api/queues/%2F/orders.eu/bindings").await;
     let sources: Vec<&str> = queue_bindings
         .json
@@ -536,13 +536,13 @@ async fn queues_exchanges_and_bindings_are_declared_listed_and_deleted() {
     );
 
     assert_eq!(
-        api.delete("/api/bindings/%2F/e/orders/q/orders.eu/eu.%23")
+        api.delete("/api/bindings/%2F/e/orders/q/orders.eu/eu.%2523")
             .await
             .status,
         204
     );
     assert_eq!(
-        api.get("/api/bindings/%2F/e/orders/q/orders.eu/eu.%23")
+        api.get("/api/bindings/%2F/e/orders/q/orders.eu/eu.%2523")
             .await
             .status,
         404

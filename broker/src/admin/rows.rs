@@ -221,11 +221,18 @@ pub fn properties_key(routing_key: &str, arguments: &warren_wire::FieldTable) ->
     format!("{key}~{}", arguments_hash(arguments))
 }
 
-/// RabbitMQ's `quote_binding`: `%` as `%25`, `/` as `%2F`, `~` as `%7E`.
+/// RabbitMQ's `quote_binding`: `quote_plus` (letters, digits and `.-~_` kept, space as `+`,
+/// every other byte `%XX`), then `~` as `%7E`, so that the only bare `~` is the separator.
 fn quote_binding(key: &str) -> String {
-    key.replace('%', "%25")
-        .replace('/', "%2F")
-        .replace('~', "%7E")
+    key.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                (byte as char).to_string()
+            }
+            b' ' => "+".to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }
 
 /// A short, stable hash of binding arguments, to tell bindings with the same key apart in
@@ -294,6 +301,10 @@ mod tests {
         let none = FieldTable::new();
         assert_eq!(properties_key("", &none), "~");
         assert_eq!(properties_key("a/b~c%", &none), "a%2Fb%7Ec%25");
+        // RabbitMQ's examples.
+        assert_eq!(properties_key("eu.#", &none), "eu.%23");
+        assert_eq!(properties_key("order.*", &none), "order.%2A");
+        assert_eq!(properties_key("a b", &none), "a+b");
         let mut one = FieldTable::new();
         one.insert(
             ShortString::from_static("x-match"),
