@@ -799,3 +799,154 @@ async fn any_node_answers_for_the_whole_cluster() {
     assert_eq!(closed.status, 204, "{}", closed.text);
     eventually(&on_a, "/api/connections", |list| list == &json!([])).await;
 }
+
+/// `/publish` routes as `basic.publish` does and waits for the queues' confirms; `/get` takes
+/// messages with each of RabbitMQ's ack modes.
+#[tokio::test]
+async fn messages_are_published_and_got_through_the_api() {
+    let broker = TestBroker::start().await;
+    let api = api(&broker);
+    assert_eq!(
+        api.put("/api/queues/%2F/inbox", json!({"durable": true}))
+            .await
+            .status,
+        201
+    );
+    let published = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({
+                "properties": {"delivery_mode": 2, "headers": {"x-trace": "abc"}, "content_type": "text/plain"},
+                "routing_key": "inbox",
+                "payload": "hello world",
+                "payload_encoding": "string",
+            }),
+        )
+        .await;
+    assert_eq!(
+        published.json,
+        json!({"routed": true}),
+        "{}",
+        published.text
+    );
+    let binary = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"properties": {}, "routing_key": "inbox", "payload": "AP8=", "payload_encoding": "base64"}),
+        )
+        .await;
+    assert_eq!(binary.json, json!({"routed": true}), "{}", binary.text);
+    let unroutable = api
+        .post(
+            "/api/exchanges/%2F/amq.direct/publish",
+            json!({"properties": {}, "routing_key": "nobody", "payload": "x", "payload_encoding": "string"}),
+        )
+        .await;
+    assert_eq!(unroutable.json, json!({"routed": false}));
+    assert_error(
+        &api.post(
+            "/api/exchanges/%2F/amq.direct/publish",
+            json!({"routing_key": "x"}),
+        )
+        .await,
+        400,
+        "bad_request",
+        "{key_missing,properties}",
+    );
+    assert_error(
+        &api.post(
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"properties": {"delivery_mode": "two"}, "routing_key": "inbox", "payload": "x", "payload_encoding": "string"}),
+        )
+        .await,
+        400,
+        "bad_request",
+        "[\"not_int\",\"delivery_mode\"]",
+    );
+    assert_error(
+        &api.post(
+            "/api/exchanges/%2F/nope/publish",
+            json!({"properties": {}, "routing_key": "x", "payload": "x", "payload_encoding": "string"}),
+        )
+        .await,
+        404,
+        "not_found",
+        "exchange_not_found",
+    );
+
+    // Requeued: both come back, marked redelivered the next time.
+    let got = api
+        .post(
+            "/api/queues/%2F/inbox/get",
+            json!({"count": 5, "ackmode": "ack_requeue_true", "encoding": "auto", "truncate": 5}),
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let messages = got.json.as_array().expect("a list");
+    assert_eq!(messages.len(), 2, "{}", got.text);
+    assert_eq!(messages[0]["payload"], json!("hello"));
+    assert_eq!(messages[0]["payload_bytes"], json!(11));
+    assert_eq!(messages[0]["payload_encoding"], json!("string"));
+    assert_eq!(messages[0]["redelivered"], json!(false));
+    assert_eq!(messages[0]["message_count"], json!(1));
+    assert_eq!(messages[0]["routing_key"], json!("inbox"));
+    assert_eq!(
+        messages[0]["properties"],
+        json!({"delivery_mode": 2, "headers": {"x-trace": "abc"}, "content_type": "text/plain"})
+    );
+    assert_eq!(messages[1]["payload"], json!("AP8="), "not UTF-8: base64");
+    assert_eq!(messages[1]["payload_encoding"], json!("base64"));
+    let again = api
+        .post(
+            "/api/queues/%2F/inbox/get",
+            json!({"count": "1", "ackmode": "ack_requeue_false", "encoding": "base64"}),
+        )
+        .await;
+    assert_eq!(again.json[0]["redelivered"], json!(true), "{}", again.text);
+    assert_eq!(again.json[0]["payload"], json!("aGVsbG8gd29ybGQ="));
+    let last = api
+        .post(
+            "/api/queues/%2F/inbox/get",
+            json!({"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"}),
+        )
+        .await;
+    assert_eq!(last.json.as_array().unwrap().len(), 1, "{}", last.text);
+    let empty = api
+        .post(
+            "/api/queues/%2F/inbox/get",
+            json!({"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"}),
+        )
+        .await;
+    assert_eq!(empty.json, json!([]));
+    assert_error(
+        &api.post(
+            "/api/queues/%2F/inbox/get",
+            json!({"count": 1, "ackmode": "keep", "encoding": "auto"}),
+        )
+        .await,
+        400,
+        "bad_request",
+        "Invalid ackmode value: keep",
+    );
+    assert_error(
+        &api.post(
+            "/api/queues/%2F/inbox/get",
+            json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "hex"}),
+        )
+        .await,
+        400,
+        "bad_request",
+        "Unsupported encoding. Please use auto or base64.",
+    );
+    assert_error(
+        &api.post(
+            "/api/queues/%2F/nope/get",
+            json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        )
+        .await,
+        404,
+        "not_found",
+        "queue_not_found",
+    );
+    broker.stop().await;
+}

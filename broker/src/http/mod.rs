@@ -21,6 +21,7 @@ mod access;
 mod clients;
 pub(crate) mod definitions;
 mod health;
+mod messages;
 mod overview;
 mod reply;
 mod topology;

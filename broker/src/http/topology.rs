@@ -6,6 +6,8 @@
 //!  GET|PUT|DELETE /api/queues/{vhost}/{name}        DELETE ?if-empty=true&if-unused=true
 //!  DELETE         /api/queues/{vhost}/{name}/contents   (purge)
 //!  GET            /api/queues/{vhost}/{name}/bindings
+//!  POST           /api/exchanges/{vhost}/{name}/publish, /api/queues/{vhost}/{name}/get
+//!                 (messages.rs)
 //!  GET|POST       /api/bindings/{vhost}/e/{source}/q|e/{destination}
 //!  GET|DELETE     /api/bindings/{vhost}/e/{source}/q|e/{destination}/{properties_key}
 //! ```
@@ -71,6 +73,12 @@ pub(super) async fn route(call: &Call, segments: &[&str]) -> ApiResult {
                 })
                 .collect();
             call.list(rows, &[])
+        }
+        ["exchanges", vhost, name, "publish"] if method == Method::POST => {
+            super::messages::publish(call, vhost, name).await
+        }
+        ["queues", vhost, name, "get"] if method == Method::POST => {
+            super::messages::get(call, vhost, name).await
         }
         ["queues"] if method == Method::GET => list_queues(call, None).await,
         ["queues", vhost] if method == Method::GET => list_queues(call, Some(vhost)).await,
