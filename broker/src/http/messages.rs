@@ -33,22 +33,6 @@ use crate::queue::{Incoming, QueueCommand, Settlement};
 /// RabbitMQ's `publish_timeout`.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn vhost_and_permission(
-    call: &Call,
-    vhost: &str,
-) -> ApiResult<(Arc<crate::vhost::VHost>, Arc<auth::Permission>)> {
-    let host = call
-        .broker
-        .vhost(vhost)
-        .ok_or_else(|| ApiError::NotFoundBecause("vhost_not_found".into()))?;
-    let permission = call
-        .broker
-        .users
-        .permission(&call.user.name, vhost)
-        .ok_or_else(|| ApiError::not_authorised("Access refused."))?;
-    Ok((host, permission))
-}
-
 /// A channel error of the API's own channel, as RabbitMQ's `with_channel` reports it.
 fn channel_error(error: crate::error::AmqpError) -> ApiError {
     match error.code.code() {
@@ -148,7 +132,7 @@ fn properties_to_json(properties: &BasicProperties) -> Value {
 }
 
 pub(super) async fn publish(call: &Call, vhost: &str, name: &str) -> ApiResult {
-    let (host, permission) = vhost_and_permission(call, vhost)?;
+    let (host, permission) = super::topology::usable(call, vhost)?;
     let exchange_name = if name == "amq.default" { "" } else { name };
     let exchange = if exchange_name.is_empty() {
         None
@@ -287,7 +271,7 @@ pub(super) async fn publish(call: &Call, vhost: &str, name: &str) -> ApiResult {
 }
 
 pub(super) async fn get(call: &Call, vhost: &str, name: &str) -> ApiResult {
-    let (host, permission) = vhost_and_permission(call, vhost)?;
+    let (host, permission) = super::topology::usable(call, vhost)?;
     let queue = host
         .queue(name.as_bytes())
         .ok_or_else(|| ApiError::NotFoundBecause("queue_not_found".into()))?;

@@ -186,7 +186,7 @@ fn exchange_name(name: &str) -> &str {
 /// The vhost and the user's permissions there, for a change: `404 vhost_not_found` when it
 /// does not exist, `401 "Access refused."` without permissions (RabbitMQ's internal
 /// connection to the vhost is refused).
-fn usable(call: &Call, vhost: &str) -> ApiResult<(Arc<VHost>, Arc<Permission>)> {
+pub(super) fn usable(call: &Call, vhost: &str) -> ApiResult<(Arc<VHost>, Arc<Permission>)> {
     let host = call
         .broker
         .vhost(vhost)
